@@ -1,0 +1,64 @@
+"""Direct logit effect of a feature: its decoder row written through W_O and read by the unembedding.
+
+    effect_i = d_i @ W_O_cat @ W_U          [d_vocab]      (d_i = W_dec[i], W_O_cat [n_heads*d_head, d_model])
+
+With ``through_ln_final`` the final norm is treated as frozen: the direction is centred (LayerNorm) and scaled by
+γ before ``W_U`` (the 1/scale factor is a positive constant per position, so the ranking of tokens is unchanged and it
+is left out). The result lists the top and bottom tokens by effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attnsae.attribution.inputs import check_features, check_sae_fits
+from attnsae.attribution.weights import layer_weights, norm_kind, unembed_weights
+from attnsae.sae import SAE
+
+
+@dataclass
+class LogitEffect:
+    """Top and bottom tokens of one feature's direct logit effect (best first), as plain lists."""
+
+    feature: int
+    layer: int
+    top_tokens: list[int]
+    top_strs: list[str]
+    top_values: list[float]
+    bottom_tokens: list[int]
+    bottom_strs: list[str]
+    bottom_values: list[float]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@torch.no_grad()
+def logit_effect_vector(model, sae: SAE, feature: int, through_ln_final: bool = False) -> torch.Tensor:
+    """``d_i @ W_O_cat @ W_U``: float32 [d_vocab] (see the module docstring for ``through_ln_final``)."""
+    layer = check_sae_fits(model, sae)
+    (feature,) = check_features(sae, feature)
+    direction = sae.W_dec.detach()[feature].float().cpu() @ layer_weights(model, layer).W_O_cat  # [d_model]
+    W_U, _, g, _ = unembed_weights(model)
+    if through_ln_final:
+        if norm_kind(model) == "LN":
+            direction = direction - direction.mean()
+        direction = direction * g
+    return direction @ W_U
+
+
+def logit_effect(model, sae: SAE, feature: int, k: int = 10, through_ln_final: bool = False) -> LogitEffect:
+    """The ``k`` tokens a feature's output pushes up most and down most."""
+    effect = logit_effect_vector(model, sae, feature, through_ln_final)
+    k = min(k, len(effect))
+    top, bottom = effect.topk(k), effect.topk(k, largest=False)
+    decode = model.tokenizer.decode
+    return LogitEffect(
+        feature=int(feature), layer=check_sae_fits(model, sae),
+        top_tokens=top.indices.tolist(), top_strs=[decode([int(i)]) for i in top.indices],
+        top_values=top.values.tolist(),
+        bottom_tokens=bottom.indices.tolist(), bottom_strs=[decode([int(i)]) for i in bottom.indices],
+        bottom_values=bottom.values.tolist(),
+    )

@@ -1,0 +1,362 @@
+"""Recursive DFA (RDFA): a feature's pre-activation traced back through value paths, as a tree that sums exactly.
+
+Attention patterns ``A`` and norm scales ``σ`` (``blocks.{l}.ln1.hook_scale``) are frozen at their values on the
+prompt; only the value (OV) path is traced. Then everything below is linear, and every node's children plus its
+named remainders equal the node (up to fp32 rounding; :meth:`RDFANode.residual` is the check).
+
+**Feature node** (SAE feature ``j`` of layer ``l`` at position ``t``, carried with a coefficient ``κ``; the root
+has ``κ = 1``). With ``w_j = W_enc[:, j]`` split by head into ``w_{j,h}``:
+
+    κ·pre_j[t] = Σ_{s,h} κ·A^l_h[t,s]·(w_{j,h} · v^l_{kv(h)}[s])   +   κ·bias_j       (the DFA identity)
+                 └──────── head_source children ────────┘               "blocks.{l}.attn.sae.bias"
+
+The top-k ``(s, h)`` terms by magnitude become children, the rest one remainder ``"other_sources_heads"``. The root's
+value is ``pre_j[t]``; an upstream feature's value is ``κ·f_j[t]``, which equals ``κ·pre_j[t]`` because it is active
+(ReLU, TopK and JumpReLU all pass an active pre-activation through unchanged; any gap would be the remainder
+``"blocks.{l}.attn.sae.activation_gap"``).
+
+**Head-source node** (layer ``l``, head ``h``, dest ``t``, source ``s``, read-out vector ``r`` [d_head], so the node
+is ``α·(r · v^l_{kv(h)}[s])`` with ``α = κ·A^l_h[t, s]``). With ``u = W_V[kv(h)] r`` [d_model], ``uγ = γ ⊙ u`` and
+the residual stream ``x[s] = Σ_c c[s]`` (components below):
+
+    α·(r·v[s]) = α·((x[s] − mean x[s])/σ[s] · uγ  +  β·u  +  b_V·r)
+               = Σ_c α·(c[s] − mean c[s])/σ[s] · uγ   +  α·β·u  +  α·b_V·r
+                 └──── component children ────┘          "blocks.{l}.ln1.b"  "blocks.{l}.attn.b_V"
+
+Centring is linear, so the mean of a sum is the sum of means and each component is centred by itself
+(``centre_components=False`` instead charges all centring to one remainder ``"blocks.{l}.ln1.centring"`` =
+``−α·mean(x[s])·Σ uγ / σ[s]``). RMSNorm has no centring and no β. The components of ``x[s]`` (the input of block
+``l``) are ``hook_embed``, ``hook_pos_embed`` (absent with rotary embeddings), and per earlier layer ``l' < l``:
+``blocks.{l'}.hook_mlp_out`` and either ``blocks.{l'}.hook_attn_out`` whole or, with an SAE for layer ``l'``,
+
+    attn_out = Σ_j f_j (d_j W_O)  +  b_dec W_O  +  (z_cat − x_hat) W_O  +  b_O
+               └─ feature nodes ─┘    ".sae.b_dec"   ".sae.error"        ".b_O"
+
+An upstream feature ``j`` enters the node as ``f_j[s]·κ_j`` with ``κ_j = α·(d_j W_O − mean)/σ[s] · uγ``: a feature
+node at ``(l', s)`` with coefficient ``κ_j``, which recurses by the first identity. The top-k features (over all
+earlier layers) are children; the rest sum into ``"blocks.{l'}.attn.sae.other_features"`` per layer.
+
+**Depth** counts value-path decompositions on a branch. The root always lists its top-k ``(s, h)`` terms, which
+get the depth ``d`` asked for; a head-source node with depth ``d >= 1`` is split into components, and its feature
+children get ``d − 1``; a feature with ``d >= 1`` lists its top-k ``(s, h)`` terms with the same ``d``; with ``d = 0``
+both are leaves. Each level reads an earlier layer, so no branch goes deeper than the layer count.
+
+Before tracing, the decomposition is checked against the model on the prompt: the components sum to
+``blocks.{l}.hook_resid_pre``, ``ln1`` matches ``hook_normalized`` and ``ln1 @ W_V + b_V`` matches ``hook_v``;
+a model whose blocks do not fit this layout is refused with one line rather than traced wrongly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from attnsae.attribution.inputs import capture, check_features, check_sae_fits, check_tokens, cpu_sae, token_strings
+from attnsae.attribution.weights import LayerWeights, layer_weights
+from attnsae.errors import AttnsaeError
+from attnsae.sae import SAE
+
+
+@dataclass
+class RDFANode:
+    """One term of the tree: ``value == sum(child.value) + sum(remainders.values())`` when it has either."""
+
+    kind: str  # "feature" | "head_source" | "component"
+    name: str  # hook-style label: "blocks.1.attn.sae feature 12", "blocks.1.attn head 3", "blocks.0.hook_mlp_out"
+    value: float
+    layer: int | None = None
+    position: int | None = None  # feature / component: its position; head_source: the destination
+    source: int | None = None  # head_source: the source position
+    head: int | None = None
+    feature: int | None = None
+    activation: float | None = None  # feature: f_j at its position
+    children: list[RDFANode] = field(default_factory=list)
+    remainders: dict[str, float] = field(default_factory=dict)
+
+    def residual(self) -> float:
+        """``value − Σ children − Σ remainders`` (0 for a leaf)."""
+        if not self.children and not self.remainders:
+            return 0.0
+        return self.value - sum(c.value for c in self.children) - sum(self.remainders.values())
+
+    def scale(self) -> float:
+        """``|value| + Σ|terms|``: the magnitude fp32 rounding is relative to."""
+        return abs(self.value) + sum(abs(c.value) for c in self.children) + sum(
+            abs(v) for v in self.remainders.values())
+
+    def walk(self) -> Iterator[RDFANode]:
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("kind", "name", "value", "layer", "position", "source", "head", "feature",
+                                           "activation") if getattr(self, k) is not None}
+        d["remainders"] = dict(self.remainders)
+        d["children"] = [c.to_dict() for c in self.children]
+        return d
+
+
+@dataclass
+class RDFAResult:
+    """The tree for one feature at one position of one prompt, with the root's DFA vectors."""
+
+    layer: int
+    feature: int
+    position: int
+    tokens: list[int]
+    token_strs: list[str]
+    depth: int
+    top_k: int
+    root: RDFANode
+    by_src: list[float]  # the root's DFA by source position [S]
+    by_head: list[float]  # [n_heads]
+
+    def max_relative_residual(self) -> float:
+        """The worst ``|residual| / scale`` over all nodes (fp32: ~1e-6)."""
+        return max((abs(n.residual()) / max(n.scale(), 1e-30) for n in self.root.walk()), default=0.0)
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "feature": self.feature, "position": self.position, "tokens": self.tokens,
+                "token_strs": self.token_strs, "depth": self.depth, "top_k": self.top_k,
+                "by_src": self.by_src, "by_head": self.by_head, "root": self.root.to_dict()}
+
+
+# ----------------------------------------------------------------------------------------------- tracer
+
+
+@dataclass
+class _SAELayer:
+    sae: SAE
+    pre: Tensor  # [S, d_sae]
+    act: Tensor  # [S, d_sae]
+    bias: Tensor  # [d_sae]: b_enc − b_dec·W_enc
+
+
+class RDFATracer:
+    """Captures one prompt once, checks the decomposition, then traces any feature of the top SAE's layer.
+
+    tokens: int64 [pos] or [1, pos]. ``upstream_saes``: SAEs of earlier layers (a list, or ``{layer: SAE}``) whose
+    features split those layers' attention outputs; layers without one stay whole (``hook_attn_out``).
+    """
+
+    def __init__(self, model, sae: SAE, tokens: Tensor, upstream_saes: Sequence[SAE] | Mapping[int, SAE] = (),
+                 centre_components: bool = True) -> None:
+        self.layer = L = check_sae_fits(model, sae)
+        tokens = check_tokens(model, tokens)
+        if tokens.shape[0] != 1:
+            raise AttnsaeError(f"RDFA traces one prompt at a time, got a batch of {tokens.shape[0]}")
+        self.tokens = tokens[0]
+        self.token_strs = token_strings(model, self.tokens)
+        ups = list(upstream_saes.values()) if isinstance(upstream_saes, Mapping) else list(upstream_saes)
+        saes = {L: cpu_sae(sae)}
+        for u in ups:
+            lu = check_sae_fits(model, u)
+            if lu >= L:
+                raise AttnsaeError(f"an upstream SAE must read a layer before {L}, not layer {lu}")
+            saes[lu] = cpu_sae(u)
+        self.model_dtype = next(model.parameters()).dtype
+        self.W: dict[int, LayerWeights] = {l: layer_weights(model, l) for l in range(L + 1)}
+        self.norm = self.W[L].norm
+        self.centre = centre_components and self.norm == "LN"
+        self.n_heads = self.W[L].n_heads
+        self.d_head = self.W[L].d_head
+
+        names = ["hook_embed", "hook_pos_embed"]
+        for l in range(L + 1):
+            names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.ln1.hook_scale", f"blocks.{l}.ln1.hook_normalized",
+                      f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_pattern", f"blocks.{l}.attn.hook_z"]
+            if l < L:
+                names += [f"blocks.{l}.hook_attn_out", f"blocks.{l}.hook_mlp_out"]
+        c = {k: v[0] for k, v in capture(model, self.tokens[None], names, stop_at_layer=L + 1).items()}
+        missing = [n for n in names if n not in c and n != "hook_pos_embed"]
+        if missing:
+            raise AttnsaeError(f"RDFA needs hook {missing[0]}, which this model does not expose")
+        self.S = S = len(self.tokens)
+        self.resid = {l: c[f"blocks.{l}.hook_resid_pre"] for l in range(L + 1)}  # [S, d_model]
+        self.scale = {l: c[f"blocks.{l}.ln1.hook_scale"].reshape(S) for l in range(L + 1)}  # [S]
+        self.v = {l: c[f"blocks.{l}.attn.hook_v"] for l in range(L + 1)}  # [S, n_kv, d_head]
+        self.A = {l: c[f"blocks.{l}.attn.hook_pattern"] for l in range(L + 1)}  # [head, dest, src]
+        self.z = {l: c[f"blocks.{l}.attn.hook_z"].reshape(S, -1) for l in range(L + 1)}  # [S, d_in]
+
+        self.saes: dict[int, _SAELayer] = {}
+        with torch.no_grad():
+            for l, s in saes.items():
+                x = self.z[l].to(s.dtype)
+                pre = s.pre_acts(x)
+                W_enc = s.W_enc.detach().float()
+                bias = s.b_enc.detach().float() - (s.b_dec.detach().float() @ W_enc if s.cfg.apply_b_dec_to_input
+                                                   else 0.0)
+                self.saes[l] = _SAELayer(s, pre.float(), s.activation(pre).float(), bias)
+
+        # components of the residual stream: rows of comps[:, k] with the layer that wrote them (-1: embeddings)
+        parts: dict[str, Tensor] = {"hook_embed": c["hook_embed"]}
+        if "hook_pos_embed" in c:
+            parts["hook_pos_embed"] = c["hook_pos_embed"]
+        origin = [-1] * len(parts)
+        rows, self.comp_names = list(parts.values()), list(parts)
+        for l in range(L):
+            W = self.W[l]
+            if l in self.saes:
+                sl = self.saes[l]
+                x_hat = sl.sae.decode(sl.act.to(sl.sae.dtype)).detach().float()
+                b_dec = sl.sae.b_dec.detach().float()
+                parts = {f"blocks.{l}.attn.sae.b_dec": (b_dec @ W.W_O_cat).expand(S, -1),
+                         f"blocks.{l}.attn.sae.error": (self.z[l] - x_hat) @ W.W_O_cat}
+                if W.has_b_O:
+                    parts[f"blocks.{l}.attn.b_O"] = W.b_O.expand(S, -1)
+            else:
+                parts = {f"blocks.{l}.hook_attn_out": c[f"blocks.{l}.hook_attn_out"]}
+            parts[f"blocks.{l}.hook_mlp_out"] = c[f"blocks.{l}.hook_mlp_out"]
+            rows += parts.values()
+            self.comp_names += parts
+            origin += [l] * len(parts)
+        self.comps = torch.stack(rows, dim=1)  # [S, n_comp, d_model]
+        self.comp_mean = self.comps.mean(-1)  # [S, n_comp]
+        self.origin = torch.tensor(origin)
+        self._dirs: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self._check(c)
+
+    # ------------------------------------------------------------------------------------------- checks
+
+    def _check(self, c: dict[str, Tensor]) -> None:
+        rel = 1e-4 if self.model_dtype == torch.float32 else 3e-2  # the model's own rounding
+
+        def close(a: Tensor, b: Tensor, what: str) -> None:
+            err = float((a - b).abs().max())
+            tol = rel * float(b.abs().max()) + 1e-5
+            if not err <= tol:
+                raise AttnsaeError(f"RDFA cannot decompose this model: {what} does not match the model (max error "
+                                   f"{err:.3g}); its blocks do not fit the pre-norm layout RDFA assumes")
+
+        for l in range(self.layer + 1):
+            keep = self.origin < l
+            total = self.comps[:, keep].sum(1)
+            for j, sl in self.saes.items():
+                if j < l:
+                    total = total + (sl.act @ sl.sae.W_dec.detach().float()) @ self.W[j].W_O_cat
+            close(total, self.resid[l], f"the sum of components at blocks.{l}.hook_resid_pre")
+            x = self.resid[l]
+            if self.norm == "LN":
+                x = x - x.mean(-1, keepdim=True)
+            normed = x / self.scale[l][:, None]
+            close(normed, c[f"blocks.{l}.ln1.hook_normalized"], f"blocks.{l}.ln1.hook_normalized")
+            W = self.W[l]
+            ln_out = normed * W.ln_w + W.ln_b
+            v = torch.einsum("sm,gmd->sgd", ln_out, W.W_V) + W.b_V
+            close(v, self.v[l], f"ln1 @ W_V + b_V at blocks.{l}.attn.hook_v")
+
+    # ------------------------------------------------------------------------------------------- tracing
+
+    def trace(self, feature: int, position: int | None = None, depth: int = 2, top_k: int = 5) -> RDFAResult:
+        """The tree of ``feature`` (of the top SAE) at ``position`` (default: where its activation, else its
+        pre-activation, is largest)."""
+        L = self.layer
+        top = self.saes[L]
+        (feature,) = check_features(top.sae, feature)
+        if depth < 0 or top_k < 1:
+            raise AttnsaeError(f"depth must be >= 0 and top_k >= 1, got depth={depth}, top_k={top_k}")
+        if position is None:
+            col = top.act[:, feature] if bool((top.act[:, feature] > 0).any()) else top.pre[:, feature]
+            position = int(col.argmax())
+        if not 0 <= position < self.S:
+            raise AttnsaeError(f"position {position} is out of range: the prompt has positions 0..{self.S - 1}")
+        self.top_k = top_k
+        terms = self._dfa_terms(L, position, feature)  # [S, H]
+        root = self._feature(L, position, feature, 1.0, depth, root=True, terms=terms)
+        return RDFAResult(layer=L, feature=feature, position=position, tokens=self.tokens.tolist(),
+                          token_strs=self.token_strs, depth=depth, top_k=top_k, root=root,
+                          by_src=terms.sum(1).tolist(), by_head=terms.sum(0).tolist())
+
+    def _dfa_terms(self, l: int, t: int, j: int) -> Tensor:
+        """``A_h[t, s]·(w_{j,h} · v_{kv(h)}[s])``: [S, H] (the DFA of feature j of layer l at t)."""
+        w = self.saes[l].sae.W_enc.detach()[:, j].float().view(self.n_heads, self.d_head)  # [H, d_head]
+        vw = torch.einsum("shd,hd->sh", self.v[l][:, self.W[l].kv_of_head], w)  # [S, H]
+        return self.A[l][:, t, :].T * vw
+
+    def _feature(self, l: int, t: int, j: int, kappa: float, depth: int, root: bool = False,
+                 terms: Tensor | None = None) -> RDFANode:
+        sl = self.saes[l]
+        pre, act = float(sl.pre[t, j]), float(sl.act[t, j])
+        node = RDFANode("feature", f"blocks.{l}.attn.sae feature {j}", pre if root else kappa * act, layer=l,
+                        position=t, feature=j, activation=act)
+        if not (root or depth > 0):
+            return node
+        terms = (self._dfa_terms(l, t, j) if terms is None else terms) * kappa  # [S, H]
+        flat = terms.flatten()
+        k = min(self.top_k, len(flat))
+        top = flat.abs().topk(k).indices
+        for i in top.tolist():
+            s, h = divmod(i, self.n_heads)
+            r = sl.sae.W_enc.detach()[h * self.d_head:(h + 1) * self.d_head, j].float()
+            node.children.append(self._head_source(l, h, t, s, r, kappa, depth))
+        node.remainders["other_sources_heads"] = float(flat.sum() - flat[top].sum())
+        node.remainders[f"blocks.{l}.attn.sae.bias"] = kappa * float(sl.bias[j])
+        if not root and act != pre:
+            node.remainders[f"blocks.{l}.attn.sae.activation_gap"] = kappa * (act - pre)
+        return node
+
+    def _head_source(self, l: int, h: int, t: int, s: int, r: Tensor, coef: float, depth: int) -> RDFANode:
+        W = self.W[l]
+        g = int(W.kv_of_head[h])
+        alpha = coef * float(self.A[l][h, t, s])
+        node = RDFANode("head_source", f"blocks.{l}.attn head {h}", alpha * float(self.v[l][s, g] @ r), layer=l,
+                        position=t, source=s, head=h)
+        if depth <= 0:
+            return node
+        u = W.W_V[g] @ r  # [d_model]
+        ug = W.ln_w * u
+        sum_ug = float(ug.sum())
+        a = alpha / float(self.scale[l][s])
+
+        keep = (self.origin < l).nonzero()[:, 0]
+        contrib = self.comps[s, keep] @ ug
+        if self.centre:
+            contrib = contrib - self.comp_mean[s, keep] * sum_ug
+        for k, val in zip(keep.tolist(), (a * contrib).tolist()):
+            node.children.append(RDFANode("component", self.comp_names[k], val, layer=int(self.origin[k]),
+                                          position=s))
+
+        feats: list[tuple[float, int, int, float]] = []  # (contribution, layer, feature, kappa)
+        for lu in sorted(j for j in self.saes if j < l):
+            js, acts, D, D_mean = self._directions(lu, s)
+            kap = D @ ug
+            if self.centre:
+                kap = kap - D_mean * sum_ug
+            kap = a * kap
+            feats += list(zip((acts * kap).tolist(), [lu] * len(js), js.tolist(), kap.tolist()))
+        feats.sort(key=lambda x: -abs(x[0]))
+        for val, lu, j, kap in feats[:self.top_k]:
+            node.children.append(self._feature(lu, s, j, kap, depth - 1))
+        for lu in sorted(j for j in self.saes if j < l):
+            node.remainders[f"blocks.{lu}.attn.sae.other_features"] = sum(
+                f[0] for f in feats[self.top_k:] if f[1] == lu)
+
+        if W.norm == "LN":
+            node.remainders[f"blocks.{l}.ln1.b"] = alpha * float(W.ln_b @ u)
+            if not self.centre:
+                node.remainders[f"blocks.{l}.ln1.centring"] = -a * float(self.resid[l][s].mean()) * sum_ug
+        if W.has_b_V:
+            node.remainders[f"blocks.{l}.attn.b_V"] = alpha * float(W.b_V[g] @ r)
+        return node
+
+    def _directions(self, l: int, s: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Active features of layer l's SAE at s: (indices [n], activations [n], d_j W_O [n, d_model], means [n])."""
+        key = (l, s)
+        if key not in self._dirs:
+            sl = self.saes[l]
+            js = (sl.act[s] != 0).nonzero()[:, 0]
+            D = sl.sae.W_dec.detach()[js].float() @ self.W[l].W_O_cat
+            self._dirs[key] = (js, sl.act[s, js], D, D.mean(-1))
+        return self._dirs[key]
+
+
+def rdfa(model, sae: SAE, tokens: Tensor, feature: int, position: int | None = None, *, depth: int = 2,
+         top_k: int = 5, upstream_saes: Sequence[SAE] | Mapping[int, SAE] = (),
+         centre_components: bool = True) -> RDFAResult:
+    """Recursive DFA of ``feature`` at ``position`` of one prompt (``tokens`` int64 [pos]); see the module docstring."""
+    tracer = RDFATracer(model, sae, tokens, upstream_saes, centre_components)
+    return tracer.trace(feature, position, depth, top_k)

@@ -1,0 +1,59 @@
+"""One prompt, one feature: everything ``attnsae attribute`` shows, as plain data.
+
+The feature's activation at a position (default: where it is largest), its DFA by source position and head, the RDFA
+tree to the chosen depth, and its direct logit effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from attnsae.attribution.inputs import check_features, check_sae_fits, tokenize
+from attnsae.attribution.logits import LogitEffect, logit_effect
+from attnsae.attribution.rdfa import RDFAResult, RDFATracer
+from attnsae.sae import SAE
+
+
+@dataclass
+class AttributionReport:
+    prompt: str
+    layer: int
+    feature: int
+    position: int
+    activation: float
+    pre_activation: float
+    bias: float  # b_enc − b_dec·W_enc[:, feature]: pre_activation = Σ by_src + bias
+    rdfa: RDFAResult
+    logits: LogitEffect
+    max_relative_residual: float  # the worst closure error of the tree (fp32: ~1e-6)
+
+    def top_sources(self, k: int = 10) -> list[dict]:
+        """The ``k`` source positions with the largest |DFA|: ``{source, token, value}``."""
+        by_src = self.rdfa.by_src
+        order = sorted(range(self.position + 1), key=lambda s: -abs(by_src[s]))[:k]  # causal: s <= position
+        return [{"source": s, "token": self.rdfa.token_strs[s], "value": by_src[s]} for s in order]
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "layer": self.layer, "feature": self.feature, "position": self.position,
+                "activation": self.activation, "pre_activation": self.pre_activation, "bias": self.bias,
+                "max_relative_residual": self.max_relative_residual, "top_sources": self.top_sources(),
+                "rdfa": self.rdfa.to_dict(), "logits": self.logits.to_dict()}
+
+
+def attribute(model, sae: SAE, prompt: str, feature: int, position: int | None = None, *, depth: int = 2,
+              top_k: int = 5, upstream_saes: Sequence[SAE] | Mapping[int, SAE] = (), n_logit_tokens: int = 10,
+              centre_components: bool = True) -> AttributionReport:
+    """Explain ``feature`` of ``sae`` on ``prompt`` (tokenised with BOS as in training) at ``position``."""
+    layer = check_sae_fits(model, sae)
+    (feature,) = check_features(sae, feature)
+    tokens, _ = tokenize(model, prompt, sae.cfg.prepend_bos)
+    tracer = RDFATracer(model, sae, tokens, upstream_saes, centre_components)
+    result = tracer.trace(feature, position, depth, top_k)
+    top = tracer.saes[layer]
+    t = result.position
+    return AttributionReport(
+        prompt=prompt, layer=layer, feature=feature, position=t, activation=float(top.act[t, feature]),
+        pre_activation=float(top.pre[t, feature]), bias=float(top.bias[feature]), rdfa=result,
+        logits=logit_effect(model, sae, feature, n_logit_tokens), max_relative_residual=result.max_relative_residual(),
+    )

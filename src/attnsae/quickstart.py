@@ -1,0 +1,73 @@
+"""``attnsae quickstart``: the main job on the embedded reference model, fully offline.
+
+Harvest ``hook_z`` from the stdlib train split, train one SAE per layer of the reference model from a single
+activation stream, save them (SAELens format), then evaluate each on held-out validation tokens (L0, explained
+variance, CE loss recovered, ...), print the table and plot the feature densities.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from attnsae.corpus import load_corpus
+from attnsae.evals import evaluate
+from attnsae.io_utils import atomic_write_json
+from attnsae.models import load_model
+from attnsae.runs import RunConfig, run_training
+from attnsae.training import TrainConfig
+from attnsae.views.plots import density_histogram
+from attnsae.views.tables import eval_table
+
+
+@dataclass
+class QuickstartConfig:
+    out: str = "attnsae-out/quickstart"
+    model: str | None = None
+    architecture: str = "topk"
+    k: int = 32
+    expansion_factor: int = 8
+    train_tokens: int = 4_000_000
+    eval_tokens: int = 65_536
+    batch_size: int = 4096
+    lr: float = 2e-3
+    context_size: int = 128
+    buffer_size: int = 262_144
+    seed: int = 0
+    layers: list[int] | None = None  # None: every layer
+
+    def run_config(self, n_layers: int) -> RunConfig:
+        steps = self.train_tokens // self.batch_size
+        return RunConfig(
+            model=self.model, layers=self.layers or list(range(n_layers)), architecture=self.architecture,
+            ks=[self.k], expansion_factor=self.expansion_factor, context_size=self.context_size,
+            buffer_size=self.buffer_size, out=str(Path(self.out) / "saes"),
+            train=TrainConfig(total_tokens=self.train_tokens, batch_size=self.batch_size, lr=self.lr,
+                              warmup_steps=max(1, steps // 20), lr_schedule="cosine", lr_end_frac=0.1,
+                              resample_times=0, dead_window=max(10, steps // 10), log_every=10,
+                              ckpt_every=100, seed=self.seed),
+        )
+
+
+def run_quickstart(cfg: QuickstartConfig) -> dict:
+    """Train, save and evaluate; returns the summary written to ``{out}/summary.json``."""
+    t0 = time.perf_counter()
+    model = load_model(cfg.model)
+    saes, specs = run_training(cfg.run_config(model.cfg.n_layers))
+    t_train = time.perf_counter() - t0
+    val = load_corpus(model.tokenizer, "stdlib", "validation", cfg.context_size,
+                      max_tokens=cfg.eval_tokens + cfg.context_size, progress=False)
+    report = evaluate(model, saes, torch.from_numpy(val.tokens), progress=True,
+                      names=[f"L{s.layer}" for s in specs])
+    out = Path(cfg.out)
+    density_histogram(report, out / "density.png", title=f"{report.model}: quickstart SAEs")
+    summary = {"config": asdict(cfg), "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},
+               "validation": report.to_dict(feature_frequency=False),
+               "seconds": {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)}}
+    atomic_write_json(summary, out / "summary.json")
+    print(eval_table(report))
+    print(f"\nSAEs, summary.json and density.png in {out}  ({summary['seconds']['total']:.0f}s)")
+    return summary

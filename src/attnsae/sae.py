@@ -1,0 +1,268 @@
+"""The sparse autoencoder on attention outputs: a config dataclass, then the module, in data-flow order.
+
+    x        [..., d_in]    z_cat: ``blocks.{L}.attn.hook_z`` with heads concatenated (d_in = n_heads * d_head)
+    pre_acts [..., d_sae]   (x - b_dec) @ W_enc + b_enc
+    f        [..., d_sae]   relu | top-k of relu | jumprelu of pre_acts
+    x_hat    [..., d_in]    f @ W_dec + b_dec
+
+Parameter layout and names follow SAELens (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``), so files move freely
+(see :mod:`attnsae.sae_io`). The paper's decoder constraint (unit-norm rows, gradient parallel to each row removed
+before the optimiser step) is :meth:`SAE.remove_gradient_parallel_to_decoder_directions` followed by
+:meth:`SAE.set_decoder_norm_to_unit_norm` after the step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnsae.errors import AttnsaeError
+
+ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu")
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+# SAELens' values. The module itself applies no normalisation: with anything but "none" the caller scales the
+# activations before `encode` and undoes it after `decode`.
+NORMALIZE_ACTIVATIONS: tuple[str, ...] = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
+
+
+@dataclass
+class SAEConfig:
+    """Shape, activation and provenance of one SAE. Unknown keys given to :meth:`from_dict` land in ``extra``."""
+
+    d_in: int  # n_heads * d_head for hook_z
+    d_sae: int  # dictionary size
+    architecture: str = "relu"  # one of ARCHITECTURES
+    k: int | None = None  # active latents per token (topk only)
+    dtype: str = "float32"
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    hook_name: str = ""  # e.g. "blocks.5.attn.hook_z"
+    model_name: str = ""
+    context_size: int = 128
+    prepend_bos: bool = True
+    layer: int | None = None
+    jumprelu_init_threshold: float = 1e-3
+    jumprelu_bandwidth: float = 1e-3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise AttnsaeError(
+                f"unknown SAE architecture {self.architecture!r}; use one of: {', '.join(ARCHITECTURES)}"
+            )
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AttnsaeError(f"SAE {name} must be a positive integer, got {value!r}")
+        if self.architecture == "topk" and self.k is None:
+            raise AttnsaeError("architecture 'topk' needs k (active latents per token); set k, e.g. k=32")
+        k = self.k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.d_sae):
+            raise AttnsaeError(f"k must be an integer in 1..d_sae ({self.d_sae}), got {self.k!r}")
+        if self.dtype not in DTYPES:
+            raise AttnsaeError(f"unknown SAE dtype {self.dtype!r}; use one of: {', '.join(DTYPES)}")
+        if self.normalize_activations not in NORMALIZE_ACTIVATIONS:
+            raise AttnsaeError(
+                f"unknown normalize_activations {self.normalize_activations!r}; "
+                f"use one of: {', '.join(NORMALIZE_ACTIVATIONS)}"
+            )
+        if not (self.jumprelu_init_threshold > 0 and self.jumprelu_bandwidth > 0):
+            raise AttnsaeError(
+                "jumprelu_init_threshold and jumprelu_bandwidth must be > 0, got "
+                f"{self.jumprelu_init_threshold} and {self.jumprelu_bandwidth}"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (``extra`` must hold JSON-ready values)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        """Inverse of :meth:`to_dict`; keys that are not fields are kept in ``extra``."""
+        names = {f.name for f in fields(cls)}
+        kwargs = {key: value for key, value in d.items() if key in names}
+        unknown = {key: value for key, value in d.items() if key not in names}
+        kwargs["extra"] = {**dict(kwargs.get("extra") or {}), **unknown}
+        return cls(**kwargs)
+
+
+class SAEOutput(NamedTuple):
+    x_hat: Tensor  # [..., d_in]
+    feature_acts: Tensor  # [..., d_sae]
+    pre_acts: Tensor  # [..., d_sae]
+
+
+def rectangle(x: Tensor) -> Tensor:
+    """The rectangle kernel: 1 on (-1/2, 1/2), else 0."""
+    return ((x > -0.5) & (x < 0.5)).to(x.dtype)
+
+
+class JumpReLU(torch.autograd.Function):
+    """``f = pre * (pre > threshold)`` with a straight-through estimator for the threshold.
+
+    Rajamanoharan et al. 2024 ("Jumping Ahead"): the pseudo-derivative
+    ``df/dthreshold := -(threshold / bandwidth) * rectangle((pre - threshold) / bandwidth)``;
+    ``df/dpre = 1[pre > threshold]`` (no estimator on the input). pre: [..., d_sae], threshold: [d_sae].
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        bandwidth = ctx.bandwidth
+        grad_pre = grad_out * (pre > threshold).to(grad_out.dtype)
+        grad_threshold = -(threshold / bandwidth) * rectangle((pre - threshold) / bandwidth) * grad_out
+        grad_threshold = grad_threshold.reshape(-1, threshold.shape[-1]).sum(0)  # [d_sae]
+        return grad_pre, grad_threshold, None
+
+
+def sparse_decode(top_indices: Tensor, top_acts: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+    """Decode from the k active latents only: ``sum_j top_acts[..., j] * W_dec[top_indices[..., j]] + b_dec``.
+
+    top_indices (int64), top_acts: [..., k]; W_dec: [d_sae, d_in]; returns [..., d_in]. Equal (up to summation
+    order) to the dense reference ``dense_f @ W_dec + b_dec`` but touches k rows per token instead of d_sae
+    (``F.embedding_bag`` with per-sample weights; its backward gives grads to top_acts and W_dec).
+    """
+    k = top_indices.shape[-1]
+    x_hat = F.embedding_bag(
+        top_indices.reshape(-1, k), W_dec, per_sample_weights=top_acts.reshape(-1, k).to(W_dec.dtype), mode="sum"
+    )
+    return x_hat.reshape(*top_indices.shape[:-1], W_dec.shape[-1]) + b_dec
+
+
+class SAE(nn.Module):
+    """Sparse autoencoder ``x [..., d_in] -> f [..., d_sae] -> x_hat [..., d_in]`` (see the module docstring)."""
+
+    def __init__(self, cfg: SAEConfig, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.d_in, self.d_sae = cfg.d_in, cfg.d_sae
+        kw = dict(device=device, dtype=cfg.torch_dtype)
+        # Init as the paper's code: W_dec kaiming-uniform then rows normalised to unit norm; W_enc an independent
+        # kaiming-uniform draw (not W_dec.T, the SAELens choice); both biases zero.
+        W_dec = nn.init.kaiming_uniform_(torch.empty(cfg.d_sae, cfg.d_in, **kw))
+        self.W_dec = nn.Parameter(W_dec / W_dec.norm(dim=-1, keepdim=True))
+        W_enc = nn.init.kaiming_uniform_(torch.empty(cfg.d_in, cfg.d_sae, **kw))
+        if cfg.architecture == "topk":  # TopK: encoder starts as the decoder's transpose (Gao et al. 2024), which
+            W_enc = self.W_dec.detach().T.clone()  # keeps far fewer latents from never winning the top k
+        self.W_enc = nn.Parameter(W_enc)
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
+        if cfg.architecture == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), **kw))
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_enc.dtype
+
+    @property
+    def threshold(self) -> Tensor:
+        """JumpReLU threshold ``exp(log_threshold)``: [d_sae]."""
+        if self.cfg.architecture != "jumprelu":
+            raise AttributeError(f"threshold exists only for architecture 'jumprelu', not {self.cfg.architecture!r}")
+        return self.log_threshold.exp()
+
+    @torch.no_grad()
+    def set_threshold(self, threshold: Tensor) -> None:
+        """Set ``log_threshold`` from a threshold [d_sae] (>= 0), as loaders do.
+
+        A threshold that is ``exp`` of a float (what :func:`attnsae.sae_io.save_sae` writes) comes back bit for bit:
+        ``exp(log(t))`` can miss ``t`` by one ulp, and trying the neighbouring floats of ``log(t)`` fixes those
+        entries. Any other threshold comes back to within a few ulps (not every float is ``exp`` of a float).
+        """
+        if self.cfg.architecture != "jumprelu":
+            raise AttnsaeError(f"set_threshold needs architecture 'jumprelu', not {self.cfg.architecture!r}")
+        t = threshold.to(device=self.device, dtype=self.dtype)
+        if t.shape != (self.d_sae,) or bool((t < 0).any()) or bool(t.isnan().any()):
+            raise AttnsaeError(f"JumpReLU threshold must be [d_sae={self.d_sae}] and >= 0, got shape {tuple(t.shape)}")
+        log_t = t.log()
+        for direction in (math.inf, -math.inf):
+            nudged = torch.nextafter(t.log(), torch.full_like(t, direction))
+            log_t = torch.where((log_t.exp() != t) & (nudged.exp() == t), nudged, log_t)
+        self.log_threshold.copy_(log_t)
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """``(x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc``: [..., d_in] -> [..., d_sae]."""
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def _topk(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-k of ReLU(pre) along the last dim: (values [..., k] >= 0, indices [..., k])."""
+        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+        return F.relu(values), indices
+
+    def activation(self, pre: Tensor) -> Tensor:
+        """Feature activations from pre-activations: [..., d_sae] -> [..., d_sae]."""
+        if self.cfg.architecture == "relu":
+            return F.relu(pre)
+        if self.cfg.architecture == "topk":
+            values, indices = self._topk(pre)
+            return torch.zeros_like(pre).scatter(-1, indices, values)
+        return JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Feature activations: [..., d_in] -> [..., d_sae]."""
+        return self.activation(self.pre_acts(x))
+
+    def decode(self, feature_acts: Tensor) -> Tensor:
+        """Dense reference decoder ``f @ W_dec + b_dec``: [..., d_sae] -> [..., d_in]."""
+        return feature_acts @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        """x: [..., d_in] -> SAEOutput(x_hat [..., d_in], feature_acts [..., d_sae], pre_acts [..., d_sae]).
+
+        TopK decodes through :func:`sparse_decode` (k rows per token); the others through :meth:`decode`.
+        """
+        pre = self.pre_acts(x)
+        if self.cfg.architecture == "topk":
+            values, indices = self._topk(pre)
+            feature_acts = torch.zeros_like(pre).scatter(-1, indices, values)
+            return SAEOutput(sparse_decode(indices, values, self.W_dec, self.b_dec), feature_acts, pre)
+        feature_acts = self.activation(pre)
+        return SAEOutput(self.decode(feature_acts), feature_acts, pre)
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        """Rescale every decoder row W_dec[i] [d_in] to unit L2 norm (the paper does this after each step)."""
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny))
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Subtract from ``W_dec.grad`` [d_sae, d_in] its component along each row's direction (call before the step).
+
+        With unit-norm rows, a step along the remaining gradient changes row norms only to second order, which the
+        renormalisation after the step removes.
+        """
+        if self.W_dec.grad is None:
+            return
+        direction = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        parallel = (self.W_dec.grad * direction).sum(dim=-1, keepdim=True)  # [d_sae, 1]
+        self.W_dec.grad.sub_(parallel * direction)
+
+    def extra_repr(self) -> str:
+        k = f", k={self.cfg.k}" if self.cfg.architecture == "topk" else ""
+        return f"{self.cfg.architecture}, d_in={self.d_in}, d_sae={self.d_sae}{k}, hook_name={self.cfg.hook_name!r}"

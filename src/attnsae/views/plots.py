@@ -1,0 +1,62 @@
+"""Plots as PNG files, drawn with matplotlib's Agg canvas (no pyplot, no global state, no display needed)."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from attnsae.evals import EvalReport, SAEEval
+from attnsae.io_utils import atomic_path
+
+
+def _evals(reports: EvalReport | SAEEval | Sequence[EvalReport | SAEEval]) -> list[SAEEval]:
+    items = reports if isinstance(reports, (list, tuple)) else [reports]
+    out: list[SAEEval] = []
+    for r in items:
+        out.extend(r.saes if isinstance(r, EvalReport) else [r])
+    return out
+
+
+def density_histogram(reports: EvalReport | SAEEval | Sequence[EvalReport | SAEEval],
+                      path: str | os.PathLike, title: str = "feature density") -> None:
+    """One PNG: for each SAE a histogram of log10(feature firing frequency), as step outlines on shared bins.
+
+    Features that never fired (log10 of 0) are counted in a separate leftmost bin labelled "dead", and their share is
+    given in the legend. The file is written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    evals = _evals(reports)
+    freqs = [np.asarray(s.feature_frequency, dtype=np.float64) for s in evals]
+    live = np.concatenate([f[f > 0] for f in freqs] + [np.ones(1)])
+    lo = math.floor(np.log10(live.min()) * 2) / 2 - 0.5  # half-decade grid below the rarest live feature
+    edges = np.linspace(lo, 0.0, round(-lo * 10) + 1)  # bins a tenth of a decade wide, the last ending at 0
+    dead_x = lo - 0.5  # the "dead" bin sits half a decade left of the live bins
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for s, f in zip(evals, freqs):
+        n_dead = int((f == 0).sum())
+        label = f"{s.name} (layer {s.layer}, {f.size} features, {n_dead / max(f.size, 1):.1%} dead)"
+        counts, _ = np.histogram(np.log10(f[f > 0]), bins=edges)
+        step = ax.stairs(counts, edges, label=label)
+        if n_dead:
+            ax.bar(dead_x, n_dead, width=0.3, fill=False, edgecolor=step.get_edgecolor(), hatch="//")
+    ax.axvline(-1, color="grey", linestyle=":", linewidth=1)  # the "dense" threshold (10% of tokens)
+    ticks = list(range(math.ceil(lo), 1))
+    ax.set_xticks([dead_x] + ticks, ["dead"] + [f"{t}" for t in ticks])
+    ax.set_xlabel("log10 firing frequency (fraction of tokens a feature is active on)")
+    ax.set_ylabel("features")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+__all__ = ["density_histogram"]

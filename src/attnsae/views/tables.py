@@ -1,0 +1,57 @@
+"""Fixed-width text tables of results."""
+
+from __future__ import annotations
+
+import math
+
+from attnsae.evals import EvalReport
+
+# (header, SAEEval field, format)
+EVAL_COLUMNS: list[tuple[str, str, str]] = [
+    ("layer", "layer", "{:d}"),
+    ("d_sae", "d_sae", "{:d}"),
+    ("L0", "l0", "{:.1f}"),
+    ("expl.var", "explained_variance", "{:.3f}"),
+    ("nMSE", "nmse", "{:.3f}"),
+    ("cos", "cosine", "{:.3f}"),
+    ("CE clean", "ce_clean", "{:.4f}"),
+    ("CE sae", "ce_sae", "{:.4f}"),
+    ("CE zero", "ce_zero", "{:.4f}"),
+    ("CE mean", "ce_mean", "{:.4f}"),
+    ("rec.zero", "ce_recovered_zero", "{:.1%}"),
+    ("rec.mean", "ce_recovered_mean", "{:.1%}"),
+    ("KL", "kl_sae", "{:.4f}"),
+    ("dead", "dead_frac", "{:.1%}"),
+    ("dense", "dense_frac", "{:.1%}"),
+]
+
+
+def _fmt(fmt: str, value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
+def eval_table(report: EvalReport) -> str:
+    """One row per SAE with the scalar metrics, then each SAE's per-head fraction of variance unexplained."""
+    header = ["sae"] + [h for h, _, _ in EVAL_COLUMNS]
+    rows = [[s.name] + [_fmt(fmt, getattr(s, key)) for _, key, fmt in EVAL_COLUMNS] for s in report.saes]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [line(header), "-" * len(line(header))]
+    out += [line(r) for r in rows]
+    out.append("")
+    out.append(f"{report.model}: {report.n_contexts:,} contexts of {report.context_size} tokens, "
+               f"{report.n_loss_tokens:,} next-token predictions per run"
+               + ("; BOS position left intact" if report.keep_bos else ""))
+    out.append("per-head fraction of variance unexplained (head 0, 1, ...):")
+    name_w = max(len(s.name) for s in report.saes)
+    for s in report.saes:
+        out.append(f"  {s.name.ljust(name_w)}  " + " ".join(_fmt("{:.3f}", v) for v in s.head_fvu))
+    return "\n".join(out)
+
+
+__all__ = ["eval_table", "EVAL_COLUMNS"]

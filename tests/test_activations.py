@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from attnsae.activations import (
+    CachedActivations,
+    ModelActivations,
+    StreamConfig,
+    harvest_z,
+    read_manifest,
+    write_cache,
+)
+from attnsae.errors import AttnsaeError
+
+
+@pytest.fixture(scope="module")
+def contexts():
+    g = np.random.default_rng(0)
+    t = g.integers(1, 8192, size=(40, 16))
+    t[:, 0] = 0
+    return t
+
+
+def test_harvest_z_matches_run_with_cache_and_stops_early(tiny_model, contexts):
+    tokens = torch.from_numpy(contexts[:3])
+    _, cache = tiny_model.run_with_cache(tokens)
+    for layers in ([0], [1], [0, 1]):
+        out = harvest_z(tiny_model, tokens, layers, drop_bos=True)
+        for l in layers:
+            assert torch.equal(out[l], cache[f"blocks.{l}.attn.hook_z"][:, 1:].reshape(-1, 32))
+    full = harvest_z(tiny_model, tokens, [0], drop_bos=False)[0]
+    assert full.shape == (3 * 16, 32)
+
+
+def test_model_stream_is_a_function_of_batch_index(tiny_model, contexts):
+    cfg = StreamConfig(layers=[0, 1], batch_size=50, buffer_size=200, seed=3)
+    src = ModelActivations(tiny_model, contexts, cfg)
+    it = src.batches(0)
+    first = [next(it) for _ in range(12)]
+    assert first[0][0].shape == (50, 32)
+    again = list(zip(range(5), src.batches(7)))
+    for i, b in again:
+        for l in (0, 1):
+            assert torch.equal(b[l], first[7 + i][l])
+    # the shuffle mixes contexts: consecutive rows of a batch rarely come from the same context
+    assert not torch.equal(first[0][0], first[1][0])
+
+
+def test_cache_round_trip_and_refusals(tiny_model, contexts, tmp_path):
+    man = write_cache(tiny_model, contexts, tmp_path / "c", [0, 1], model_name="tiny", corpus="rand",
+                      split="train", shard_tokens=100, progress=False)
+    assert man.n_tokens == 40 * 15 and len(man.shards) > 1
+    assert read_manifest(tmp_path / "c").layers == [0, 1]
+    src = CachedActivations(tmp_path / "c", [1], batch_size=40, seed=0)
+    b = next(src.batches(0))[1]
+    direct = harvest_z(tiny_model, torch.from_numpy(contexts), [1], drop_bos=True)[1]
+    # every cached row is one of the model's rows, bit for bit
+    match = (b[:, None, :] == direct[None]).all(-1).any(-1)
+    assert match.all()
+    with pytest.raises(AttnsaeError, match="for model 'tiny'"):
+        CachedActivations(tmp_path / "c", [0], model_name="other")
+    with pytest.raises(AttnsaeError, match="not \\[3\\]"):
+        CachedActivations(tmp_path / "c", [3])
+    with pytest.raises(AttnsaeError, match="d_in 32, but the SAE expects d_in 64"):
+        CachedActivations(tmp_path / "c", [0], d_in=64, batch_size=10)
+    shard = tmp_path / "c" / "layer0" / "shard00000.npy"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(AttnsaeError, match="activation shard"):
+        CachedActivations(tmp_path / "c", [0], batch_size=10)
+
+
+def test_bf16_cache_stores_bf16_values(tiny_model, contexts, tmp_path):
+    write_cache(tiny_model, contexts[:8], tmp_path / "c", [0], model_name="tiny", corpus="r", split="train",
+                dtype="bfloat16", progress=False)
+    src = CachedActivations(tmp_path / "c", [0], batch_size=8 * 15)
+    b = next(src.batches(0))[0]
+    direct = harvest_z(tiny_model, torch.from_numpy(contexts[:8]), [0], drop_bos=True)[0]
+    assert torch.allclose(b.sort(0).values, direct.to(torch.bfloat16).float().sort(0).values)
+
+
+def test_cache_into_nonempty_folder_is_refused(tiny_model, contexts, tmp_path):
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(AttnsaeError, match="not empty"):
+        write_cache(tiny_model, contexts, tmp_path, [0], model_name="t", corpus="r", split="train", progress=False)

@@ -1,0 +1,191 @@
+import pytest
+import torch
+
+from attnsae.activations import harvest_z
+from attnsae.errors import AttnsaeError
+from attnsae.models import load_model
+from attnsae.sae import SAE, SAEConfig
+from attnsae.splice import ablate_z, check_sae, mean_z, splice_saes
+from conftest import make_gpt2_dir
+
+HEADS = (1, 4, 8)  # n_embd 32: d_head 32, 8, 4
+
+
+def sharp_gpt2_dir(path, n_head: int, scale: float = 10.0) -> str:
+    """A random 2-layer GPT-2 with weights scaled up, so that intervening on hook_z visibly moves the logits."""
+    from transformers import GPT2LMHeadModel
+
+    make_gpt2_dir(path, n_head=n_head, n_embd=32, seed=n_head)
+    hf = GPT2LMHeadModel.from_pretrained(path)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.ndim == 2:
+                p.mul_(scale)
+    hf.save_pretrained(path)
+    return str(path)
+
+
+def random_sae(d_in: int, layer: int, d_sae: int = 64, seed: int = 0, architecture: str = "relu") -> SAE:
+    torch.manual_seed(seed)
+    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=8 if architecture == "topk" else None,
+                        hook_name=f"blocks.{layer}.attn.hook_z"))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+    return sae
+
+
+def identity_sae(d_in: int, layer: int) -> SAE:
+    """x_hat == x exactly: f = [relu(x), relu(-x)], W_dec = [I; -I]."""
+    sae = SAE(SAEConfig(d_in=d_in, d_sae=2 * d_in, hook_name=f"blocks.{layer}.attn.hook_z"))
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+    return sae
+
+
+def zero_sae(d_in: int, layer: int) -> SAE:
+    sae = random_sae(d_in, layer)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def random_tokens(n: int = 6, pos: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, 8192, (n, pos), generator=g)
+    tokens[:, 0] = 0  # BOS
+    return tokens
+
+
+@pytest.fixture(scope="module", params=HEADS, ids=lambda h: f"{h}heads")
+def model(request, tmp_path_factory):
+    return load_model(sharp_gpt2_dir(tmp_path_factory.mktemp(f"h{request.param}") / "gpt2", request.param))
+
+
+def d_in(model) -> int:
+    return model.cfg.n_heads * model.cfg.d_head
+
+
+def run_with_z(model, tokens, layer, fn):
+    """Logits with hook_z of ``layer`` replaced by ``fn(z_cat [batch, pos, d_in])``, written out by hand."""
+
+    def hook(z, hook):
+        return fn(z.reshape(*z.shape[:2], -1)).reshape(z.shape)
+
+    return model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
+
+
+@torch.no_grad()
+def test_splicing_with_error_reproduces_clean_logits(model):
+    tokens = random_tokens()
+    saes = [random_sae(d_in(model), 0, seed=1), random_sae(d_in(model), 1, seed=2, architecture="topk")]
+    clean = model(tokens)
+    with splice_saes(model, saes, with_error=True):
+        assert torch.equal(model(tokens), clean)
+    # The written-out form decode(edit(f)) + (z - decode(f)) with a no-op edit, at every position.
+    with splice_saes(model, saes, with_error=True, edit=lambda layer, f: f.clone()):
+        torch.testing.assert_close(model(tokens), clean, rtol=1e-5, atol=1e-5)
+    with splice_saes(model, saes):  # without the error term the SAEs change the output
+        assert not torch.allclose(model(tokens), clean, atol=1e-3)
+
+
+@torch.no_grad()
+def test_splicing_without_error_writes_the_reconstruction_into_hook_z(model):
+    tokens = random_tokens()
+    sae = random_sae(d_in(model), 1)
+    expected = run_with_z(model, tokens, 1, lambda z: sae(z).x_hat)
+    with splice_saes(model, {1: sae}):
+        torch.testing.assert_close(model(tokens), expected)
+    clean = model(tokens)
+    with splice_saes(model, [sae], keep_bos=True):
+        kept = model(tokens)
+    expected = run_with_z(model, tokens, 1, lambda z: torch.cat([z[:, :1], sae(z).x_hat[:, 1:]], 1))
+    torch.testing.assert_close(kept, expected)
+    torch.testing.assert_close(kept[:, 0], clean[:, 0])  # position 0 sees only itself
+
+
+@torch.no_grad()
+def test_edit_keeps_the_error_term_of_the_unedited_features(model):
+    tokens = random_tokens()
+    sae = random_sae(d_in(model), 0)
+    seen = []
+
+    def ablate_feature_3(layer, f):
+        seen.append((layer, tuple(f.shape)))
+        f = f.clone()
+        f[..., 3] = 0
+        return f
+
+    with splice_saes(model, [sae], with_error=True, edit=ablate_feature_3):
+        edited = model(tokens)
+    assert seen == [(0, (tokens.shape[0], tokens.shape[1], sae.d_sae))]
+
+    def by_hand(z):
+        f = sae.encode(z)
+        return z - f[..., 3:4] * sae.W_dec[3]  # z + decode(f') - decode(f)
+
+    torch.testing.assert_close(edited, run_with_z(model, tokens, 0, by_hand), rtol=1e-5, atol=1e-5)
+    with splice_saes(model, [sae], edit=lambda layer, f: torch.zeros_like(f)):  # no error term: b_dec only
+        torch.testing.assert_close(model(tokens), run_with_z(model, tokens, 0, lambda z: sae.b_dec.expand_as(z)))
+
+
+@torch.no_grad()
+def test_observe_sees_every_position_of_every_spliced_layer(model):
+    tokens = random_tokens()
+    saes = [random_sae(d_in(model), 0), random_sae(d_in(model), 1)]
+    z = harvest_z(model, tokens, [0, 1])
+    got = {}
+    with splice_saes(model, saes, with_error=True, observe=lambda l, x, out: got.setdefault(l, (x, out))):
+        model(tokens)
+    for l, sae in zip((0, 1), saes):
+        x, out = got[l]
+        torch.testing.assert_close(x.reshape(-1, sae.d_in), z[l])
+        torch.testing.assert_close(out.feature_acts, sae.encode(x))
+
+
+@torch.no_grad()
+def test_zero_and_mean_ablation_replace_hook_z(model):
+    tokens = random_tokens()
+    with ablate_z(model, [1]):
+        torch.testing.assert_close(model(tokens), run_with_z(model, tokens, 1, torch.zeros_like))
+    means = mean_z(model, tokens, [0, 1], batch_size=4, keep_bos=True)
+    z = harvest_z(model, tokens, [0], drop_bos=True)[0]
+    torch.testing.assert_close(means[0], z.double().mean(0))
+    with ablate_z(model, {0: means[0]}, keep_bos=True):
+        ablated = model(tokens)
+    mu = means[0].float()
+    expected = run_with_z(model, tokens, 0, lambda z: torch.cat([z[:, :1], mu.expand_as(z[:, 1:])], 1))
+    torch.testing.assert_close(ablated, expected)
+
+
+def test_hooks_are_removed_after_the_block_even_on_error(model):
+    tokens = random_tokens()
+    with torch.no_grad():
+        clean = model(tokens)
+        with pytest.raises(RuntimeError):
+            with splice_saes(model, [zero_sae(d_in(model), 0)]):
+                raise RuntimeError("boom")
+        assert torch.equal(model(tokens), clean)
+
+
+def test_saes_that_do_not_fit_the_model_are_refused(model):
+    n = d_in(model)
+    with pytest.raises(AttnsaeError, match="d_in"):
+        check_sae(model, random_sae(n + 4, 0))
+    with pytest.raises(AttnsaeError, match="out of range"):
+        check_sae(model, random_sae(n, 2))
+    resid = random_sae(n, 0)
+    resid.cfg.hook_name = "blocks.0.hook_resid_pre"
+    with pytest.raises(AttnsaeError, match="hook_z"):
+        check_sae(model, resid)
+    with pytest.raises(AttnsaeError, match="trained on blocks.0"):
+        check_sae(model, random_sae(n, 0), layer=1)
+    with pytest.raises(AttnsaeError, match="two SAEs for layer 0"):
+        with splice_saes(model, [random_sae(n, 0), random_sae(n, 0)]):
+            pass
+    with pytest.raises(AttnsaeError, match="out of range"):
+        with ablate_z(model, [5]):
+            pass
