@@ -51,8 +51,8 @@ def sae_layer(sae: SAE) -> int | None:
     if hook:
         m = HOOK_Z_RE.match(hook)
         if m is None:
-            raise AttnsaeError(f"the SAE reads {hook!r}, not blocks.{{L}}.attn.hook_z; attnsae splices only "
-                               "attention-output (hook_z) SAEs")
+            raise AttnsaeError(f"the SAE reads {hook!r}, not blocks.{{L}}.attn.hook_z; attnsae works with "
+                               "attention-output (hook_z) SAEs only")
         layer = int(m.group(1))
         if sae.cfg.layer is not None and sae.cfg.layer != layer:
             raise AttnsaeError(f"the SAE's config is inconsistent: hook {hook!r} but layer {sae.cfg.layer}; "

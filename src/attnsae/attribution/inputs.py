@@ -7,32 +7,25 @@ range, a prompt longer than the model's context.
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
+from attnsae import splice
 from attnsae.errors import AttnsaeError
 from attnsae.models import model_name
 from attnsae.sae import SAE
 
-_HOOK_Z = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
 
 
 def sae_layer(sae: SAE) -> int:
     """The layer whose ``blocks.{L}.attn.hook_z`` the SAE reads (from ``cfg.hook_name``, else ``cfg.layer``)."""
-    name = sae.cfg.hook_name
-    if name:
-        m = _HOOK_Z.match(name)
-        if m is None:
-            raise AttnsaeError(f"the SAE was trained on hook {name!r}; attribution needs an SAE on "
-                               "blocks.{L}.attn.hook_z")
-        return int(m.group(1))
-    if sae.cfg.layer is None:
+    layer = splice.sae_layer(sae)
+    if layer is None:
         raise AttnsaeError("the SAE names no hook (cfg.hook_name) or layer; set hook_name to blocks.{L}.attn.hook_z")
-    return int(sae.cfg.layer)
+    return layer
 
 
 def _same_model(a: str, b: str) -> bool:
