@@ -27,3 +27,15 @@ def test_train_exposes_every_recipe_setting():
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     for f in fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in help_text
+
+
+def test_unwritable_output_folder_is_one_line_error(tmp_path):
+    from conftest import assert_one_line_error
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for cmd in ("quickstart", "train"):
+        proc = run_cli(cmd, "--out", str(blocker / "out"))
+        assert_one_line_error(proc, "cannot create output folder")
+        assert not (blocker / "out").exists()
+    assert blocker.read_text() == "not a folder"

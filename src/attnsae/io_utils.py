@@ -37,6 +37,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """Check that folder ``path`` exists and is writable, or could be created; one clear error otherwise.
+
+    Creates nothing, so a run that fails its later checks leaves no trace.
+    """
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise AttnsaeError(f"cannot create output folder {path}: {probe} is not a folder; choose another location")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise AttnsaeError(f"cannot write to output folder {path}: permission denied on {probe}; choose a writable "
+                           "location")
+    return path
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` with one clear error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AttnsaeError(f"cannot create output folder {path}: {e.strerror}; choose a writable location") from None
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -15,7 +15,7 @@ import torch
 
 from attnsae.corpus import load_corpus
 from attnsae.evals import evaluate
-from attnsae.io_utils import atomic_write_json
+from attnsae.io_utils import atomic_write_json, check_writable_dir
 from attnsae.models import load_model
 from attnsae.runs import RunConfig, run_training
 from attnsae.training import TrainConfig
@@ -55,6 +55,7 @@ class QuickstartConfig:
 def run_quickstart(cfg: QuickstartConfig) -> dict:
     """Train, save and evaluate; returns the summary written to ``{out}/summary.json``."""
     t0 = time.perf_counter()
+    check_writable_dir(cfg.out)
     model = load_model(cfg.model)
     saes, specs = run_training(cfg.run_config(model.cfg.n_layers))
     t_train = time.perf_counter() - t0

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from attnsae import kernels
 from attnsae.activations import ActivationSource
 from attnsae.errors import AttnsaeError
-from attnsae.io_utils import atomic_path
+from attnsae.io_utils import atomic_path, make_dir
 from attnsae.sae import SAE, SAEConfig
 from attnsae.sae_io import save_sae
 
@@ -356,10 +356,7 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list[SAE]:
         cfg = self.cfg
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise AttnsaeError(f"cannot create output folder {self.out}: {e.strerror}; choose a writable one") from None
+        make_dir(self.out)
         metrics_path = self.out / "metrics.jsonl"
         if resume and self.ckpt_path.exists():
             self.load_checkpoint()
