@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from attnsae import corpus
+from attnsae.io_utils import atomic_path, atomic_write_json
 from attnsae.reference import (
     EOT_TOKEN,
     REFERENCE_DIR,
@@ -39,15 +40,8 @@ DEFAULT_RUN_DIR = Path(os.environ.get("ATTNSAE_CACHE", Path.home() / ".cache" / 
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -91,7 +85,7 @@ def prepare_data(run_dir: Path, cfg: ReferenceConfig) -> dict:
         print(f"{split}: {len(files)} files, {stats[split].n_bytes} bytes, {len(stream)} tokens "
               f"({len(stream) / dt:,.0f} tokens/s)")
     meta["python"] = sys.version.split()[0]
-    atomic_write_text(json.dumps(meta, indent=1), meta_path)
+    atomic_write_json(meta, meta_path)
     return meta
 
 
@@ -153,7 +147,7 @@ def train(args) -> None:
         opt.load_state_dict(ck["opt"])
         step, log = ck["step"], ck["log"]
         print(f"resumed at step {step}")
-    atomic_write_text(json.dumps(cfg.to_dict(), indent=1), run_dir / "train_config.json")
+    atomic_write_json(cfg.to_dict(), run_dir / "train_config.json")
     fwd = torch.compile(model) if args.compile else model
     tokens_per_step = cfg.batch_size * cfg.n_ctx
     bar = tqdm(total=cfg.total_steps, initial=step, unit="step", dynamic_ncols=True)

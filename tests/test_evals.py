@@ -9,7 +9,7 @@ from attnsae.cli import main
 from attnsae.errors import AttnsaeError
 from attnsae.evals import EvalReport, evaluate, reconstruction_metrics
 from attnsae.models import load_model
-from attnsae.sae import SAE, SAEConfig
+from attnsae.sae import SAE
 from attnsae.sae_io import save_sae
 from attnsae.views.plots import density_histogram
 from attnsae.views.tables import eval_table

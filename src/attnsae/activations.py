@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -351,6 +350,3 @@ class CachedActivations:
                 yield {l: self.gather(l, idx) for l in self.layers}
             epoch, b = epoch + 1, 0
 
-
-def n_batches_for(tokens: int, batch_size: int) -> int:
-    return math.ceil(tokens / batch_size)

@@ -18,12 +18,7 @@ from attnsae.errors import AttnsaeError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is renamed onto ``path``, on failure removed."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise AttnsaeError(f"cannot create folder {parent}: {e.strerror}; choose a writable location") from None
+    parent = make_dir(path.parent)
     if not os.access(parent, os.W_OK):
         raise AttnsaeError(f"cannot write to {parent}: permission denied; choose a writable location")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)

@@ -16,7 +16,7 @@ import torch
 from attnsae.activations import CachedActivations, ModelActivations, StreamConfig, check_layers, d_in_of, write_cache
 from attnsae.corpus import load_corpus
 from attnsae.errors import AttnsaeError
-from attnsae.io_utils import check_writable_dir, make_dir
+from attnsae.io_utils import atomic_write_json, check_writable_dir
 from attnsae.models import load_model, model_name
 from attnsae.sae import SAE
 from attnsae.training import SAESpec, TrainConfig, Trainer
@@ -135,8 +135,7 @@ def run_training(cfg: RunConfig) -> tuple[list[SAE], list[SAESpec]]:
     meta = {"model_name": model_name(model), "context_size": cfg.context_size, "prepend_bos": cfg.prepend_bos,
             "extra": {"dataset_path": cfg.source, "drop_bos": cfg.drop_bos}}
     trainer = Trainer(specs, source, cfg.train, cfg.out, sae_meta=meta, progress=cfg.progress)
-    make_dir(cfg.out)
-    (Path(cfg.out) / "run_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    atomic_write_json(cfg.to_dict(), Path(cfg.out) / "run_config.json")
     return trainer.fit(resume=cfg.resume), specs
 
 

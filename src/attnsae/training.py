@@ -25,18 +25,17 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from attnsae import kernels
 from attnsae.activations import ActivationSource
 from attnsae.errors import AttnsaeError
-from attnsae.io_utils import atomic_path, make_dir
+from attnsae.io_utils import atomic_path, atomic_write_json, make_dir
 from attnsae.sae import SAE, SAEConfig
 from attnsae.sae_io import save_sae
 
@@ -363,8 +362,8 @@ class Trainer:
             _truncate_metrics(metrics_path, self.state.step)
         else:
             metrics_path.write_text("")
-        (self.out / "train_config.json").write_text(json.dumps(
-            {"cfg": asdict(cfg), "specs": [asdict(s) for s in self.specs]}, indent=1))
+        atomic_write_json({"cfg": asdict(cfg), "specs": [asdict(s) for s in self.specs]},
+                          self.out / "train_config.json")
         wandb_run = _wandb_init(cfg, self.specs) if cfg.wandb_project else None
         resample_at = set(cfg.resample_steps())
         window_open = {s - cfg.resample_window for s in resample_at}
@@ -442,9 +441,3 @@ def _wandb_init(cfg: TrainConfig, specs: list[SAESpec]):
         raise AttnsaeError("--wandb needs the wandb package: pip install wandb") from None
     return wandb.init(project=cfg.wandb_project, config={"cfg": asdict(cfg), "specs": [asdict(s) for s in specs]})
 
-
-def config_from_dict(d: dict) -> tuple[TrainConfig, dict]:
-    """Split a flat dict (from YAML / JSON) into a TrainConfig and the remaining keys; unknown keys are errors
-    later, at the caller, which knows the other sections."""
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in d.items() if k in names}), {k: v for k, v in d.items() if k not in names}
