@@ -42,6 +42,51 @@ def add_corpus_args(p: argparse.ArgumentParser, split: str = "train") -> None:
     p.add_argument("--no-bos", dest="prepend_bos", action="store_false", help="do not force BOS at position 0")
 
 
+def model_for_sae(sae, given: str | None) -> str | None:
+    """``--model`` if given; else the SAE's model when it can be loaded offline; else the reference model."""
+    from pathlib import Path
+
+    from attnsae.reference import REFERENCE_NAME
+
+    if given is not None:
+        return given
+    name = sae.cfg.model_name
+    if name == REFERENCE_NAME or (name and Path(name).is_dir()):
+        return name
+    return None
+
+
+def load_checked_saes(paths: list[str], model, device: str = "cpu", saes: list | None = None) -> list:
+    """Load SAEs (unless given) and refuse any that does not fit ``model``, naming its path."""
+    from attnsae.sae_io import load_sae
+    from attnsae.splice import check_sae
+
+    saes = saes if saes is not None else [load_sae(p, device=device) for p in paths]
+    for path, sae in zip(paths, saes):
+        try:
+            check_sae(model, sae)
+        except AttnsaeError as e:
+            raise AttnsaeError(f"SAE {path}: {e}") from None
+    return saes
+
+
+def load_tokens(args: argparse.Namespace, model, n_tokens: int, progress: bool = True):
+    """Whole contexts (BOS at 0 unless ``--no-bos``) covering ``n_tokens`` tokens of the corpus flags' split:
+    int64 numpy ``[n_contexts, context_size]``."""
+    import math
+
+    from attnsae.corpus import load_corpus
+
+    if n_tokens < 1:
+        raise AttnsaeError(f"--n-tokens must be positive, got {n_tokens}")
+    n_contexts = math.ceil(n_tokens / args.context_size)
+    per_context = args.context_size - 1 if args.prepend_bos else args.context_size
+    corpus = load_corpus(model.tokenizer, args.source, args.split, args.context_size, args.prepend_bos,
+                         args.text_field, max_tokens=n_contexts * per_context, n_ctx=model.cfg.n_ctx,
+                         progress=progress)
+    return corpus.tokens[:n_contexts]
+
+
 # ----------------------------------------------------------------------------------------------- commands
 
 
@@ -111,7 +156,7 @@ def _load_command_modules() -> None:
     """Commands of later pipeline stages register themselves from their own CLI modules."""
     import importlib
 
-    for mod in ("attnsae.cli_train", "attnsae.cli_eval", "attnsae.cli_attribute"):  # later stages append their CLI modules here
+    for mod in ("attnsae.cli_train", "attnsae.cli_eval", "attnsae.cli_attribute", "attnsae.cli_dashboard"):  # later stages append their CLI modules here
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

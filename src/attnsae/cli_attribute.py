@@ -7,9 +7,8 @@ direct logit effect; ``--json`` prints :meth:`attnsae.attribution.AttributionRep
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from attnsae.cli import command, print_json
+from attnsae.cli import command, model_for_sae, print_json
 
 
 def _attribute_args(p: argparse.ArgumentParser) -> None:
@@ -27,18 +26,6 @@ def _attribute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
 
 
-def _model_for(sae, given: str | None) -> str | None:
-    """``--model`` if given; else the SAE's model when it can be loaded offline; else the reference model."""
-    from attnsae.reference import REFERENCE_NAME
-
-    if given is not None:
-        return given
-    name = sae.cfg.model_name
-    if name == REFERENCE_NAME or (name and Path(name).is_dir()):
-        return name
-    return None
-
-
 @command("attribute", "explain a feature on a prompt: DFA by source and head, recursive DFA, logit effect",
          _attribute_args)
 def cmd_attribute(args: argparse.Namespace) -> None:
@@ -51,7 +38,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     sae_layer(sae)  # refuse an SAE on another hook, or a bad feature, before loading the model
     check_features(sae, args.feature)
     upstream = [load_sae(p, device=args.device) for p in args.upstream_sae]
-    model = load_model(_model_for(sae, args.model), device=args.device)
+    model = load_model(model_for_sae(sae, args.model), device=args.device)
     report = attribute(model, sae, args.prompt, args.feature, args.position, depth=args.depth, top_k=args.top_k,
                        upstream_saes=upstream)
     if args.json:

@@ -7,10 +7,9 @@ Loads SAEs (ours or SAELens / paper files) and a model, tokenises held-out valid
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from attnsae.cli import add_corpus_args, add_model_args, command
+from attnsae.cli import add_corpus_args, add_model_args, command, load_checked_saes, load_tokens
 from attnsae.errors import AttnsaeError
 
 
@@ -36,35 +35,21 @@ def sae_names(paths: list[str]) -> list[str]:
 @command("eval", "evaluate SAEs on held-out tokens: sparsity, reconstruction, CE loss recovered, KL, density",
          _eval_args)
 def cmd_eval(args: argparse.Namespace) -> None:
-    from attnsae.corpus import load_corpus
     from attnsae.evals import evaluate
     from attnsae.io_utils import atomic_write_json
     from attnsae.models import load_model
-    from attnsae.sae_io import load_sae
-    from attnsae.splice import check_sae
     from attnsae.views.plots import density_histogram
     from attnsae.views.tables import eval_table
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise AttnsaeError(f"--out {out} is a file, not a folder; choose a folder")
-    if args.n_tokens < 1 or args.batch_size < 1:
-        raise AttnsaeError(f"--n-tokens and --batch-size must be positive, got {args.n_tokens} and {args.batch_size}")
+    if args.batch_size < 1:
+        raise AttnsaeError(f"--batch-size must be positive, got {args.batch_size}")
 
-    saes = [load_sae(p, device=args.device) for p in args.sae]
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    for path, sae in zip(args.sae, saes):
-        try:
-            check_sae(model, sae)
-        except AttnsaeError as e:
-            raise AttnsaeError(f"SAE {path}: {e}") from None
-
-    n_contexts = math.ceil(args.n_tokens / args.context_size)
-    per_context = args.context_size - 1 if args.prepend_bos else args.context_size
-    corpus = load_corpus(model.tokenizer, args.source, args.split, args.context_size, args.prepend_bos,
-                         args.text_field, max_tokens=n_contexts * per_context, n_ctx=model.cfg.n_ctx,
-                         progress=args.progress)
-    tokens = corpus.tokens[:n_contexts]
+    saes = load_checked_saes(args.sae, model, args.device)
+    tokens = load_tokens(args, model, args.n_tokens, args.progress)
 
     report = evaluate(model, saes, tokens, batch_size=args.batch_size, progress=args.progress,
                       keep_bos=args.prepend_bos and not args.splice_bos, names=sae_names(args.sae))

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import MISSING, fields
 
 from attnsae.cli import command
+from attnsae.errors import AttnsaeError
 from attnsae.runs import RunConfig, read_config_file
 from attnsae.training import TrainConfig
 
@@ -78,6 +79,8 @@ def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="attnsae-out/quickstart", help="output folder")
     p.add_argument("--train-tokens", type=int, default=None, help="SAE training tokens per layer")
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens for the summary")
+    p.add_argument("--dashboard-tokens", type=int, default=None,
+                   help="validation tokens scanned for the dashboards, families and head report (0: skip them)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -90,4 +93,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
         cfg.train_tokens = args.train_tokens
     if args.eval_tokens:
         cfg.eval_tokens = args.eval_tokens
+    if args.dashboard_tokens is not None:
+        if args.dashboard_tokens < 0:
+            raise AttnsaeError(f"--dashboard-tokens must be 0 or more, got {args.dashboard_tokens}")
+        cfg.dashboard_tokens = args.dashboard_tokens
     run_quickstart(cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +31,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces folder ``path`` whole, on failure it is removed.
+
+    A reader never sees a half-written folder: either the old one (if any) or the complete new one.
+    """
+    path = Path(path)
+    parent = make_dir(path.parent)
+    if path.exists() and not path.is_dir():
+        raise AttnsaeError(f"{path} is a file, not a folder; choose a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AttnsaeError(f"cannot write to {parent}: permission denied; choose a writable location")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+            os.replace(path, old / "x")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:

@@ -2,7 +2,9 @@
 
 Harvest ``hook_z`` from the stdlib train split, train one SAE per layer of the reference model from a single
 activation stream, save them (SAELens format), then evaluate each on held-out validation tokens (L0, explained
-variance, CE loss recovered, ...), print the table and plot the feature densities.
+variance, CE loss recovered, ...), print the table and plot the feature densities; finally scan validation
+tokens for the reading site (:mod:`attnsae.views.site`: feature dashboards, feature families, head report) and print
+the path to open.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from attnsae.models import load_model
 from attnsae.runs import RunConfig, run_training
 from attnsae.training import TrainConfig
 from attnsae.views.plots import density_histogram
+from attnsae.views.site import write_site
 from attnsae.views.tables import eval_table
 
 
@@ -32,6 +35,7 @@ class QuickstartConfig:
     expansion_factor: int = 8
     train_tokens: int = 4_000_000
     eval_tokens: int = 65_536
+    dashboard_tokens: int = 262_144  # validation tokens scanned for the dashboards (0: no dashboards)
     batch_size: int = 4096
     lr: float = 2e-3
     context_size: int = 128
@@ -59,16 +63,27 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     model = load_model(cfg.model)
     saes, specs = run_training(cfg.run_config(model.cfg.n_layers))
     t_train = time.perf_counter() - t0
+    names = [f"L{s.layer}" for s in specs]
     val = load_corpus(model.tokenizer, "stdlib", "validation", cfg.context_size,
-                      max_tokens=cfg.eval_tokens + cfg.context_size, progress=False)
-    report = evaluate(model, saes, torch.from_numpy(val.tokens), progress=True,
-                      names=[f"L{s.layer}" for s in specs])
+                      max_tokens=max(cfg.eval_tokens, cfg.dashboard_tokens) + cfg.context_size, progress=False)
+    val_tokens = torch.from_numpy(val.tokens)
+    n_eval = -(-cfg.eval_tokens // cfg.context_size)
+    report = evaluate(model, saes, val_tokens[:n_eval], progress=True, names=names)
     out = Path(cfg.out)
     density_histogram(report, out / "density.png", title=f"{report.model}: quickstart SAEs")
+    print(eval_table(report))
+    site = None
+    if cfg.dashboard_tokens > 0:
+        n_dash = -(-cfg.dashboard_tokens // cfg.context_size)
+        site = write_site(model, saes, val_tokens[:n_dash], out / "dashboard", names=names,
+                          corpus={"source": "stdlib", "split": "validation"})
     summary = {"config": asdict(cfg), "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},
-               "validation": report.to_dict(feature_frequency=False),
+               "validation": report.to_dict(feature_frequency=False), "dashboard": site,
                "seconds": {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)}}
     atomic_write_json(summary, out / "summary.json")
-    print(eval_table(report))
+    if site:
+        print(f"\n{site['families_table']}\n\n{site['heads']}")
     print(f"\nSAEs, summary.json and density.png in {out}  ({summary['seconds']['total']:.0f}s)")
+    if site:
+        print(f"open {site['index']}  (heads: {site['heads_html']})")
     return summary

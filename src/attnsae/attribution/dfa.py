@@ -228,8 +228,13 @@ def dfa(model, sae: SAE, tokens: Tensor | str | Sequence[str], features: int | S
 def dfa_from_activations(acts: AttnActivations, sae: SAE, features: int | Sequence[int] | None = None, *,
                          lengths: Tensor | None = None, dest: int | Sequence[int] | None = None,
                          keep_src_head: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
-                         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> DFAResult:
-    """:func:`dfa` on captured activations (see the module docstring for the algebra and the memory bound)."""
+                         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+                         entries: tuple[Tensor, Tensor, Tensor] | None = None) -> DFAResult:
+    """:func:`dfa` on captured activations (see the module docstring for the algebra and the memory bound).
+
+    ``entries = (batch, dest, feature)`` (int64 [E] each) asks for exactly those entries, in that order, instead of
+    ``features`` / ``dest`` (active or not).
+    """
     B, S, H, G, dh = acts.shape
     d_in, d_sae = H * dh, sae.cfg.d_sae
     sae = cpu_sae(sae)
@@ -237,8 +242,21 @@ def dfa_from_activations(acts: AttnActivations, sae: SAE, features: int | Sequen
         raise AttnsaeError(f"the SAE has d_in {sae.cfg.d_in}, but hook_z has n_heads*d_head = {d_in}")
     plan = plan_dfa(B, S, H, G, dh, d_sae, max_bytes)
     meter = _Meter()
-    rows = _dest_rows(B, S, lengths, dest)  # int64 [n] flat indices b*S + t
-    feats = None if features is None else torch.tensor(check_features(sae, features))
+    order_in = None
+    if entries is not None:
+        eb, et, ef = (torch.as_tensor(e, dtype=torch.long).reshape(-1) for e in entries)
+        if len(ef) and (ef.min() < 0 or ef.max() >= d_sae or eb.min() < 0 or eb.max() >= B or et.min() < 0
+                        or et.max() >= S):
+            raise AttnsaeError(f"a DFA entry is out of range: batch 0..{B - 1}, position 0..{S - 1}, "
+                               f"feature 0..{d_sae - 1}")
+        flat = eb * S + et
+        order_in = torch.argsort(flat, stable=True)
+        want_row, want_feat = flat[order_in], ef[order_in]
+        rows = torch.unique_consecutive(want_row)
+        feats = None
+    else:
+        rows = _dest_rows(B, S, lengths, dest)  # int64 [n] flat indices b*S + t
+        feats = None if features is None else torch.tensor(check_features(sae, features))
     row_out = ITEM * (S + H + (S * H if keep_src_head else 0) + 6)
 
     # stage 1: the entries (row, feature) with their pre-activations and activations
@@ -251,7 +269,13 @@ def dfa_from_activations(acts: AttnActivations, sae: SAE, features: int | Sequen
         pre = sae.pre_acts(x)
         act = sae.activation(pre)
         meter.add(x, pre, act)
-        if feats is None:
+        if order_in is not None:
+            lo = int(torch.searchsorted(want_row, r[0]))
+            ii = torch.arange(lo, int(torch.searchsorted(want_row, r[-1], right=True)))
+            n_entries += len(ii)
+            _check_output(n_entries, row_out, max_output_bytes)
+            rr, ff = torch.searchsorted(r, want_row[ii]), want_feat[ii]
+        elif feats is None:
             hit = act != 0
             meter.add(hit)
             n_entries += int(hit.sum())
@@ -270,7 +294,11 @@ def dfa_from_activations(acts: AttnActivations, sae: SAE, features: int | Sequen
         meter.sub(x, pre, act)
     if not e_row:
         raise AttnsaeError("no destination positions to attribute; check lengths and dest")
-    e_row, e_feat = torch.cat(e_row), torch.cat(e_feat)
+    e_row, e_feat, e_pre, e_act = torch.cat(e_row), torch.cat(e_feat), torch.cat(e_pre), torch.cat(e_act)
+    if order_in is not None:  # back to the caller's order
+        inv = torch.empty_like(order_in)
+        inv[order_in] = torch.arange(len(order_in))
+        e_row, e_feat, e_pre, e_act = e_row[inv], e_feat[inv], e_pre[inv], e_act[inv]
     E = len(e_feat)
 
     # stage 2: project v onto chunks of encoder columns, then read each entry's [head, src] products
@@ -313,7 +341,7 @@ def dfa_from_activations(acts: AttnActivations, sae: SAE, features: int | Sequen
 
     return DFAResult(
         layer=acts.layer, hook_name=f"blocks.{acts.layer}.attn.hook_z", batch=e_b, dest=e_t, feature=e_feat,
-        act=torch.cat(e_act), pre_act=torch.cat(e_pre), bias=bias, by_src=by_src, by_head=by_head,
+        act=e_act, pre_act=e_pre, bias=bias, by_src=by_src, by_head=by_head,
         by_src_head=by_src_head, workspace_bytes=meter.peak,
         workspace_bound=plan.bound_for(len(rows), len(uniq), E),
         plan={"rows_per_chunk": plan.rows_per_chunk, "features_per_chunk": plan.features_per_chunk,

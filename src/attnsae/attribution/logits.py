@@ -10,6 +10,7 @@ is left out). The result lists the top and bottom tokens by effect.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -36,17 +37,22 @@ class LogitEffect:
 
 
 @torch.no_grad()
-def logit_effect_vector(model, sae: SAE, feature: int, through_ln_final: bool = False) -> torch.Tensor:
-    """``d_i @ W_O_cat @ W_U``: float32 [d_vocab] (see the module docstring for ``through_ln_final``)."""
+def logit_effect_matrix(model, sae: SAE, features: Sequence[int], through_ln_final: bool = False) -> torch.Tensor:
+    """``W_dec[features] @ W_O_cat @ W_U``: float32 [len(features), d_vocab] (``through_ln_final``: module docstring)."""
     layer = check_sae_fits(model, sae)
-    (feature,) = check_features(sae, feature)
-    direction = sae.W_dec.detach()[feature].float().cpu() @ layer_weights(model, layer).W_O_cat  # [d_model]
+    features = check_features(sae, features)
+    direction = sae.W_dec.detach()[features].float().cpu() @ layer_weights(model, layer).W_O_cat  # [n, d_model]
     W_U, _, g, _ = unembed_weights(model)
     if through_ln_final:
         if norm_kind(model) == "LN":
-            direction = direction - direction.mean()
+            direction = direction - direction.mean(-1, keepdim=True)
         direction = direction * g
     return direction @ W_U
+
+
+def logit_effect_vector(model, sae: SAE, feature: int, through_ln_final: bool = False) -> torch.Tensor:
+    """``d_i @ W_O_cat @ W_U``: float32 [d_vocab] (see the module docstring for ``through_ln_final``)."""
+    return logit_effect_matrix(model, sae, [feature], through_ln_final)[0]
 
 
 def logit_effect(model, sae: SAE, feature: int, k: int = 10, through_ln_final: bool = False) -> LogitEffect:

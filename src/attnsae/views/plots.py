@@ -60,3 +60,51 @@ def density_histogram(reports: EvalReport | SAEEval | Sequence[EvalReport | SAEE
 
 
 __all__ = ["density_histogram"]
+
+
+def families_plot(counts: dict[str, dict[str, int]], stats: dict[str, list[dict]], labels: dict[str, list[str]],
+                  path: str | os.PathLike, thresholds: dict, title: str = "feature families") -> None:
+    """Left: share of live features per family, one stacked bar per SAE. Right: every live feature's induction
+    share against its short-range (local) share, coloured by family, with the thresholds drawn. Written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from attnsae.families import FAMILIES
+
+    colours = {"induction": "#d62728", "short-range": "#1f77b4", "long-range": "#2ca02c", "unclear": "#b0b0b0"}
+    fig = Figure(figsize=(12, 4.6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    names = list(counts)
+    left = np.zeros(len(names))
+    for fam in FAMILIES:
+        share = np.array([counts[n][fam] / max(counts[n]["live"], 1) for n in names])
+        ax.barh(names, share, left=left, color=colours[fam], label=fam)
+        for y, (x0, w, n) in enumerate(zip(left, share, names)):
+            if w > 0.06:
+                ax.text(x0 + w / 2, y, f"{counts[n][fam]}", ha="center", va="center", fontsize=8, color="white")
+        left += share
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of live features")
+    ax.invert_yaxis()
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=8, frameon=False)
+    markers = "os^Dv<>"
+    for m, n in enumerate(names):
+        for fam in FAMILIES:
+            pts = [(s["local"], s["induction"]) for s, lab in zip(stats[n], labels[n]) if lab == fam and s]
+            if pts:
+                x, y = zip(*pts)
+                ax2.scatter(x, y, s=6, alpha=0.5, color=colours[fam], marker=markers[m % len(markers)],
+                            label=f"{n} {fam}" if len(names) > 1 else fam)
+    ax2.axhline(thresholds["induction"], color="#d62728", lw=0.8, ls="--")
+    ax2.axvline(thresholds["local"], color="#1f77b4", lw=0.8, ls="--")
+    ax2.set_xlabel(f"short-range share (within {thresholds['local_window']} tokens)")
+    ax2.set_ylabel("induction share")
+    ax2.set_xlim(-0.02, 1.02)
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.legend(fontsize=7, markerscale=2, loc="upper right", frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -1,0 +1,145 @@
+"""Feature dashboards as a self-contained offline website: one page, the vocabulary, and per-feature data in chunks.
+
+The input is a *bundle*, plain data that the dashboards computation builds (floats may be pre-rounded)::
+
+    bundle = {
+      "title": str, "model": str,
+      "corpus": {"source": str, "split": str, "n_tokens": int, "context_size": int},
+      "vocab": [str] * d_vocab,                     # decoded string of each token id
+      "families": {"labels": [str, ...], "criterion": str, "thresholds": {name: float}},
+      "heads_href": str | None,                     # relative link to the head report, shown in the header
+      "saes": [{"name": "L1", "layer": int, "hook_name": "blocks.1.attn.hook_z", "path": str,
+                "d_sae": int, "n_heads": int, "d_head": int,
+                "features": [FEATURE] * d_sae}],    # feature i at position i
+    }
+    FEATURE = {
+      "i": int, "n_fired": int, "density": float, "max_act": float, "mean_act": float,
+      "family": one of labels | "dead",
+      "family_stats": {"induction", "local", "far", "self", "bos", "mean_distance": float, "n_examples": int},
+      "head_shares": [float] * n_heads,             # weight-based attribution, sums to 1
+      "head_dfa": [float] * n_heads,                # mean DFA by head over the top examples
+      "hist": {"start": float, "width": float, "counts": [int] * n_bins},        # positive activations
+      "logits": {"pos": [[token_id, value]] * k, "neg": [[token_id, value]] * k},
+      "logit_hist": {"start": float, "width": float, "counts": [int] * n_bins},  # logit effect over the vocab
+      "top_tokens": [[token_id, count]] * k,        # commonest destination tokens of the top examples
+      "groups": [{"title": str, "examples": [EXAMPLE]}],  # [] for a dead feature
+    }
+    EXAMPLE = {
+      "act": float, "ctx": int, "dest": int, "dfa_total": float, "bias": float, "peak": int,
+      "segments": [{"start": int, "tokens": [int] * n, "acts": [float] * n, "dfa": [float] * n}],  # 1 or 2
+    }
+
+The website written into ``out_dir`` (all relative links; it works from file:// with no network)::
+
+    index.html            page + styles + app, with a per-SAE summary (density, max act, family, top tokens)
+    vocab.js              window.ATTNSAE_VOCAB = [str] * d_vocab
+    data/<sae>/<n>.js     window.ATTNSAE_REGISTER({"sae": name, "chunk": n, "features": features[64n:64n+64]})
+
+The page loads a chunk on demand by adding a <script src> tag (fetch/XHR are blocked under file://), and a feature
+has a stable address ``index.html#<sae>/<i>``, e.g. ``index.html#L1/123``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from attnsae.views.webpage import asset, js_literal, page
+
+CHUNK_SIZE = 64  # features per data file
+
+BODY = """\
+<header class="topbar" id="topbar"></header>
+<div class="app">
+  <aside class="side">
+    <div class="controls">
+      <label>SAE <select id="sae-select"></select></label>
+      <label>family <select id="family-select"></select></label>
+      <label>sort <select id="sort-select">
+        <option value="index">index</option>
+        <option value="density-desc">density ↓</option>
+        <option value="density-asc">density ↑</option>
+        <option value="max-desc">max act ↓</option>
+      </select></label>
+    </div>
+    <form id="search-form" class="search" autocomplete="off">
+      <input id="search" type="search" placeholder="feature: 123 or L1/123 — Enter" spellcheck="false">
+      <div id="search-message" class="search-message" role="status"></div>
+    </form>
+    <div id="list-count" class="list-count"></div>
+    <div class="list-head"><span>#</span><span>family</span><span>density</span><span>max</span>
+      <span>top → logit</span></div>
+    <div id="list" class="list"><div id="list-spacer" class="list-spacer"></div></div>
+  </aside>
+  <main id="main" class="main"></main>
+</div>"""
+
+
+def write_dashboards(bundle: dict, out_dir: Path) -> Path:
+    """Write the dashboards website for ``bundle`` into the existing folder ``out_dir``; return its index.html."""
+    out_dir = Path(out_dir)
+    names = list(bundle["families"]["labels"]) + ["dead"]
+    saes, folders = [], set()
+    for sae in bundle["saes"]:
+        folder = _folder_name(sae["name"], folders)
+        _write_chunks(sae, out_dir / "data" / folder)
+        saes.append(_summary(sae, f"data/{folder}", names))
+    index = {
+        "title": bundle["title"], "model": bundle["model"], "corpus": bundle["corpus"],
+        "families": {**bundle["families"], "names": names}, "heads_href": bundle.get("heads_href"),
+        "chunk_size": CHUNK_SIZE, "saes": saes,
+    }
+    (out_dir / "vocab.js").write_text(f"window.ATTNSAE_VOCAB = {js_literal(list(bundle['vocab']))};\n",
+                                      encoding="utf-8")
+    html = page(bundle["title"], ["common.css", "dashboards.css"], BODY,
+                [f"window.ATTNSAE_INDEX = {js_literal(index)};", asset("common.js"), asset("dashboards.js")],
+                script_srcs=("vocab.js",))
+    index_path = out_dir / "index.html"
+    index_path.write_text(html, encoding="utf-8")
+    return index_path
+
+
+def _folder_name(name: str, taken: set[str]) -> str:
+    """A file-system- and URL-safe folder name for an SAE, unique among ``taken`` (which it joins)."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "sae"
+    folder, n = base, 1
+    while folder.lower() in taken:
+        n += 1
+        folder = f"{base}_{n}"
+    taken.add(folder.lower())
+    return folder
+
+
+def _write_chunks(sae: dict, folder: Path) -> None:
+    """data/<sae>/<n>.js for n = 0, 1, ...: features [64n, 64n + 64) of one SAE, in index order."""
+    features = sae["features"]
+    for position, feature in enumerate(features):
+        if feature["i"] != position:
+            raise ValueError(f"SAE {sae['name']}: feature at position {position} has index {feature['i']}; "
+                             f"features must be listed by index 0..d_sae-1")
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, start in enumerate(range(0, len(features), CHUNK_SIZE)):
+        payload = {"sae": sae["name"], "chunk": n, "features": features[start:start + CHUNK_SIZE]}
+        (folder / f"{n}.js").write_text(f"window.ATTNSAE_REGISTER({js_literal(payload)});\n", encoding="utf-8")
+
+
+def _summary(sae: dict, folder: str, family_names: list[str]) -> dict:
+    """What the feature list needs about every feature of one SAE, as columns: [d_sae] each."""
+    features = sae["features"]
+    for f in features:  # a family outside the bundle's labels still gets a code (and a grey badge)
+        if f["family"] not in family_names:
+            family_names.append(f["family"])
+    code = {name: k for k, name in enumerate(family_names)}
+
+    def first_token(pairs: list) -> int:
+        return int(pairs[0][0]) if pairs else -1
+
+    return {
+        "name": sae["name"], "layer": sae["layer"], "hook_name": sae["hook_name"], "path": sae.get("path"),
+        "d_sae": len(features), "n_heads": sae["n_heads"], "d_head": sae["d_head"], "dir": folder,
+        "density": [f["density"] for f in features],
+        "max_act": [f["max_act"] for f in features],
+        "family": [code[f["family"]] for f in features],
+        "top_token": [first_token(f["top_tokens"]) for f in features],
+        "top_logit": [first_token(f["logits"]["pos"]) for f in features],
+    }

@@ -1,0 +1,86 @@
+"""The streaming scan keeps exactly what a brute-force pass over all activations would, in state whose size does
+not grow with the number of tokens."""
+
+import math
+
+import pytest
+import torch
+
+from attnsae.activations import harvest_z
+from attnsae.errors import AttnsaeError
+from attnsae.scan import ScanConfig, scan_features, select_examples
+from test_attribution_exactness import random_sae
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model):
+    torch.manual_seed(1)
+    tokens = torch.randint(1, 8192, (13, 24))
+    tokens[:, 0] = 0
+    sae = random_sae(tiny_model, 1, d_sae=40)
+    z = harvest_z(tiny_model, tokens, [1], drop_bos=True)[1]
+    acts = sae.encode(z).detach()  # [13 * 23, 40], rows in (context, position >= 1) order
+    locs = (torch.arange(13)[:, None] * 24 + torch.arange(1, 24)[None]).reshape(-1)
+    return tokens, sae, acts, locs
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 32 * 2**20])
+def test_scan_matches_brute_force(tiny_model, setup, chunk_bytes):
+    tokens, sae, acts, locs = setup
+    cfg = ScanConfig(n_top=5, n_sample=7, bins=8, batch_size=3, chunk_bytes=chunk_bytes)
+    (st,) = scan_features(tiny_model, [sae], tokens, cfg, progress=False)
+    fired = acts > 0
+    assert st.n_tokens == len(acts)
+    assert torch.equal(st.n_fired, fired.sum(0))
+    assert torch.allclose(st.mean_act, (acts.double() * fired).sum(0) / fired.sum(0).clamp_min(1), atol=1e-5)
+    for f in range(sae.cfg.d_sae):
+        vals = acts[fired[:, f], f]
+        top = vals.sort(descending=True).values[:5]
+        n = len(top)
+        assert torch.allclose(st.top_vals[f, :n], top, atol=1e-5)
+        assert torch.all(st.top_vals[f, n:] == -torch.inf) and torch.all(st.top_locs[f, n:] == -1)
+        row = {int(l): i for i, l in enumerate(locs)}
+        for v, l in zip(st.top_vals[f, :n], st.top_locs[f, :n]):
+            assert acts[row[int(l)], f] == pytest.approx(float(v), abs=1e-5)
+        # exact histogram: every firing counted once, in the bin of its value at the final width
+        w = float(st.hist_width[f])
+        if n:
+            assert vals.max() <= w * 8 and math.log2(w).is_integer()  # it fits, in power-of-two bins
+            idx = torch.floor(vals.double() / w).long().clamp(0, 7)
+            assert torch.equal(st.hist[f], torch.bincount(idx, minlength=8))
+        else:
+            assert st.hist[f].sum() == 0 and w == 0
+        # the sample: real firings, as many as fit
+        keep = torch.isfinite(st.sample_keys[f])
+        assert int(keep.sum()) == min(7, len(vals))
+        for v, l in zip(st.sample_vals[f][keep], st.sample_locs[f][keep]):
+            assert acts[row[int(l)], f] == pytest.approx(float(v), abs=1e-5)
+        assert len(set(st.sample_locs[f][keep].tolist())) == int(keep.sum())
+
+
+def test_scan_state_does_not_grow_with_tokens(tiny_model, setup):
+    tokens, sae, _, _ = setup
+    cfg = ScanConfig(n_top=5, n_sample=7, bins=8)
+    small, big = (scan_features(tiny_model, [sae], t, cfg, progress=False)[0] for t in (tokens[:2], tokens))
+    for name in ("n_fired", "top_vals", "top_locs", "sample_vals", "sample_locs", "sample_keys", "hist"):
+        assert getattr(small, name).shape == getattr(big, name).shape
+
+
+def test_select_examples_gives_top_then_descending_quantile_bands(tiny_model, setup):
+    tokens, sae, acts, _ = setup
+    (st,) = scan_features(tiny_model, [sae], tokens, ScanConfig(n_top=3, n_sample=64), progress=False)
+    f = int((acts > 0).sum(0).argmax())
+    groups = select_examples(st, f, n_bands=4, per_band=2)
+    assert groups[0].title == "Top activations" and len(groups[0].vals) == 3
+    assert [g.title.split()[0] for g in groups[1:]] == ["Quantile"] * (len(groups) - 1)
+    assert len(groups) >= 4
+    band_max = [float(g.vals.max()) for g in groups[1:]]
+    assert band_max == sorted(band_max, reverse=True)
+    top = set(groups[0].locs.tolist())
+    assert not any(set(g.locs.tolist()) & top for g in groups[1:])
+
+
+def test_scan_refuses_no_tokens(tiny_model, setup):
+    _, sae, _, _ = setup
+    with pytest.raises(AttnsaeError, match="nothing to scan"):
+        scan_features(tiny_model, [sae], torch.zeros(0, 16, dtype=torch.long), progress=False)
