@@ -65,7 +65,7 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     tokens = torch.from_numpy(load_tokens(args, model, args.n_tokens, args.progress))
     summary = write_site(model, saes, tokens, out, cfg, names=sae_names(args.sae),
                          corpus={"source": args.source, "split": args.split}, neuronpedia=args.neuronpedia,
-                         progress=args.progress)
+                         progress=args.progress, paths=[str(p) for p in args.sae])
     print_summary(summary)
 
 

@@ -247,8 +247,13 @@ def _vocab(tokenizer, d_vocab: int) -> list[str]:
 @torch.no_grad()
 def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfig | None = None,
                      names: list[str] | None = None, corpus: dict | None = None, progress: bool = True,
-                     on_example: Callable[[int, int, dict], None] | None = None) -> Dashboards:
-    """Scan ``tokens`` int64 [n_contexts, S] (BOS at 0) and build the dashboards of every feature of ``saes``."""
+                     on_example: Callable[[int, int, dict], None] | None = None,
+                     paths: list[str] | None = None) -> Dashboards:
+    """Scan ``tokens`` int64 [n_contexts, S] (BOS at 0) and build the dashboards of every feature of ``saes``.
+
+    ``names`` label the SAEs (default ``L{layer}``); ``paths`` (where they were loaded from) and ``corpus`` (source,
+    split) are recorded in the bundle.
+    """
     cfg = cfg or DashboardConfig()
     t0 = time.perf_counter()
     if not saes:
@@ -306,7 +311,7 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
         labels.append(lab)
         all_stats.append(fstats)
         sae_blocks.append({"name": names[k], "layer": layers[k], "hook_name": f"blocks.{layers[k]}.attn.hook_z",
-                           "path": str(getattr(sae.cfg, "path", "") or ""), "d_sae": sae.cfg.d_sae,
+                           "path": str(paths[k]) if paths else "", "d_sae": sae.cfg.d_sae,
                            "n_heads": model.cfg.n_heads, "d_head": model.cfg.d_head, "features": feats})
     mname = model_name(model) or "model"
     bundle = {

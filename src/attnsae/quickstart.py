@@ -76,7 +76,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     if cfg.dashboard_tokens > 0:
         n_dash = -(-cfg.dashboard_tokens // cfg.context_size)
         site = write_site(model, saes, val_tokens[:n_dash], out / "dashboard", names=names,
-                          corpus={"source": "stdlib", "split": "validation"})
+                          corpus={"source": "stdlib", "split": "validation"},
+                          paths=[str(out / "saes" / s.name) for s in specs])
     summary = {"config": asdict(cfg), "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},
                "validation": report.to_dict(feature_frequency=False), "dashboard": site,
                "seconds": {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)}}

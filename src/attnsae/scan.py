@@ -10,9 +10,9 @@ is skipped, as in training. Per feature the scan keeps:
 * a uniform sample of ``n_sample`` of its firings (each firing draws a random key; the smallest keys are kept), from
   which :func:`select_examples` draws examples of activation quantile bands.
 
-Memory: ``d_sae · ((n_top + n_sample)·12 + n_sample·4 + bins·8 + 32)`` bytes of state, whatever the number of tokens
-(33 MB for d_sae 24576 with the defaults), plus one chunk of activations ``[rows, d_sae]`` of at most
-``chunk_bytes``. The caller keeps the tokens (4-8 bytes each) to show examples later.
+Memory: ``d_sae · (12·n_top + 16·n_sample + 8·bins + 24)`` bytes of state, whatever the number of tokens (114 MB
+for d_sae 24576 with the defaults, 9.5 MB for the quickstart's 2048), plus the work on one chunk of activations,
+``rows = chunk_bytes / (16·d_sae)`` rows at a time. The caller keeps the tokens (8 bytes each) to show examples.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class FeatureScan:
 
 
 def _topk_cat(old: Tensor, new: Tensor, k: int, largest: bool) -> tuple[Tensor, Tensor]:
-    """Top-k along dim 1 of ``cat([old, new], 1)`` without materialising anything but the values."""
+    """Top-k along dim 1 of ``cat([old, new], 1)``: values and indices into the concatenation."""
     vals, idx = torch.cat([old, new], 1).topk(k, dim=1, largest=largest, sorted=True)
     return vals, idx
 

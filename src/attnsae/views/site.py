@@ -34,7 +34,8 @@ from attnsae.views.plots import families_plot
 
 def write_site(model, saes: list[SAE], tokens: Tensor, out: str | Path, cfg: DashboardConfig | None = None,
                names: list[str] | None = None, corpus: dict | None = None, neuronpedia: bool = False,
-               criterion: HeadCriterion | None = None, progress: bool = True) -> dict:
+               criterion: HeadCriterion | None = None, progress: bool = True,
+               paths: list[str] | None = None) -> dict:
     """Build and write everything for ``saes`` on ``tokens`` int64 [n_contexts, S]; returns ``summary.json``."""
     cfg = cfg or DashboardConfig()
     out = check_writable_dir(out)
@@ -47,7 +48,7 @@ def write_site(model, saes: list[SAE], tokens: Tensor, out: str | Path, cfg: Das
                                        [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)])
         try:
             dash = build_dashboards(model, saes, tokens, cfg, names=names, corpus=corpus, progress=progress,
-                                    on_example=writer.activation if writer else None)
+                                    on_example=writer.activation if writer else None, paths=paths)
         finally:
             if writer:
                 writer.close()
