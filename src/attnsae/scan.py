@@ -12,7 +12,7 @@ is skipped, as in training. Per feature the scan keeps:
 
 Memory: ``d_sae · (12·n_top + 16·n_sample + 8·bins + 24)`` bytes of state, whatever the number of tokens (114 MB
 for d_sae 24576 with the defaults, 9.5 MB for the quickstart's 2048), plus the work on one chunk of activations,
-``rows = chunk_bytes / (16·d_sae)`` rows at a time. The caller keeps the tokens (8 bytes each) to show examples.
+``rows = chunk_bytes / (8·d_sae)`` rows at a time, and the firings of one batch. The caller keeps the tokens (8 bytes each) to show examples.
 """
 
 from __future__ import annotations
@@ -91,23 +91,35 @@ class FeatureScan:
 
     @torch.no_grad()
     def update(self, acts: Tensor, locs: Tensor, gen: torch.Generator) -> None:
-        """Fold in activations ``acts`` float32 [n, d] at locations ``locs`` int64 [n]."""
-        n, d = acts.shape
-        fired = acts > 0
-        self.n_tokens += n
-        self.n_fired += fired.sum(0)
-        at = torch.where(fired, acts, -math.inf).T  # [d, n]
-        self.act_sum += at.clamp_min(0).sum(1, dtype=torch.float64)
-        self.top_vals, self.top_locs = _merge(self.top_vals, self.top_locs, at, locs, largest=True)
-        keys = torch.rand(d, n, generator=gen).masked_fill_(~fired.T, math.inf)
-        self.sample_keys, idx = _topk_cat(self.sample_keys, keys, self.sample_keys.shape[1], largest=False)
-        self.sample_vals = _gather_cat(self.sample_vals, at, idx)
-        self.sample_locs = _gather_cat(self.sample_locs, locs.expand(d, n), idx)
-        self._histogram(acts, fired)
+        """Fold in dense activations ``acts`` float32 [n, d] at locations ``locs`` int64 [n]."""
+        r, f = (acts > 0).nonzero(as_tuple=True)
+        self.update_sparse(locs[r], f, acts[r, f], len(acts), gen)
 
-    def _histogram(self, acts: Tensor, fired: Tensor) -> None:
+    @torch.no_grad()
+    def update_sparse(self, loc: Tensor, feature: Tensor, value: Tensor, n_rows: int, gen: torch.Generator) -> None:
+        """Fold in the firings of ``n_rows`` tokens: ``loc`` int64 [m], ``feature`` int64 [m], ``value`` float [m] > 0.
+
+        Work is O(m log m + d·(n_top + n_sample)): only the firings are touched, never a dense [tokens, d_sae].
+        """
+        d = self.d_sae
+        value = value.float()
+        self.n_tokens += n_rows
+        self.n_fired += torch.bincount(feature, minlength=d)
+        self.act_sum.index_add_(0, feature, value.double())
+        K, R = self.top_vals.shape[1], self.sample_keys.shape[1]
+        best = _per_feature(feature, value, d, K, largest=True)  # [d, K] firing indices, -1 where none
+        self.top_vals, idx = _topk_cat(self.top_vals, _take(value, best, -math.inf), K, largest=True)
+        self.top_locs = _gather_cat(self.top_locs, _take(loc, best, -1), idx)
+        keys = torch.rand(len(value), generator=gen)
+        pick = _per_feature(feature, keys, d, R, largest=False)
+        self.sample_keys, idx = _topk_cat(self.sample_keys, _take(keys, pick, math.inf), R, largest=False)
+        self.sample_vals = _gather_cat(self.sample_vals, _take(value, pick, 0.0), idx)
+        self.sample_locs = _gather_cat(self.sample_locs, _take(loc, pick, -1), idx)
+        self._histogram(feature, value)
+
+    def _histogram(self, feature: Tensor, value: Tensor) -> None:
         bins = self.hist.shape[1]
-        bmax = acts.clamp_min(0).amax(0).double()  # [d]
+        bmax = torch.zeros(self.d_sae, dtype=torch.float64).scatter_reduce_(0, feature, value.double(), "amax")
         new = (self.hist_width == 0) & (bmax > 0)
         self.hist_width[new] = torch.exp2(torch.ceil(torch.log2(bmax[new] / bins)))
         while True:
@@ -117,9 +129,27 @@ class FeatureScan:
             merged = self.hist[over].view(-1, bins // 2, 2).sum(-1)
             self.hist[over] = torch.cat([merged, torch.zeros_like(merged)], 1)
             self.hist_width[over] *= 2
-        r, f = fired.nonzero(as_tuple=True)
-        idx = torch.floor(acts[r, f].double() / self.hist_width[f]).long().clamp_(0, bins - 1)
-        self.hist.view(-1).index_add_(0, f * bins + idx, torch.ones_like(idx))
+        idx = torch.floor(value.double() / self.hist_width[feature]).long().clamp_(0, bins - 1)
+        self.hist.view(-1).index_add_(0, feature * bins + idx, torch.ones_like(idx))
+
+
+def _per_feature(feature: Tensor, score: Tensor, d: int, k: int, largest: bool) -> Tensor:
+    """For each feature, the indices of its ``k`` best firings by ``score`` (best first): int64 [d, k], -1 padded."""
+    order = torch.argsort(score, descending=largest, stable=True)
+    order = order[torch.argsort(feature[order], stable=True)]  # by feature, then by score
+    f = feature[order]
+    counts = torch.bincount(f, minlength=d)
+    rank = torch.arange(len(f)) - (counts.cumsum(0) - counts)[f]
+    keep = rank < k
+    out = torch.full((d, k), -1, dtype=torch.long)
+    out[f[keep], rank[keep]] = order[keep]
+    return out
+
+
+def _take(x: Tensor, idx: Tensor, fill: float) -> Tensor:
+    """``x[idx]`` with ``fill`` where ``idx`` is -1."""
+    return torch.where(idx >= 0, x[idx.clamp_min(0)], torch.tensor(fill, dtype=x.dtype)) if len(x) else \
+        torch.full(idx.shape, fill, dtype=x.dtype)
 
 
 def _topk_cat(old: Tensor, new: Tensor, k: int, largest: bool) -> tuple[Tensor, Tensor]:
@@ -130,17 +160,7 @@ def _topk_cat(old: Tensor, new: Tensor, k: int, largest: bool) -> tuple[Tensor, 
 
 def _gather_cat(old: Tensor, new: Tensor, idx: Tensor) -> Tensor:
     """``cat([old, new], 1).gather(1, idx)`` for indices from :func:`_topk_cat`."""
-    K = old.shape[1]
-    from_old = idx < K
-    a = old.gather(1, idx.clamp(max=K - 1))
-    b = new.gather(1, (idx - K).clamp(min=0)) if new.shape[1] else a
-    return torch.where(from_old, a, b)
-
-
-def _merge(vals: Tensor, locs: Tensor, new_vals: Tensor, new_locs: Tensor, largest: bool) -> tuple[Tensor, Tensor]:
-    v, idx = _topk_cat(vals, new_vals, vals.shape[1], largest)
-    loc = _gather_cat(locs, new_locs.expand(new_vals.shape[0], -1), idx)
-    return v, torch.where(torch.isfinite(v), loc, -1)
+    return torch.cat([old, new], 1).gather(1, idx)
 
 
 @torch.no_grad()
@@ -163,9 +183,13 @@ def scan_features(model, saes: list[SAE], tokens: Tensor, cfg: ScanConfig | None
         locs = ((torch.arange(i, i + len(batch))[:, None] * S) + pos[None]).reshape(-1)
         for sae, layer, st in zip(saes, layers, states):
             z = zs[layer].to(device="cpu", dtype=sae.dtype)
-            rows = max(1, cfg.chunk_bytes // (4 * sae.cfg.d_sae * 4))  # acts, the masked copy, keys, scratch
+            rows = max(1, cfg.chunk_bytes // (2 * 4 * sae.cfg.d_sae))  # activations and their firing mask
+            fired = []
             for j in range(0, len(z), rows):
-                st.update(sae.encode(z[j:j + rows]).float(), locs[j:j + rows], gen)
+                acts = sae.encode(z[j:j + rows]).float()
+                r, f = (acts > 0).nonzero(as_tuple=True)
+                fired.append((locs[j + r], f, acts[r, f]))
+            st.update_sparse(*(torch.cat(x) for x in zip(*fired)), len(z), gen)
     return states
 
 
