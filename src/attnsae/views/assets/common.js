@@ -38,9 +38,24 @@ window.attnsae = (() => {
     });
   }
 
+  /* tokenText(s) as nodes: runs of whitespace glyphs in a faint <span class="ws">, the rest as text. */
+  function tokenNodes(s) {
+    if (s === undefined || s === null || s === "") return [tokenText(s)];
+    const out = [];
+    let run = "", inWs = false;
+    const flush = () => { if (run) out.push(inWs ? el("span", {class: "ws"}, run) : run); run = ""; };
+    for (const c of String(s)) {
+      const ws = /[\s\u0000-\u001f\u007f]/.test(c);
+      if (ws !== inWs) { flush(); inWs = ws; }
+      run += ws ? tokenText(c) : c;
+    }
+    flush();
+    return out;
+  }
+
   /* A token as an inline chip; the tooltip gives the exact string (JSON-quoted) and any extra lines. */
   function tokenChip(s, ...extra) {
-    return el("span", {class: "tk", title: [JSON.stringify(String(s ?? "")), ...extra].join("\n")}, tokenText(s));
+    return el("span", {class: "tk", title: [JSON.stringify(String(s ?? "")), ...extra].join("\n")}, tokenNodes(s));
   }
 
   const finite = (v) => typeof v === "number" && Number.isFinite(v);
@@ -62,5 +77,5 @@ window.attnsae = (() => {
     return el("span", {class: "badge family", "data-family": name, title}, name);
   }
 
-  return {el, svg, tokenText, tokenChip, finite, fmt, fmtInt, fmtPct, fmtSigned, familyBadge};
+  return {el, svg, tokenText, tokenNodes, tokenChip, finite, fmt, fmtInt, fmtPct, fmtSigned, familyBadge};
 })();

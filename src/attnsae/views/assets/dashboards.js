@@ -4,7 +4,7 @@
    window.ATTNSAE_VOCAB (vocab.js) and data/<sae>/<n>.js chunks, each calling window.ATTNSAE_REGISTER once. */
 "use strict";
 (() => {
-  const {el, svg, tokenText, finite, fmt, fmtInt, fmtPct, fmtSigned, familyBadge} = window.attnsae;
+  const {el, svg, tokenNodes, finite, fmt, fmtInt, fmtPct, fmtSigned, familyBadge} = window.attnsae;
   const INDEX = window.ATTNSAE_INDEX;
   const VOCAB = window.ATTNSAE_VOCAB || [];
   const FAMILY = INDEX.families.names;       // family code -> name (labels, then "dead", then any others)
@@ -24,7 +24,7 @@
   /* ---------------------------------------------------------------- tokens */
 
   const tok = (id) => (id >= 0 && id < VOCAB.length ? VOCAB[id] : null);
-  const tokShown = (id) => (tok(id) === null ? `⟨${id}⟩` : tokenText(tok(id)));
+  const tokShown = (id) => (tok(id) === null ? `⟨${id}⟩` : tokenNodes(tok(id)));
   const tokExact = (id) => (tok(id) === null ? `id ${id}` : `${JSON.stringify(tok(id))}  (id ${id})`);
   const tokChip = (id, ...extra) => el("span", {class: "tk", title: [tokExact(id), ...extra].join("\n")}, tokShown(id));
 
