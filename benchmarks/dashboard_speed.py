@@ -24,7 +24,7 @@ from attnsae.activations import harvest_z
 from attnsae.attribution import attn_activations, dfa_reference
 from attnsae.attribution.inputs import sae_layer
 from attnsae.corpus import load_corpus
-from attnsae.dashboards import DashboardConfig, example_entries, gather_examples
+from attnsae.dashboards import DashboardConfig, example_entries, gather_examples, vocab_strings
 from attnsae.families import canonical_ids
 from attnsae.sae_io import load_sae
 from attnsae.scan import scan_features
@@ -70,7 +70,7 @@ def main() -> None:
         states = scan_features(model, saes, tokens, cfg.scan, progress=False)
         t_scan = time.perf_counter() - t0
         entries, _ = example_entries(states, cfg, tokens.shape[1])
-        canon = canonical_ids([model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)])
+        canon = canonical_ids(vocab_strings(model))
         t0 = time.perf_counter()
         gather_examples(model, saes, tokens, entries, cfg, canon, progress=False)
         t_ours = time.perf_counter() - t0

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from attnsae.errors import AttnsaeError
@@ -44,8 +45,6 @@ def add_corpus_args(p: argparse.ArgumentParser, split: str = "train") -> None:
 
 def model_for_sae(sae, given: str | None) -> str | None:
     """``--model`` if given; else the SAE's model when it can be loaded offline; else the reference model."""
-    from pathlib import Path
-
     from attnsae.reference import REFERENCE_NAME
 
     if given is not None:
@@ -68,6 +67,12 @@ def load_checked_saes(paths: list[str], model, device: str = "cpu", saes: list |
         except AttnsaeError as e:
             raise AttnsaeError(f"SAE {path}: {e}") from None
     return saes
+
+
+def sae_names(paths: list[str]) -> list[str]:
+    """A short name per SAE path (its folder or file name), made unique with a suffix where needed."""
+    names = [Path(p.rstrip("/")).stem or p for p in paths]
+    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
 def load_tokens(args: argparse.Namespace, model, n_tokens: int, progress: bool = True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from attnsae.cli import add_corpus_args, command, load_checked_saes, load_tokens, model_for_sae
+from attnsae.cli import add_corpus_args, command, load_checked_saes, load_tokens, model_for_sae, sae_names
 from attnsae.errors import AttnsaeError
 
 
@@ -49,7 +49,6 @@ def dashboard_config(args: argparse.Namespace):
 def cmd_dashboard(args: argparse.Namespace) -> None:
     import torch
 
-    from attnsae.cli_eval import sae_names
     from attnsae.io_utils import check_writable_dir
     from attnsae.models import load_model
     from attnsae.sae_io import load_sae

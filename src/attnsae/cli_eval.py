@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from attnsae.cli import add_corpus_args, add_model_args, command, load_checked_saes, load_tokens
+from attnsae.cli import add_corpus_args, add_model_args, command, load_checked_saes, load_tokens, sae_names
 from attnsae.errors import AttnsaeError
 
 
@@ -24,12 +24,6 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splice-bos", action="store_true",
                    help="also replace hook_z at position 0 (BOS), which SAEs are normally trained without")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-
-
-def sae_names(paths: list[str]) -> list[str]:
-    """A short name per SAE path (its folder or file name), made unique with a suffix where needed."""
-    names = [Path(p.rstrip("/")).stem or p for p in paths]
-    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
 @command("eval", "evaluate SAEs on held-out tokens: sparsity, reconstruction, CE loss recovered, KL, density",

@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attnsae import families as fam
+from attnsae.activations import hook_z_name
 from attnsae.attribution.dfa import dfa_from_activations, from_cache, hook_names
 from attnsae.attribution.heads import head_shares
 from attnsae.attribution.inputs import capture, check_sae_fits, cpu_sae
@@ -240,8 +241,9 @@ def _logit_summaries(model, sae: SAE, cfg: DashboardConfig, chunk: int = 512) ->
     return out
 
 
-def _vocab(tokenizer, d_vocab: int) -> list[str]:
-    return [tokenizer.decode([i]) for i in range(d_vocab)]
+def vocab_strings(model) -> list[str]:
+    """The decoded string of every token id: [d_vocab]."""
+    return [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)]
 
 
 @torch.no_grad()
@@ -265,7 +267,7 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
     states = scan_features(model, saes, tokens, cfg.scan, progress=progress)
     S = tokens.shape[1]
     t_scan = time.perf_counter()
-    vocab = _vocab(model.tokenizer, model.cfg.d_vocab)
+    vocab = vocab_strings(model)
     canon = fam.canonical_ids(vocab)
     entries, titles = example_entries(states, cfg, S)
     g = gather_examples(model, saes, tokens, entries, cfg, canon, on_example, progress)
@@ -310,7 +312,7 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
             })
         labels.append(lab)
         all_stats.append(fstats)
-        sae_blocks.append({"name": names[k], "layer": layers[k], "hook_name": f"blocks.{layers[k]}.attn.hook_z",
+        sae_blocks.append({"name": names[k], "layer": layers[k], "hook_name": hook_z_name(layers[k]),
                            "path": str(paths[k]) if paths else "", "d_sae": sae.cfg.d_sae,
                            "n_heads": model.cfg.n_heads, "d_head": model.cfg.d_head, "features": feats})
     mname = model_name(model) or "model"

@@ -90,12 +90,6 @@ class FeatureScan:
         return self.act_sum / self.n_fired.clamp_min(1)
 
     @torch.no_grad()
-    def update(self, acts: Tensor, locs: Tensor, gen: torch.Generator) -> None:
-        """Fold in dense activations ``acts`` float32 [n, d] at locations ``locs`` int64 [n]."""
-        r, f = (acts > 0).nonzero(as_tuple=True)
-        self.update_sparse(locs[r], f, acts[r, f], len(acts), gen)
-
-    @torch.no_grad()
     def update_sparse(self, loc: Tensor, feature: Tensor, value: Tensor, n_rows: int, gen: torch.Generator) -> None:
         """Fold in the firings of ``n_rows`` tokens: ``loc`` int64 [m], ``feature`` int64 [m], ``value`` float [m] > 0.
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from attnsae import families as fam
 from attnsae.attribution.inputs import sae_layer
-from attnsae.dashboards import DashboardConfig, build_dashboards
+from attnsae.dashboards import DashboardConfig, build_dashboards, vocab_strings
 from attnsae.heads import HeadCriterion, head_report
 from attnsae.io_utils import atomic_dir, check_writable_dir
 from attnsae.models import model_name
@@ -40,12 +40,12 @@ def write_site(model, saes: list[SAE], tokens: Tensor, out: str | Path, cfg: Das
     cfg = cfg or DashboardConfig()
     out = check_writable_dir(out)
     t0 = time.perf_counter()
+    names = names or [f"L{sae_layer(s)}" for s in saes]
     with atomic_dir(out) as tmp:
         writer = None
         if neuronpedia:
-            writer = NeuronpediaWriter(tmp / "neuronpedia", model_name(model) or "model",
-                                       names or [f"L{sae_layer(s)}" for s in saes], [sae_layer(s) for s in saes],
-                                       [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)])
+            writer = NeuronpediaWriter(tmp / "neuronpedia", model_name(model) or "model", names,
+                                       [sae_layer(s) for s in saes], vocab_strings(model))
         try:
             dash = build_dashboards(model, saes, tokens, cfg, names=names, corpus=corpus, progress=progress,
                                     on_example=writer.activation if writer else None, paths=paths)
