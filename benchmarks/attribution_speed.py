@@ -22,8 +22,8 @@ import torch
 import attnsae
 from attnsae.attribution import RDFATracer, attn_activations, dfa_from_activations, dfa_reference
 from attnsae.models import model_name
-from attnsae.sae import SAE, SAEConfig
-from attnsae.sae_io import load_sae
+from attnsae.sae.model import SAE, SAEConfig
+from attnsae.sae.formats import load_sae
 
 
 def text_tokens(model, n: int, offset: int = 0) -> torch.Tensor:

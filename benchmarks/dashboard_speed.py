@@ -6,9 +6,9 @@ the per-example DFA against the naive materialising DFA that public dashboard co
 Without ``--sae``, two random TopK SAEs (layers 0 and 1, d_sae 2048, k 32: the quickstart's shape). Prints, measured
 side by side in one run:
 
-* scan: tokens/s of :func:`attnsae.scan.scan_features` (top-k, exact histogram, reservoir sample per feature) against
+* scan: tokens/s of :func:`attnsae.studies.scan.scan_features` (top-k, exact histogram, reservoir sample per feature) against
   a bare pass (forward to the last ``hook_z`` + SAE encode, nothing kept) — the ratio is the bookkeeping's overhead;
-* examples: seconds of :func:`attnsae.dashboards.gather_examples` for every selected example against
+* examples: seconds of :func:`attnsae.studies.examples.gather_examples` for every selected example against
   :func:`attnsae.attribution.dfa_reference` (``[batch, dest, src, d_in]``, then the encoder) on the same contexts.
 """
 
@@ -24,10 +24,10 @@ from attnsae.activations import harvest_z
 from attnsae.attribution import attn_activations, dfa_reference
 from attnsae.attribution.inputs import sae_layer
 from attnsae.corpus import load_corpus
-from attnsae.dashboards import DashboardConfig, example_entries, gather_examples, vocab_strings
-from attnsae.families import canonical_ids
-from attnsae.sae_io import load_sae
-from attnsae.scan import scan_features
+from attnsae.studies.examples import DashboardConfig, example_entries, gather_examples, vocab_strings
+from attnsae.studies.families import canonical_ids
+from attnsae.sae.formats import load_sae
+from attnsae.studies.scan import scan_features
 from attribution_speed import random_sae
 
 

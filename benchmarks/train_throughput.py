@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from attnsae.training import SAESpec, TrainConfig, Trainer
+from attnsae.training.trainer import SAESpec, TrainConfig, Trainer
 
 SHAPES = {"paper": (768, 24576, 4096), "reference": (256, 2048, 4096)}
 

@@ -25,16 +25,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from attnsae import corpus
-from attnsae.io_utils import atomic_path, atomic_write_json
-from attnsae.reference import (
-    EOT_TOKEN,
-    REFERENCE_DIR,
-    REFERENCE_NAME,
-    ReferenceConfig,
-    gpt2_config,
-    head_scores,
-    mix_batch,
-)
+from attnsae.io import atomic_path, atomic_write_json
+from attnsae.models import EOT_TOKEN, REFERENCE_DIR, REFERENCE_NAME
+from attnsae.studies.head_scores import head_scores
+from reference_mix import ReferenceConfig, gpt2_config, mix_batch
 
 DEFAULT_RUN_DIR = Path(os.environ.get("ATTNSAE_CACHE", Path.home() / ".cache" / "attnsae")) / "reference-run"
 

@@ -24,7 +24,7 @@ def ref_model():
 def tokenizer():
     from transformers import PreTrainedTokenizerFast
 
-    from attnsae.reference import REFERENCE_DIR
+    from attnsae.models import REFERENCE_DIR
 
     return PreTrainedTokenizerFast.from_pretrained(REFERENCE_DIR)
 
@@ -51,7 +51,7 @@ def make_gpt2_dir(path, n_layer=2, n_head=4, n_embd=32, n_ctx=64, seed=0):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from attnsae.reference import REFERENCE_DIR
+    from attnsae.models import REFERENCE_DIR
 
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=8192, n_positions=n_ctx, n_embd=n_embd, n_layer=n_layer, n_head=n_head,

@@ -9,9 +9,9 @@ import torch
 
 import attnsae.models
 from attnsae.cli import main
-from attnsae.reference import REFERENCE_NAME
-from attnsae.sae import SAE, SAEConfig
-from attnsae.sae_io import save_sae
+from attnsae.models import REFERENCE_NAME
+from attnsae.sae.model import SAE, SAEConfig
+from attnsae.sae.formats import save_sae
 from conftest import assert_one_line_error, run_cli
 
 PROMPT = "import os\ndef main(path):\n    return os.path.join(path, 'x')\n"

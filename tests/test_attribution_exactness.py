@@ -15,7 +15,7 @@ from attnsae.attribution import attn_activations, dfa, dfa_from_activations, dfa
 from attnsae.attribution.weights import kv_of_head
 from attnsae.errors import AttnsaeError
 from attnsae.models import load_model, model_name
-from attnsae.sae import SAE, SAEConfig
+from attnsae.sae.model import SAE, SAEConfig
 from conftest import make_gpt2_dir
 
 
@@ -23,7 +23,7 @@ def make_llama_dir(path, n_heads=4, n_kv_heads=2, hidden=64, bias=False, seed=0)
     """A small random Llama (RMSNorm, rotary, GQA) in HF format with the reference tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from attnsae.reference import REFERENCE_DIR
+    from attnsae.models import REFERENCE_DIR
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=8192, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,

@@ -10,7 +10,7 @@ import torch
 from attnsae.attribution import head_attribution, logit_effect, logit_effect_vector
 from attnsae.errors import AttnsaeError
 from attnsae.models import model_name
-from attnsae.sae import SAE, SAEConfig
+from attnsae.sae.model import SAE, SAEConfig
 
 
 def make_sae(model, layer=1, d_sae=64) -> SAE:

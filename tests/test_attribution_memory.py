@@ -19,7 +19,7 @@ import torch
 from attnsae.attribution import attn_activations, dfa_from_activations, plan_dfa
 from attnsae.errors import AttnsaeError
 from attnsae.models import model_name
-from attnsae.sae import SAE, SAEConfig
+from attnsae.sae.model import SAE, SAEConfig
 
 MiB = 2**20
 
@@ -50,7 +50,7 @@ def test_dfa_refuses_a_budget_below_its_minimum():
 SCRIPT = textwrap.dedent("""
     import json, sys, torch
     from attnsae.attribution.dfa import AttnActivations, dfa_from_activations
-    from attnsae.sae import SAE, SAEConfig
+    from attnsae.sae.model import SAE, SAEConfig
 
     def hwm():
         for line in open("/proc/self/status"):

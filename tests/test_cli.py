@@ -22,7 +22,7 @@ def test_console_entry_point_runs():
 def test_train_exposes_every_recipe_setting():
     from dataclasses import fields
 
-    from attnsae.training import TrainConfig
+    from attnsae.training.trainer import TrainConfig
 
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     for f in fields(TrainConfig):

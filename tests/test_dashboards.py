@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from attnsae.attribution.dfa import attn_activations, dfa_reference
-from attnsae.dashboards import DashboardConfig, build_dashboards
-from attnsae.sae_io import save_sae
-from attnsae.scan import ScanConfig
+from attnsae.studies.examples import DashboardConfig, build_dashboards
+from attnsae.sae.formats import save_sae
+from attnsae.studies.scan import ScanConfig
 from conftest import assert_one_line_error, run_cli
 from test_attribution_exactness import random_sae
 
@@ -170,7 +170,7 @@ def test_unwritable_output_folder_is_one_line_and_writes_nothing(cli_inputs, tin
 def test_a_failure_midway_leaves_the_previous_site_untouched(cli_inputs, tiny_model_dir, monkeypatch):
     """The site is written into a temporary folder and swapped in whole: an error inside leaves no trace."""
     from attnsae.models import load_model
-    from attnsae.sae_io import load_sae
+    from attnsae.sae.formats import load_sae
     from attnsae.views import site
 
     root, paths, text = cli_inputs

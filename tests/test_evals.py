@@ -7,10 +7,10 @@ import torch
 
 from attnsae.cli import main
 from attnsae.errors import AttnsaeError
-from attnsae.evals import EvalReport, evaluate, reconstruction_metrics
+from attnsae.evals.metrics import EvalReport, evaluate, reconstruction_metrics
 from attnsae.models import load_model
-from attnsae.sae import SAE
-from attnsae.sae_io import save_sae
+from attnsae.sae.model import SAE
+from attnsae.sae.formats import save_sae
 from attnsae.views.plots import density_histogram
 from attnsae.views.tables import eval_table
 from conftest import assert_one_line_error, run_cli

@@ -4,13 +4,13 @@ whose classes are known (each feature reads the value space of one head of the r
 import pytest
 import torch
 
-from attnsae import families as fam
+from attnsae.studies import families as fam
 from attnsae.attribution.dfa import attn_activations
 from attnsae.corpus import load_corpus
-from attnsae.dashboards import DashboardConfig, build_dashboards
+from attnsae.studies.examples import DashboardConfig, build_dashboards
 from attnsae.models import model_name
-from attnsae.sae import SAE, SAEConfig
-from attnsae.scan import ScanConfig
+from attnsae.sae.model import SAE, SAEConfig
+from attnsae.studies.scan import ScanConfig
 
 
 def test_canonical_ids_ignore_case_and_one_leading_space_but_not_whitespace():

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from attnsae.errors import AttnsaeError
-from attnsae.io_utils import atomic_dir
+from attnsae.io import atomic_dir
 
 
 def test_atomic_dir_replaces_an_existing_folder_whole(tmp_path):

@@ -2,15 +2,17 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from attnsae import corpus, reference
+from attnsae import corpus
+from attnsae.studies import head_scores as reference
 from attnsae.errors import AttnsaeError
 from attnsae.models import load_model
-from attnsae.reference import REFERENCE_DIR
+from attnsae.models import REFERENCE_DIR
 from conftest import assert_one_line_error, run_cli
 
 
@@ -98,16 +100,27 @@ def test_card_head_scores_match_the_model(ref_model, card):
     np.testing.assert_allclose(scores.numpy(), np.array(card["heads"]["induction"]), atol=1e-3)
 
 
+def reference_mix():
+    """``scripts/reference_mix.py``: the reference model's training mix (training code lives in scripts/)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "reference_mix.py"
+    spec = importlib.util.spec_from_file_location("reference_mix", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_training_mix_plants_repeats():
-    cfg = reference.ReferenceConfig(batch_size=64)
+    cfg = reference_mix().ReferenceConfig(batch_size=64)
     stream = np.arange(1, 10_000) % 8000 + 1
-    batch = reference.mix_batch(stream, cfg, np.random.default_rng(0), bos_id=0)
+    batch = reference_mix().mix_batch(stream, cfg, np.random.default_rng(0), bos_id=0)
     assert batch.shape == (64, 256) and (batch[:, 0] == 0).all()
-    assert np.array_equal(batch, reference.mix_batch(stream, cfg, np.random.default_rng(0), bos_id=0))
+    assert np.array_equal(batch, reference_mix().mix_batch(stream, cfg, np.random.default_rng(0), bos_id=0))
 
 
 def test_lr_schedule_warms_up_then_decays_to_ten_percent():
-    cfg = reference.ReferenceConfig()
+    cfg = reference_mix().ReferenceConfig()
     assert cfg.lr_at(0) == pytest.approx(cfg.lr / cfg.warmup_steps)
     assert cfg.lr_at(cfg.warmup_steps) == pytest.approx(cfg.lr)
     assert cfg.lr_at(cfg.total_steps) == pytest.approx(0.1 * cfg.lr)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from attnsae.sae_io import load_sae
+from attnsae.sae.formats import load_sae
 from conftest import run_cli
 
 

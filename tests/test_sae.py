@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attnsae.errors import AttnsaeError
-from attnsae.sae import SAE, JumpReLU, SAEConfig, SAEOutput, sparse_decode
+from attnsae.sae.model import SAE, JumpReLU, SAEConfig, SAEOutput, sparse_decode
 
 D_IN, D_SAE, K = 8, 32, 4
 

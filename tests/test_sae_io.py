@@ -10,8 +10,8 @@ import safetensors.torch
 import torch
 
 from attnsae.errors import AttnsaeError
-from attnsae.sae import SAE, SAEConfig
-from attnsae.sae_io import CFG_FILENAME, WEIGHTS_FILENAME, load_sae, parse_hub_name, save_sae
+from attnsae.sae.model import SAE, SAEConfig
+from attnsae.sae.formats import CFG_FILENAME, WEIGHTS_FILENAME, load_sae, parse_hub_name, save_sae
 
 D_IN, D_SAE = 8, 16
 HOOK = "blocks.3.attn.hook_z"

@@ -8,7 +8,7 @@ import torch
 
 from attnsae.activations import harvest_z
 from attnsae.errors import AttnsaeError
-from attnsae.scan import ScanConfig, scan_features, select_examples
+from attnsae.studies.scan import ScanConfig, scan_features, select_examples
 from test_attribution_exactness import random_sae
 
 

@@ -4,8 +4,8 @@ import torch
 from attnsae.activations import harvest_z
 from attnsae.errors import AttnsaeError
 from attnsae.models import load_model
-from attnsae.sae import SAE, SAEConfig
-from attnsae.splice import ablate_z, check_sae, mean_z, splice_saes
+from attnsae.sae.model import SAE, SAEConfig
+from attnsae.evals.splice import ablate_z, check_sae, mean_z, splice_saes
 from conftest import make_gpt2_dir
 
 HEADS = (1, 4, 8)  # n_embd 32: d_head 32, 8, 4

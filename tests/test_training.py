@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from attnsae import kernels
+from attnsae.sae import kernels
 from attnsae.errors import AttnsaeError
-from attnsae.sae import SAE, SAEConfig
-from attnsae.training import SAESpec, TrainConfig, Trainer, resample_dead, sae_loss
+from attnsae.sae.model import SAE, SAEConfig
+from attnsae.training.trainer import SAESpec, TrainConfig, Trainer, resample_dead, sae_loss
 from conftest import assert_one_line_error, run_cli
 
 

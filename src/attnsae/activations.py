@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnsae.errors import AttnsaeError
-from attnsae.io_utils import atomic_write_json
+from attnsae.io import atomic_write_json
 
 ACT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

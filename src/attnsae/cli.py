@@ -1,51 +1,78 @@
-"""The ``attnsae`` command. Thin: parse, call one library function, print.
+"""The ``attnsae`` command. Thin: parse, validate once, call one library function, print.
 
-Every user error is an :class:`AttnsaeError`: printed as one line ``attnsae: error: ...`` with exit status 2.
+:data:`COMMANDS` is the table of subcommands: name -> (help, flags, run). A user error is an :class:`AttnsaeError`,
+printed as one line ``attnsae: error: ...`` with exit status 2; anything else is a bug, printed as one line that says
+so (exit 3) — ``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
 from attnsae.errors import AttnsaeError
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {}
+# ----------------------------------------------------------------------------------------------- shared flags
 
 
-def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], None] = lambda p: None):
-    """Register ``fn(args)`` as the subcommand ``name``; ``add_args(parser)`` adds its flags."""
-
-    def wrap(fn):
-        COMMANDS[name] = (help, add_args, fn)
-        return fn
-
-    return wrap
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def non_negative(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {'positive' if low == 1 else f'>= {low}'}, got {value}")
+    return value
+
+
+def context_size(text: str) -> int:
+    """argparse type: a context length >= 2 (BOS and one token)."""
+    return _int_at_least(text, 2)
+
+
+def add_model_args(p: argparse.ArgumentParser, sae_default: bool = False) -> None:
     p.add_argument("--model", default=None,
-                   help="model: omit for the shipped reference model, or a local HF-format directory, or a hub name")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+                   help="model: the SAEs' own model when it is the reference model or a local folder"
+                   if sae_default else "model: omit for the shipped reference model, or a local HF-format directory, "
+                   "or a hub name")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
 
 
-def add_corpus_args(p: argparse.ArgumentParser, split: str = "train") -> None:
+def add_corpus_args(p: argparse.ArgumentParser, split: str = "train", n_tokens: int | None = None) -> None:
     p.add_argument("--source", default="stdlib",
                    help="'stdlib', a local .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name")
     p.add_argument("--split", default=split, choices=["train", "validation"])
     p.add_argument("--text-field", default="text", help="text column for .jsonl / .parquet / HF datasets")
-    p.add_argument("--context-size", type=int, default=128)
+    p.add_argument("--context-size", type=context_size, default=128)
     p.add_argument("--no-bos", dest="prepend_bos", action="store_false", help="do not force BOS at position 0")
+    if n_tokens is not None:
+        p.add_argument("--n-tokens", type=positive, default=n_tokens, help="tokens (whole contexts, BOS included)")
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
 def model_for_sae(sae, given: str | None) -> str | None:
     """``--model`` if given; else the SAE's model when it can be loaded offline; else the reference model."""
-    from attnsae.reference import REFERENCE_NAME
+    from attnsae.models import REFERENCE_NAME
 
     if given is not None:
         return given
@@ -55,18 +82,27 @@ def model_for_sae(sae, given: str | None) -> str | None:
     return None
 
 
-def load_checked_saes(paths: list[str], model, device: str = "cpu", saes: list | None = None) -> list:
-    """Load SAEs (unless given) and refuse any that does not fit ``model``, naming its path."""
-    from attnsae.sae_io import load_sae
-    from attnsae.splice import check_sae
+def load_saes_and_model(paths: list[str], model_arg: str | None, device: str):
+    """Load SAEs, then their model (``--model`` or the SAEs' own), and refuse any SAE that does not fit it."""
+    from attnsae.models import check_device, load_model
+    from attnsae.sae.formats import load_sae
 
-    saes = saes if saes is not None else [load_sae(p, device=device) for p in paths]
+    check_device(device)
+    saes = [load_sae(p, device=device) for p in paths]
+    model = load_model(model_for_sae(saes[0], model_arg), device=device)
+    check_saes_fit(model, paths, saes)
+    return saes, model
+
+
+def check_saes_fit(model, paths: list[str], saes: list) -> None:
+    """Refuse any SAE that does not fit ``model``, naming its path."""
+    from attnsae.sae.checks import check_sae
+
     for path, sae in zip(paths, saes):
         try:
             check_sae(model, sae)
         except AttnsaeError as e:
             raise AttnsaeError(f"SAE {path}: {e}") from None
-    return saes
 
 
 def sae_names(paths: list[str]) -> list[str]:
@@ -78,12 +114,8 @@ def sae_names(paths: list[str]) -> list[str]:
 def load_tokens(args: argparse.Namespace, model, n_tokens: int, progress: bool = True):
     """Whole contexts (BOS at 0 unless ``--no-bos``) covering ``n_tokens`` tokens of the corpus flags' split:
     int64 numpy ``[n_contexts, context_size]``."""
-    import math
-
     from attnsae.corpus import load_corpus
 
-    if n_tokens < 1:
-        raise AttnsaeError(f"--n-tokens must be positive, got {n_tokens}")
     n_contexts = math.ceil(n_tokens / args.context_size)
     per_context = args.context_size - 1 if args.prepend_bos else args.context_size
     corpus = load_corpus(model.tokenizer, args.source, args.split, args.context_size, args.prepend_bos,
@@ -92,18 +124,31 @@ def load_tokens(args: argparse.Namespace, model, n_tokens: int, progress: bool =
     return corpus.tokens[:n_contexts]
 
 
-# ----------------------------------------------------------------------------------------------- commands
+def check_out_folder(path: str) -> Path:
+    """An output folder that is, or can become, a writable folder (nothing is created yet)."""
+    from attnsae.io import check_writable_dir
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise AttnsaeError(f"--out {out} is a file, not a folder; choose a folder")
+    return check_writable_dir(out)
 
 
-def _info_args(p: argparse.ArgumentParser) -> None:
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=1, default=str))
+
+
+# ----------------------------------------------------------------------------------------------- info, corpus
+
+
+def info_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
 
 
-@command("info", "load a model and print its shape and hook names", _info_args)
-def cmd_info(args: argparse.Namespace) -> None:
+def run_info(args: argparse.Namespace) -> None:
     from attnsae.models import load_model, model_name
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device)
     c = model.cfg
     print(f"model      {model_name(model)}")
     print(f"layers     {c.n_layers}   heads {c.n_heads}   d_head {c.d_head}   d_model {c.d_model}   n_ctx {c.n_ctx}")
@@ -111,62 +156,318 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"SAE input  blocks.{{L}}.attn.hook_z  (d_in = {c.n_heads * c.d_head})")
 
 
-
-def _corpus_args(p: argparse.ArgumentParser) -> None:
+def corpus_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_corpus_args(p)
-    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
+    p.add_argument("--max-tokens", type=positive, default=None, help="stop after this many tokens")
     p.add_argument("--save", default=None, help="write the contexts to this .npy file")
 
 
-@command("corpus", "tokenise a corpus split into contexts and report what it holds", _corpus_args)
-def cmd_corpus(args: argparse.Namespace) -> None:
+def run_corpus(args: argparse.Namespace) -> None:
     from attnsae.corpus import load_corpus
+    from attnsae.io import atomic_save_npy, check_writable_dir
     from attnsae.models import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.save:
+        save = Path(args.save)
+        if save.is_dir():
+            raise AttnsaeError(f"--save {save} is a folder; give a .npy file path")
+        check_writable_dir(save.parent)
+    model = load_model(args.model, device=args.device)
     t0 = time.perf_counter()
     c = load_corpus(model.tokenizer, args.source, args.split, args.context_size, args.prepend_bos, args.text_field,
                     max_tokens=args.max_tokens, n_ctx=model.cfg.n_ctx)
-    dt = time.perf_counter() - t0
+    dt = max(time.perf_counter() - t0, 1e-9)
     print(f"{c.tokens.shape[0]:,} contexts of {c.context_size} = {c.n_tokens:,} tokens from {c.stats.n_docs:,} "
           f"documents ({c.stats.n_bytes:,} bytes, {c.stats.n_skipped} skipped) in {dt:.1f}s "
           f"({c.n_tokens / dt:,.0f} tokens/s)")
     if args.save:
-        from attnsae.io_utils import atomic_save_npy
-
         atomic_save_npy(c.tokens, args.save)
         print(f"saved {args.save}")
 
 
+# ----------------------------------------------------------------------------------------------- train, cache
 
-# ----------------------------------------------------------------------------------------------- entry point
+
+def train_args(p: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~attnsae.training.config.TrainConfig` setting, plus ``--config FILE`` (flags win)."""
+    from attnsae.training.config import TrainConfig, defaults
+
+    p.add_argument("--config", default=None, help="YAML or JSON file of settings (flags override it)")
+    hints, default = typing.get_type_hints(TrainConfig), defaults()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        kw: dict = {"default": argparse.SUPPRESS, "dest": f.name, "help": f"(default: {default[f.name]})"}
+        if hint is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif "list[" in str(hint):
+            p.add_argument(flag, nargs="+", **kw)  # TrainConfig coerces and checks the values
+        else:
+            p.add_argument(flag, **kw)
+
+
+def train_config(args: argparse.Namespace, skip: tuple[str, ...] = ()):
+    """The validated :class:`~attnsae.training.config.TrainConfig` of ``--config`` and the flags given."""
+    from attnsae.training.config import TrainConfig, read_config_file
+
+    d = read_config_file(args.config) if args.config else {}
+    d.update({k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "debug", *skip)})
+    return TrainConfig.from_dict(d)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from attnsae.training.trainer import train
+
+    cfg = train_config(args)
+    _, specs = train(cfg)
+    for spec in specs:
+        print(f"saved {Path(cfg.out) / spec.name}")
+
+
+def cache_args(p: argparse.ArgumentParser) -> None:
+    train_args(p)
+    p.add_argument("--cache-out", required=True, help="new folder to write the activation cache into")
+
+
+def run_cache(args: argparse.Namespace) -> None:
+    from attnsae.activations import check_layers
+    from attnsae.io import check_writable_dir
+    from attnsae.models import load_model
+    from attnsae.training.data import build_cache
+
+    cfg = train_config(args, skip=("cache_out",))
+    out = Path(args.cache_out)
+    if out.exists() and not out.is_dir():
+        raise AttnsaeError(f"--cache-out {out} is a file; give a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise AttnsaeError(f"--cache-out {out} exists and is not empty; remove it or choose another folder")
+    check_writable_dir(out)
+    model = load_model(cfg.model, device=cfg.device)
+    check_layers(model, cfg.layers)
+    build_cache(cfg, model, str(out))
+    print(f"wrote activation cache {out}")
+
+
+def quickstart_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="attnsae-out/quickstart", help="output folder")
+    p.add_argument("--train-tokens", type=positive, default=None, help="SAE training tokens per layer")
+    p.add_argument("--eval-tokens", type=positive, default=None, help="validation tokens for the summary")
+    p.add_argument("--dashboard-tokens", type=non_negative, default=None,
+                   help="validation tokens scanned for the dashboards, families and head report (0: skip them)")
+    p.add_argument("--seed", type=non_negative, default=0)
+
+
+def run_quickstart_cmd(args: argparse.Namespace) -> None:
+    from attnsae.quickstart import QuickstartConfig, run_quickstart
+
+    given = {k: getattr(args, k) for k in ("train_tokens", "eval_tokens", "dashboard_tokens") if
+             getattr(args, k) is not None}
+    run_quickstart(QuickstartConfig(out=args.out, seed=args.seed, **given))
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+
+def eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sae", nargs="+", required=True, metavar="PATH",
+                   help="SAE directories (SAELens format), paper .pt files or hub paths; one report for all")
+    add_model_args(p, sae_default=True)
+    add_corpus_args(p, split="validation", n_tokens=100_000)
+    p.add_argument("--batch-size", type=positive, default=16, help="contexts per forward pass")
+    p.add_argument("--out", default="attnsae-out/eval", help="folder for eval.json and density.png")
+    p.add_argument("--splice-bos", action="store_true",
+                   help="also replace hook_z at position 0 (BOS), which SAEs are normally trained without")
+    add_progress_arg(p)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from attnsae.evals.metrics import evaluate
+    from attnsae.io import atomic_write_json
+    from attnsae.views.plots import density_histogram
+    from attnsae.views.tables import eval_table
+
+    out = check_out_folder(args.out)
+    saes, model = load_saes_and_model(args.sae, args.model, args.device)
+    tokens = load_tokens(args, model, args.n_tokens, args.progress)
+    report = evaluate(model, saes, tokens, batch_size=args.batch_size, progress=args.progress,
+                      keep_bos=args.prepend_bos and not args.splice_bos, names=sae_names(args.sae))
+    report.meta = {"source": args.source, "split": args.split, "n_tokens_requested": args.n_tokens,
+                   "sae_paths": [str(p) for p in args.sae],
+                   "sae_model_names": [sae.cfg.model_name for sae in saes]}
+    atomic_write_json(report.to_dict(), out / "eval.json")
+    density_histogram(report, out / "density.png", title=f"feature density ({args.source} {args.split})")
+    print(eval_table(report))
+    print(f"\nwrote {out / 'eval.json'} and {out / 'density.png'}")
+
+
+# ----------------------------------------------------------------------------------------------- dashboard
+
+
+def dashboard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sae", nargs="+", required=True, metavar="PATH",
+                   help="SAEs on blocks.{L}.attn.hook_z of one model (SAELens folders, paper .pt files, hub paths)")
+    add_model_args(p, sae_default=True)
+    add_corpus_args(p, split="validation", n_tokens=262_144)
+    p.add_argument("--out", default="attnsae-out/dashboard", help="output folder (replaced whole when done)")
+    p.add_argument("--n-top", type=positive, default=16, help="top activating examples per feature")
+    p.add_argument("--n-bands", type=positive, default=4, help="activation quantile bands")
+    p.add_argument("--per-band", type=non_negative, default=3, help="examples per quantile band")
+    p.add_argument("--batch-size", type=positive, default=32, help="contexts per forward pass while scanning")
+    p.add_argument("--neuronpedia", action="store_true", help="also write a Neuronpedia export into OUT/neuronpedia")
+    p.add_argument("--seed", type=non_negative, default=0, help="seed of the quantile-band sampling")
+    add_progress_arg(p)
+
+
+def run_dashboard(args: argparse.Namespace) -> None:
+    import torch
+
+    from attnsae.reading import read_features
+    from attnsae.studies.examples import DashboardConfig
+    from attnsae.studies.scan import ScanConfig
+
+    cfg = DashboardConfig(scan=ScanConfig(n_top=args.n_top, batch_size=args.batch_size, seed=args.seed),
+                          n_bands=args.n_bands, per_band=args.per_band)
+    out = check_out_folder(args.out)
+    saes, model = load_saes_and_model(args.sae, args.model, args.device)
+    tokens = torch.from_numpy(load_tokens(args, model, args.n_tokens, args.progress))
+    summary = read_features(model, saes, tokens, out, cfg, names=sae_names(args.sae),
+                            corpus={"source": args.source, "split": args.split}, neuronpedia=args.neuronpedia,
+                            progress=args.progress, paths=[str(p) for p in args.sae])
+    print_site_summary(summary)
+
+
+def print_site_summary(summary: dict) -> None:
+    print(summary["families_table"])
+    print(f"\n{summary['heads']}")
+    print(f"\nopen {summary['index']}  (heads: {summary['heads_html']})")
+
+
+# ----------------------------------------------------------------------------------------------- attribute
+
+
+def attribute_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sae", required=True, help="SAE on blocks.{L}.attn.hook_z: a SAELens folder, .pt or hub path")
+    p.add_argument("--prompt", required=True, help="text to explain (BOS is prepended as in training)")
+    p.add_argument("--feature", required=True, type=non_negative, help="feature index")
+    p.add_argument("--position", type=non_negative, default=None,
+                   help="token position (default: where the feature is largest)")
+    add_model_args(p, sae_default=True)
+    p.add_argument("--upstream-sae", nargs="+", default=[], metavar="PATH",
+                   help="SAEs of earlier layers: RDFA splits those attention outputs into their features")
+    p.add_argument("--depth", type=non_negative, default=2, help="RDFA depth (value-path decompositions per branch)")
+    p.add_argument("--top-k", type=positive, default=5, help="RDFA branching: terms expanded per node")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+
+def run_attribute(args: argparse.Namespace) -> None:
+    from attnsae.attribution import attribute
+    from attnsae.attribution.inputs import check_features
+    from attnsae.models import check_device, load_model
+    from attnsae.sae.checks import sae_layer
+    from attnsae.sae.formats import load_sae
+
+    check_device(args.device)
+    sae = load_sae(args.sae, device=args.device)
+    sae_layer(sae)  # refuse an SAE on another hook, or a bad feature, before loading the model
+    check_features(sae, args.feature)
+    upstream = [load_sae(p, device=args.device) for p in args.upstream_sae]
+    model = load_model(model_for_sae(sae, args.model), device=args.device)
+    check_saes_fit(model, [args.sae, *args.upstream_sae], [sae, *upstream])
+    report = attribute(model, sae, args.prompt, args.feature, args.position, depth=args.depth, top_k=args.top_k,
+                       upstream_saes=upstream)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print_report(report)
+    if not report.closes:
+        raise AttnsaeError(f"the RDFA tree does not close: worst node error {report.max_relative_residual:.2e} of "
+                           f"its terms' magnitude exceeds the tolerance {report.tolerance:.0e}; this is a bug or an "
+                           "unsupported model, do not trust the tree")
+
+
+def print_report(report) -> None:
+    r = report.rdfa
+    strs = r.token_strs
+    t = report.position
+    print(f"feature {report.feature} of blocks.{report.layer}.attn.hook_z at position {t} {strs[t]!r}: "
+          f"activation {report.activation:.4g}")
+    print(f"  pre-activation {report.pre_activation:.4g} = DFA {sum(r.by_src):.4g} + bias {report.bias:.4g}")
+    if report.activation == 0:
+        print("  (the feature does not fire here; without --position this is where its pre-activation is largest)")
+    print("top sources (DFA summed over heads):")
+    for row in report.top_sources(8):
+        print(f"  {row['value']:+10.4f}  pos {row['source']:>3}  {row['token']!r}")
+    print("by head:  " + "  ".join(f"h{h} {v:+.3f}" for h, v in enumerate(r.by_head)))
+    print(f"RDFA tree (depth {r.depth}, top-k {r.top_k}; worst closure error {report.max_relative_residual:.1e} "
+          f"of the terms' magnitude, tolerance {report.tolerance:.0e}):")
+    _print_node(r.root, strs, indent=1)
+    lg = report.logits
+    print("direct logit effect:")
+    print("  up:   " + "  ".join(f"{s!r} {v:+.3f}" for s, v in zip(lg.top_strs, lg.top_values)))
+    print("  down: " + "  ".join(f"{s!r} {v:+.3f}" for s, v in zip(lg.bottom_strs, lg.bottom_values)))
+
+
+def _label(node, strs: list[str]) -> str:
+    if node.kind == "head_source":
+        return f"{node.name}: {node.position} <- {node.source} {strs[node.source]!r}"
+    if node.kind == "feature":
+        return f"{node.name} @ {node.position} {strs[node.position]!r} (act {node.activation:.3g})"
+    return f"{node.name} @ {node.position}"
+
+
+def _print_node(node, strs: list[str], indent: int) -> None:
+    pad = "  " * indent
+    print(f"{pad}{node.value:+10.4f}  {_label(node, strs)}")
+    for child in sorted(node.children, key=lambda c: -abs(c.value)):
+        _print_node(child, strs, indent + 1)
+    for name, value in node.remainders.items():
+        print(f"{pad}  {value:+10.4f}  ({name})")
+
+
+# ----------------------------------------------------------------------------------------------- the table
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
+COMMANDS: dict[str, Command] = {
+    "quickstart": ("the main job on the reference model: train an SAE per layer, evaluate it, write dashboards",
+                   quickstart_args, run_quickstart_cmd),
+    "train": ("train attention-output SAEs (the paper's recipe by default; relu, topk or jumprelu)", train_args,
+              run_train),
+    "cache": ("harvest hook_z activations once into an on-disk cache that `train --cache` reads", cache_args,
+              run_cache),
+    "eval": ("evaluate SAEs on held-out tokens: sparsity, reconstruction, CE loss recovered, KL, density", eval_args,
+             run_eval),
+    "dashboard": ("feature dashboards (top examples with DFA), feature families and head polysemanticity",
+                  dashboard_args, run_dashboard),
+    "attribute": ("explain a feature on a prompt: DFA by source and head, recursive DFA, logit effect",
+                  attribute_args, run_attribute),
+    "corpus": ("tokenise a corpus split into contexts and report what it holds", corpus_args, run_corpus),
+    "info": ("load a model and print its shape and hook names", info_args, run_info),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``attnsae: error:`` line (exit 2) like every other user error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"attnsae: error: {self.prog.removeprefix('attnsae').strip() or 'usage'}: {message}; see "
+                     f"`{self.prog} --help`\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    _load_command_modules()
-    parser = argparse.ArgumentParser(prog="attnsae", description="Sparse autoencoders on attention outputs (hook_z).")
     from attnsae import __version__
 
+    parser = _Parser(prog="attnsae", description="Sparse autoencoders on attention outputs (hook_z).")
     parser.add_argument("--version", action="version", version=f"attnsae {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help, add_args, fn) in COMMANDS.items():
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (help, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=help)
         add_args(p)
-        p.set_defaults(func=fn)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an unexpected error")
+        p.set_defaults(func=run)
     return parser
-
-
-def _load_command_modules() -> None:
-    """Commands of later pipeline stages register themselves from their own CLI modules."""
-    import importlib
-
-    for mod in ("attnsae.cli_train", "attnsae.cli_eval", "attnsae.cli_attribute", "attnsae.cli_dashboard"):  # later stages append their CLI modules here
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attnsae: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: say so in one line, traceback on request
+        if args.debug:
+            raise
+        text = " ".join(str(e).split())[:300]
+        print(f"attnsae: error: internal error (a bug in attnsae): {type(e).__name__}: {text}; rerun with "
+              f"`attnsae --debug {args.command} ...` for the traceback and report it", file=sys.stderr)
+        return 3
     return 0
-
-
-def print_json(obj) -> None:
-    print(json.dumps(obj, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -341,6 +341,10 @@ def load_corpus(
 
     ``n_ctx`` (the model's) rejects a ``context_size`` the model cannot take. An empty result is an error.
     """
+    if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 2:
+        raise AttnsaeError(f"context_size must be an integer >= 2 (BOS and one token), got {context_size!r}")
+    if max_tokens is not None and max_tokens < 1:
+        raise AttnsaeError(f"max_tokens must be positive, got {max_tokens}")
     if n_ctx is not None and context_size > n_ctx:
         raise AttnsaeError(f"context_size {context_size} is larger than the model's n_ctx {n_ctx}; use <= {n_ctx}")
     eot_id = eot_token_id(tokenizer)

@@ -17,19 +17,45 @@ from pathlib import Path
 import torch
 
 from attnsae.errors import AttnsaeError
-from attnsae.reference import REFERENCE_DIR, REFERENCE_NAME
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+REFERENCE_NAME = "attnsae-stdlib-2l"  # the shipped reference model
+REFERENCE_DIR = Path(__file__).parent / "reference"  # its HF-format folder inside the package
+EOT_TOKEN = "<|endoftext|>"  # its BOS / EOS token
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+                                   "float16": torch.float16}  # the canonical names (SAELens' too)
+DTYPE_ALIASES = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The canonical name of a dtype (``"fp32"``, ``"torch.float32"`` and ``torch.float32`` give ``"float32"``)."""
+    name = str(dtype).removeprefix("torch.")
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise AttnsaeError(f"unknown dtype {str(dtype)!r}: use one of {', '.join(DTYPES)}")
+    return name
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
+    return DTYPES[dtype_name(dtype)]
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A usable torch device, or one clear error (``bogus``, ``cuda`` without a GPU, ``cuda:3`` of 1)."""
     try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise AttnsaeError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AttnsaeError(f"unknown device {str(device)!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AttnsaeError(f"device {str(device)!r} asked for, but no CUDA GPU is available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AttnsaeError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise AttnsaeError("device 'mps' asked for, but MPS is not available; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise AttnsaeError(f"unsupported device {str(device)!r}: use cpu, cuda, cuda:N or mps")
+    return dev
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
@@ -72,6 +98,7 @@ def load_model(
 
     target = resolve_model_path(name_or_path)
     torch_dtype = parse_dtype(dtype)
+    device = check_device(device)
     local = Path(target).is_dir()
     try:
         with _quiet():
@@ -127,3 +154,29 @@ def model_name(model) -> str:
 
 def n_ctx(model) -> int:
     return int(model.cfg.n_ctx)
+
+
+def check_tokens(model, tokens, min_len: int = 1):
+    """Token contexts as int64 ``[n, pos]`` on the model's device, checked against the model: integers, ids in
+    its vocabulary, ``min_len <= pos <= n_ctx``, at least one context. A 1-D sequence becomes one context."""
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2:
+        raise AttnsaeError(f"tokens must be [n_contexts, context_size], got shape {tuple(tokens.shape)}")
+    if tokens.numel() == 0:
+        raise AttnsaeError(f"no tokens (shape {tuple(tokens.shape)}): the text or split is empty; give more tokens")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise AttnsaeError(f"tokens must be integers, got {tokens.dtype}")
+    if tokens.shape[1] < min_len:
+        raise AttnsaeError(f"contexts of {tokens.shape[1]} token(s) are too short here: use at least {min_len} "
+                           "(a next token needs a context of 2)")
+    n_ctx = int(model.cfg.n_ctx)
+    if tokens.shape[1] > n_ctx:
+        raise AttnsaeError(f"contexts of {tokens.shape[1]} tokens are longer than the model's context of {n_ctx} "
+                           "tokens; shorten the prompt or lower --context-size")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= model.cfg.d_vocab:
+        raise AttnsaeError(f"token ids must lie in 0..{model.cfg.d_vocab - 1} (the model's vocabulary), got "
+                           f"{lo}..{hi}; tokenise with this model's tokenizer")
+    return tokens.to(next(model.parameters()).device, torch.int64)

@@ -3,7 +3,7 @@
 Harvest ``hook_z`` from the stdlib train split, train one SAE per layer of the reference model from a single
 activation stream, save them (SAELens format), then evaluate each on held-out validation tokens (L0, explained
 variance, CE loss recovered, ...), print the table and plot the feature densities; finally scan validation
-tokens for the reading site (:mod:`attnsae.views.site`: feature dashboards, feature families, head report) and print
+tokens for the reading site (:mod:`attnsae.reading`: feature dashboards, feature families, head report) and print
 the path to open.
 """
 
@@ -16,18 +16,21 @@ from pathlib import Path
 import torch
 
 from attnsae.corpus import load_corpus
-from attnsae.evals import evaluate
-from attnsae.io_utils import atomic_write_json, check_writable_dir
+from attnsae.errors import AttnsaeError
+from attnsae.evals.metrics import evaluate
+from attnsae.io import atomic_write_json, check_writable_dir
 from attnsae.models import load_model
-from attnsae.runs import RunConfig, run_training
-from attnsae.training import TrainConfig
+from attnsae.reading import read_features
+from attnsae.training.config import TrainConfig
+from attnsae.training.trainer import train
 from attnsae.views.plots import density_histogram
-from attnsae.views.site import write_site
 from attnsae.views.tables import eval_table
 
 
 @dataclass
 class QuickstartConfig:
+    """The main job's settings; :meth:`train_config` turns them into the run's one training config."""
+
     out: str = "attnsae-out/quickstart"
     model: str | None = None
     architecture: str = "topk"
@@ -43,17 +46,24 @@ class QuickstartConfig:
     seed: int = 0
     layers: list[int] | None = None  # None: every layer
 
-    def run_config(self, n_layers: int) -> RunConfig:
+    def __post_init__(self) -> None:
+        for name in ("train_tokens", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise AttnsaeError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dashboard_tokens < 0:
+            raise AttnsaeError(f"dashboard_tokens must be 0 or more, got {self.dashboard_tokens}")
+        if self.train_tokens < self.batch_size:
+            raise AttnsaeError(f"train_tokens ({self.train_tokens}) must be at least one batch ({self.batch_size})")
+
+    def train_config(self, n_layers: int) -> TrainConfig:
         steps = self.train_tokens // self.batch_size
-        return RunConfig(
+        return TrainConfig(
             model=self.model, layers=self.layers or list(range(n_layers)), architecture=self.architecture,
             ks=[self.k], expansion_factor=self.expansion_factor, context_size=self.context_size,
-            buffer_size=self.buffer_size, out=str(Path(self.out) / "saes"),
-            train=TrainConfig(total_tokens=self.train_tokens, batch_size=self.batch_size, lr=self.lr,
-                              warmup_steps=max(1, steps // 20), lr_schedule="cosine", lr_end_frac=0.1,
-                              resample_times=0, dead_window=max(10, steps // 10), log_every=10,
-                              ckpt_every=100, seed=self.seed),
-        )
+            buffer_size=self.buffer_size, out=str(Path(self.out) / "saes"), overwrite=True,
+            total_tokens=self.train_tokens, batch_size=self.batch_size, lr=self.lr,
+            warmup_steps=max(1, steps // 20), lr_schedule="cosine", lr_end_frac=0.1, resample_times=0,
+            dead_window=max(10, steps // 10), log_every=10, ckpt_every=100, seed=self.seed)
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
@@ -61,7 +71,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     t0 = time.perf_counter()
     check_writable_dir(cfg.out)
     model = load_model(cfg.model)
-    saes, specs = run_training(cfg.run_config(model.cfg.n_layers))
+    saes, specs = train(cfg.train_config(model.cfg.n_layers))
     t_train = time.perf_counter() - t0
     names = [f"L{s.layer}" for s in specs]
     val = load_corpus(model.tokenizer, "stdlib", "validation", cfg.context_size,
@@ -75,7 +85,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     site = None
     if cfg.dashboard_tokens > 0:
         n_dash = -(-cfg.dashboard_tokens // cfg.context_size)
-        site = write_site(model, saes, val_tokens[:n_dash], out / "dashboard", names=names,
+        site = read_features(model, saes, val_tokens[:n_dash], out / "dashboard", names=names,
                           corpus={"source": "stdlib", "split": "validation"},
                           paths=[str(out / "saes" / s.name) for s in specs])
     summary = {"config": asdict(cfg), "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},

@@ -1,6 +1,6 @@
 """Attribution: explain each feature activation by heads, source tokens and upstream components, exactly.
 
-* :mod:`~attnsae.attribution.heads` — weight-based head attribution (each feature's share per head, each head's
+* :mod:`~attnsae.attribution.head_shares` — weight-based head attribution (each feature's share per head, each head's
   top features).
 * :mod:`~attnsae.attribution.dfa` — direct feature attribution by head and source position, for a batch of prompts
   and one feature, a list, or all active features, within a stated memory bound.
@@ -23,7 +23,7 @@ from attnsae.attribution.dfa import (
     dfa_reference,
     plan_dfa,
 )
-from attnsae.attribution.heads import HeadAttribution, head_attribution, head_shares
+from attnsae.attribution.head_shares import HeadAttribution, head_attribution, head_shares
 from attnsae.attribution.logits import LogitEffect, logit_effect, logit_effect_matrix, logit_effect_vector
 from attnsae.attribution.rdfa import RDFANode, RDFAResult, RDFATracer, rdfa
 from attnsae.attribution.report import AttributionReport, attribute

@@ -40,10 +40,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from attnsae.attribution.inputs import capture, check_features, check_sae_fits, check_tokens, cpu_sae, tokenize
+from attnsae.attribution.inputs import capture, check_features, tokenize
+from attnsae.models import check_tokens
+from attnsae.sae.checks import check_sae, cpu_sae
 from attnsae.attribution.weights import kv_of_head
 from attnsae.errors import AttnsaeError
-from attnsae.sae import SAE
+from attnsae.sae.model import SAE
 
 ITEM = 4  # bytes per float32
 DEFAULT_MAX_BYTES = 64 * 2**20
@@ -213,7 +215,7 @@ def dfa(model, sae: SAE, tokens: Tensor | str | Sequence[str], features: int | S
     With explicit features every destination position gets an entry (active or not); with ``None`` only the
     ``(batch, dest, feature)`` where the feature fires. ``dest`` restricts destination positions.
     """
-    layer = check_sae_fits(model, sae)
+    layer = check_sae(model, sae)
     if isinstance(tokens, (str, list, tuple)) and (isinstance(tokens, str) or isinstance(tokens[0], str)):
         tokens, lengths = tokenize(model, tokens, sae.cfg.prepend_bos)
     tokens = check_tokens(model, tokens)

@@ -14,9 +14,10 @@ from typing import Sequence
 
 import torch
 
-from attnsae.attribution.inputs import check_features, check_sae_fits
+from attnsae.attribution.inputs import check_features
+from attnsae.sae.checks import check_sae
 from attnsae.attribution.weights import layer_weights, norm_kind, unembed_weights
-from attnsae.sae import SAE
+from attnsae.sae.model import SAE
 
 
 @dataclass
@@ -39,7 +40,7 @@ class LogitEffect:
 @torch.no_grad()
 def logit_effect_matrix(model, sae: SAE, features: Sequence[int], through_ln_final: bool = False) -> torch.Tensor:
     """``W_dec[features] @ W_O_cat @ W_U``: float32 [len(features), d_vocab] (``through_ln_final``: module docstring)."""
-    layer = check_sae_fits(model, sae)
+    layer = check_sae(model, sae)
     features = check_features(sae, features)
     direction = sae.W_dec.detach()[features].float().cpu() @ layer_weights(model, layer).W_O_cat  # [n, d_model]
     W_U, _, g, _ = unembed_weights(model)
@@ -62,7 +63,7 @@ def logit_effect(model, sae: SAE, feature: int, k: int = 10, through_ln_final: b
     top, bottom = effect.topk(k), effect.topk(k, largest=False)
     decode = model.tokenizer.decode
     return LogitEffect(
-        feature=int(feature), layer=check_sae_fits(model, sae),
+        feature=int(feature), layer=check_sae(model, sae),
         top_tokens=top.indices.tolist(), top_strs=[decode([int(i)]) for i in top.indices],
         top_values=top.values.tolist(),
         bottom_tokens=bottom.indices.tolist(), bottom_strs=[decode([int(i)]) for i in bottom.indices],

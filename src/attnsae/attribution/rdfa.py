@@ -54,10 +54,15 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from attnsae.attribution.inputs import capture, check_features, check_sae_fits, check_tokens, cpu_sae, token_strings
+from attnsae.attribution.inputs import capture, check_features, token_strings
+from attnsae.models import check_tokens
+from attnsae.sae.checks import check_sae, cpu_sae
 from attnsae.attribution.weights import LayerWeights, layer_weights
 from attnsae.errors import AttnsaeError
-from attnsae.sae import SAE
+from attnsae.sae.model import SAE
+
+
+CLOSURE_TOLERANCE = 1e-4  # the worst |residual| / scale a tree may have (fp32 rounding gives ~1e-6)
 
 
 @dataclass
@@ -119,9 +124,16 @@ class RDFAResult:
         """The worst ``|residual| / scale`` over all nodes (fp32: ~1e-6)."""
         return max((abs(n.residual()) / max(n.scale(), 1e-30) for n in self.root.walk()), default=0.0)
 
+    def closes(self, tolerance: float = CLOSURE_TOLERANCE) -> bool:
+        """Whether every node equals its children plus remainders within ``tolerance`` (relative to its terms)."""
+        return self.max_relative_residual() <= tolerance
+
     def to_dict(self) -> dict:
+        err = self.max_relative_residual()
         return {"layer": self.layer, "feature": self.feature, "position": self.position, "tokens": self.tokens,
                 "token_strs": self.token_strs, "depth": self.depth, "top_k": self.top_k,
+                "closure": {"max_relative_residual": err, "tolerance": CLOSURE_TOLERANCE,
+                            "closes": err <= CLOSURE_TOLERANCE},
                 "by_src": self.by_src, "by_head": self.by_head, "root": self.root.to_dict()}
 
 
@@ -145,7 +157,7 @@ class RDFATracer:
 
     def __init__(self, model, sae: SAE, tokens: Tensor, upstream_saes: Sequence[SAE] | Mapping[int, SAE] = (),
                  centre_components: bool = True) -> None:
-        self.layer = L = check_sae_fits(model, sae)
+        self.layer = L = check_sae(model, sae)
         tokens = check_tokens(model, tokens)
         if tokens.shape[0] != 1:
             raise AttnsaeError(f"RDFA traces one prompt at a time, got a batch of {tokens.shape[0]}")
@@ -154,7 +166,7 @@ class RDFATracer:
         ups = list(upstream_saes.values()) if isinstance(upstream_saes, Mapping) else list(upstream_saes)
         saes = {L: cpu_sae(sae)}
         for u in ups:
-            lu = check_sae_fits(model, u)
+            lu = check_sae(model, u)
             if lu >= L:
                 raise AttnsaeError(f"an upstream SAE must read a layer before {L}, not layer {lu}")
             saes[lu] = cpu_sae(u)

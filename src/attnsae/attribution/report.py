@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from attnsae.attribution.inputs import check_features, check_sae_fits, tokenize
+from attnsae.attribution.inputs import check_features, tokenize
+from attnsae.sae.checks import check_sae
 from attnsae.attribution.logits import LogitEffect, logit_effect
-from attnsae.attribution.rdfa import RDFAResult, RDFATracer
-from attnsae.sae import SAE
+from attnsae.attribution.rdfa import CLOSURE_TOLERANCE, RDFAResult, RDFATracer
+from attnsae.sae.model import SAE
 
 
 @dataclass
@@ -27,6 +28,11 @@ class AttributionReport:
     rdfa: RDFAResult
     logits: LogitEffect
     max_relative_residual: float  # the worst closure error of the tree (fp32: ~1e-6)
+    tolerance: float = CLOSURE_TOLERANCE  # past it the tree does not close: the CLI errors, JSON says closes=false
+
+    @property
+    def closes(self) -> bool:
+        return self.max_relative_residual <= self.tolerance
 
     def top_sources(self, k: int = 10) -> list[dict]:
         """The ``k`` source positions with the largest |DFA|: ``{source, token, value}``."""
@@ -37,7 +43,8 @@ class AttributionReport:
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "layer": self.layer, "feature": self.feature, "position": self.position,
                 "activation": self.activation, "pre_activation": self.pre_activation, "bias": self.bias,
-                "max_relative_residual": self.max_relative_residual, "top_sources": self.top_sources(),
+                "max_relative_residual": self.max_relative_residual, "tolerance": self.tolerance,
+                "closes": self.closes, "top_sources": self.top_sources(),
                 "rdfa": self.rdfa.to_dict(), "logits": self.logits.to_dict()}
 
 
@@ -45,7 +52,7 @@ def attribute(model, sae: SAE, prompt: str, feature: int, position: int | None =
               top_k: int = 5, upstream_saes: Sequence[SAE] | Mapping[int, SAE] = (), n_logit_tokens: int = 10,
               centre_components: bool = True) -> AttributionReport:
     """Explain ``feature`` of ``sae`` on ``prompt`` (tokenised with BOS as in training) at ``position``."""
-    layer = check_sae_fits(model, sae)
+    layer = check_sae(model, sae)
     (feature,) = check_features(sae, feature)
     tokens, _ = tokenize(model, prompt, sae.cfg.prepend_bos)
     tracer = RDFATracer(model, sae, tokens, upstream_saes, centre_components)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnsae.io_utils import atomic_path
+from attnsae.io import atomic_path
 from attnsae.views.webpage import asset, js_literal, page
 
 BODY = """\

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from attnsae.evals import EvalReport
+from attnsae.evals.metrics import EvalReport
+from attnsae.studies.families import FAMILIES
 
 # (header, SAEEval field, format)
 EVAL_COLUMNS: list[tuple[str, str, str]] = [
@@ -55,3 +56,15 @@ def eval_table(report: EvalReport) -> str:
 
 
 __all__ = ["eval_table", "EVAL_COLUMNS"]
+
+
+def families_table(counts: dict[str, dict[str, int]]) -> str:
+    """Markdown table of :func:`attnsae.studies.families.breakdown`: per SAE, count and share of live features per
+    family."""
+    head = "| SAE | live | " + " | ".join(FAMILIES) + " | dead |"
+    rows = [head, "|" + "---|" * (len(FAMILIES) + 3)]
+    for name, c in counts.items():
+        live = max(c["live"], 1)
+        cells = " | ".join(f"{c[f]} ({c[f] / live:.1%})" for f in FAMILIES)
+        rows.append(f"| {name} | {c['live']} | {cells} | {c['dead']} |")
+    return "\n".join(rows)

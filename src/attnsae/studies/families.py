@@ -141,14 +141,3 @@ def breakdown(labels_by_sae: dict[str, list[str]]) -> dict[str, dict[str, int]]:
         c = Counter(labels)
         out[name] = {f: c.get(f, 0) for f in FAMILIES} | {"live": sum(c[f] for f in FAMILIES), "dead": c.get("dead", 0)}
     return out
-
-
-def breakdown_table(counts: dict[str, dict[str, int]]) -> str:
-    """Markdown table: one row per SAE, count and share of live features per family."""
-    head = "| SAE | live | " + " | ".join(FAMILIES) + " | dead |"
-    rows = [head, "|" + "---|" * (len(FAMILIES) + 3)]
-    for name, c in counts.items():
-        live = max(c["live"], 1)
-        cells = " | ".join(f"{c[f]} ({c[f] / live:.1%})" for f in FAMILIES)
-        rows.append(f"| {name} | {c['live']} | {cells} | {c['dead']} |")
-    return "\n".join(rows)

@@ -24,8 +24,6 @@ computes it; ``edit`` and ``observe`` still see every position, so positions ind
 from __future__ import annotations
 
 import contextlib
-import operator
-import re
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -34,58 +32,11 @@ from tqdm.auto import tqdm
 
 from attnsae.activations import d_in_of, harvest_z, hook_z_name
 from attnsae.errors import AttnsaeError
-from attnsae.sae import SAE, SAEOutput
-
-HOOK_Z_RE = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
+from attnsae.sae.checks import check_sae
+from attnsae.sae.model import SAE, SAEOutput
 
 EditFn = Callable[[int, Tensor], Tensor]  # (layer, feature_acts [batch, pos, d_sae]) -> same shape
 ObserveFn = Callable[[int, Tensor, SAEOutput], None]  # (layer, z_cat [batch, pos, d_in], SAE output on it)
-
-
-def sae_layer(sae: SAE) -> int | None:
-    """The layer an SAE was trained on, from ``cfg.hook_name`` (else ``cfg.layer``); None if it names neither.
-
-    Raises if the hook is not an attention ``hook_z``.
-    """
-    hook = sae.cfg.hook_name
-    if hook:
-        m = HOOK_Z_RE.match(hook)
-        if m is None:
-            raise AttnsaeError(f"the SAE reads {hook!r}, not blocks.{{L}}.attn.hook_z; attnsae works with "
-                               "attention-output (hook_z) SAEs only")
-        layer = int(m.group(1))
-        if sae.cfg.layer is not None and sae.cfg.layer != layer:
-            raise AttnsaeError(f"the SAE's config is inconsistent: hook {hook!r} but layer {sae.cfg.layer}; "
-                               "fix cfg.json")
-        return layer
-    return sae.cfg.layer
-
-
-def check_sae(model, sae: SAE, layer: int | None = None) -> int:
-    """Check that ``sae`` fits ``model`` at hook_z of ``layer`` (default: the SAE's own layer); returns the layer."""
-    own = sae_layer(sae)
-    if layer is None:
-        if own is None:
-            raise AttnsaeError("the SAE names no hook or layer (cfg.hook_name is empty); give its layer explicitly")
-        layer = own
-    elif own is not None and own != layer:
-        raise AttnsaeError(f"the SAE was trained on {hook_z_name(own)}, not {hook_z_name(layer)}; "
-                           "splice it at its own layer")
-    n_layers = int(model.cfg.n_layers)
-    try:
-        layer = operator.index(layer)
-    except TypeError:
-        raise AttnsaeError(f"layer must be an integer, got {layer!r}") from None
-    if not 0 <= layer < n_layers:
-        raise AttnsaeError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
-    d_in = d_in_of(model)
-    if sae.d_in != d_in:
-        raise AttnsaeError(f"the SAE has d_in {sae.d_in} but the model's hook_z has n_heads*d_head = "
-                           f"{model.cfg.n_heads}*{model.cfg.d_head} = {d_in}; use an SAE trained on this model")
-    if sae.cfg.normalize_activations != "none":
-        raise AttnsaeError(f"the SAE uses normalize_activations={sae.cfg.normalize_activations!r}; splicing "
-                           "supports only 'none' (fold the scaling into the weights first)")
-    return layer
 
 
 def saes_by_layer(model, saes: SAE | Sequence[SAE] | Mapping[int, SAE]) -> dict[int, SAE]:
@@ -216,5 +167,4 @@ def mean_z(model, tokens: Tensor, layers: Sequence[int], batch_size: int = 16, k
     return {l: s / n for l, s in sums.items()}
 
 
-__all__ = ["splice_saes", "splice_hook", "ablate_z", "ablate_hook", "mean_z", "check_sae", "sae_layer",
-           "saes_by_layer"]
+__all__ = ["splice_saes", "splice_hook", "ablate_z", "ablate_hook", "mean_z", "saes_by_layer"]

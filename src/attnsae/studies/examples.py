@@ -3,17 +3,17 @@
 :func:`build_dashboards` runs the pipeline and returns a :class:`Dashboards` (the JSON-ready ``bundle`` that
 :mod:`attnsae.views.dashboards` renders, plus the tensors behind it):
 
-1. :func:`attnsae.scan.scan_features` streams the tokens once for every SAE (bounded memory);
-2. :func:`attnsae.scan.select_examples` picks each feature's top activations and quantile-band examples;
+1. :func:`attnsae.studies.scan.scan_features` streams the tokens once for every SAE (bounded memory);
+2. :func:`attnsae.studies.scan.select_examples` picks each feature's top activations and quantile-band examples;
 3. :func:`gather_examples` reruns only the contexts those examples live in, in batches, and computes the exact DFA
    of each example by source position and head (:func:`attnsae.attribution.dfa_from_activations` with explicit
    entries). Each example keeps a window of ``window_before`` / ``window_after`` tokens around its destination, plus
    a short segment around the DFA peak when the peak lies before the window (how induction becomes visible);
-4. families from the top examples' DFA (:mod:`attnsae.families`), the weight-based head attribution, the DFA by
+4. families from the top examples' DFA (:mod:`attnsae.studies.families`), the weight-based head attribution, the DFA by
    head averaged over the top examples, and the top and bottom direct logit effects with their histogram.
 
 :func:`write_dashboards` writes everything into one folder, atomically (a failed run leaves no partial folder):
-``index.html`` (+ ``vocab.js``, ``data/``), ``heads.html`` / ``heads.json`` (:mod:`attnsae.heads`),
+``index.html`` (+ ``vocab.js``, ``data/``), ``heads.html`` / ``heads.json`` (:mod:`attnsae.studies.polysemanticity`),
 ``families.json`` / ``families.md`` / ``families.png``, ``summary.json`` and, on request, ``neuronpedia/``
 (PAPER_NOTES §9: ``features.jsonl`` and ``activations.jsonl`` per SAE).
 """
@@ -30,16 +30,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attnsae import families as fam
+from attnsae.studies import families as fam
 from attnsae.activations import hook_z_name
 from attnsae.attribution.dfa import dfa_from_activations, from_cache, hook_names
-from attnsae.attribution.heads import head_shares
-from attnsae.attribution.inputs import capture, check_sae_fits, cpu_sae
+from attnsae.attribution.head_shares import head_shares
+from attnsae.attribution.inputs import capture
+from attnsae.sae.checks import check_sae, cpu_sae
 from attnsae.attribution.logits import logit_effect_matrix
 from attnsae.errors import AttnsaeError
 from attnsae.models import model_name
-from attnsae.sae import SAE
-from attnsae.scan import FeatureScan, ScanConfig, scan_features, select_examples
+from attnsae.sae.model import SAE
+from attnsae.studies.scan import FeatureScan, ScanConfig, scan_features, select_examples
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Dashboards:
     scans: list[FeatureScan]
     labels: list[list[str]]
     stats: list[list[dict]]
+    counts: dict[str, dict[str, int]]  # per SAE name: features per family (attnsae.studies.families.breakdown)
     seconds: dict = field(default_factory=dict)
 
 
@@ -132,7 +134,7 @@ def gather_examples(model, saes: list[SAE], tokens: Tensor, entries: Entries, cf
     stats = {k: torch.zeros(E) for k in (*fam.STATS, "mass")}
     by_head = torch.zeros(E, H)
     act = torch.zeros(E)
-    layers = [check_sae_fits(model, sae) for sae in saes]
+    layers = [check_sae(model, sae) for sae in saes]
     names = [n for layer in sorted(set(layers)) for n in hook_names(layer)]
     ctxs = torch.unique(entries.ctx)
     d_max = max(sae.cfg.d_sae for sae in saes)
@@ -261,7 +263,7 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
     if not saes:
         raise AttnsaeError("no SAEs given")
     tokens = torch.as_tensor(tokens).long()
-    layers = [check_sae_fits(model, sae) for sae in saes]
+    layers = [check_sae(model, sae) for sae in saes]
     saes = [cpu_sae(sae) for sae in saes]
     names = names or [f"L{layer}" for layer in layers]
     states = scan_features(model, saes, tokens, cfg.scan, progress=progress)
@@ -326,7 +328,8 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
         "saes": sae_blocks,
     }
     t_end = time.perf_counter()
-    return Dashboards(bundle, states, labels, all_stats,
+    counts = fam.breakdown(dict(zip(names, labels)))
+    return Dashboards(bundle, states, labels, all_stats, counts,
                       {"scan": round(t_scan - t0, 1), "examples": round(t_gather - t_scan, 1),
                        "assemble": round(t_end - t_gather, 1)})
 

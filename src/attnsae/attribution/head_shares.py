@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from attnsae.errors import AttnsaeError
-from attnsae.sae import SAE
+from attnsae.sae.model import SAE
 
 
 @dataclass

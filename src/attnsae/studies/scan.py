@@ -25,9 +25,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attnsae.activations import harvest_z
-from attnsae.attribution.inputs import check_sae_fits, cpu_sae
+from attnsae.sae.checks import check_sae, cpu_sae
 from attnsae.errors import AttnsaeError
-from attnsae.sae import SAE
+from attnsae.sae.model import SAE
 
 
 @dataclass
@@ -165,7 +165,7 @@ def scan_features(model, saes: list[SAE], tokens: Tensor, cfg: ScanConfig | None
     tokens = torch.as_tensor(tokens).long()
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
         raise AttnsaeError(f"nothing to scan: need at least one context of 2+ tokens, got shape {tuple(tokens.shape)}")
-    layers = [check_sae_fits(model, sae) for sae in saes]
+    layers = [check_sae(model, sae) for sae in saes]
     saes = [cpu_sae(sae) for sae in saes]
     states = [FeatureScan.empty(sae.cfg.d_sae, cfg) for sae in saes]
     gen = torch.Generator().manual_seed(cfg.seed)

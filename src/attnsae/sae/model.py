@@ -6,7 +6,7 @@
     x_hat    [..., d_in]    f @ W_dec + b_dec
 
 Parameter layout and names follow SAELens (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``), so files move freely
-(see :mod:`attnsae.sae_io`). The paper's decoder constraint (unit-norm rows, gradient parallel to each row removed
+(see :mod:`attnsae.sae.formats`). The paper's decoder constraint (unit-norm rows, gradient parallel to each row removed
 before the optimiser step) is :meth:`SAE.remove_gradient_parallel_to_decoder_directions` followed by
 :meth:`SAE.set_decoder_norm_to_unit_norm` after the step.
 """
@@ -22,14 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnsae.errors import AttnsaeError
+from attnsae.models import DTYPES, dtype_name
 
 ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu")
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 # SAELens' values. The module itself applies no normalisation: with anything but "none" the caller scales the
 # activations before `encode` and undoes it after `decode`.
 NORMALIZE_ACTIVATIONS: tuple[str, ...] = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -69,8 +64,7 @@ class SAEConfig:
         k = self.k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.d_sae):
             raise AttnsaeError(f"k must be an integer in 1..d_sae ({self.d_sae}), got {self.k!r}")
-        if self.dtype not in DTYPES:
-            raise AttnsaeError(f"unknown SAE dtype {self.dtype!r}; use one of: {', '.join(DTYPES)}")
+        self.dtype = dtype_name(self.dtype)
         if self.normalize_activations not in NORMALIZE_ACTIVATIONS:
             raise AttnsaeError(
                 f"unknown normalize_activations {self.normalize_activations!r}; "
@@ -109,6 +103,26 @@ class SAEOutput(NamedTuple):
 def rectangle(x: Tensor) -> Tensor:
     """The rectangle kernel: 1 on (-1/2, 1/2), else 0."""
     return ((x > -0.5) & (x < 0.5)).to(x.dtype)
+
+
+class Heaviside(torch.autograd.Function):
+    """``1[pre > threshold]`` with the JumpReLU paper's straight-through estimator for the threshold (its L0 loss).
+
+    ``d/dthreshold := -(1 / bandwidth) * rectangle((pre - threshold) / bandwidth)``; no gradient to ``pre``.
+    pre: [..., d_sae], threshold: [d_sae].
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[None, Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        grad_threshold = -(1.0 / ctx.bandwidth) * rectangle((pre - threshold) / ctx.bandwidth) * grad_out
+        return None, grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
 
 
 class JumpReLU(torch.autograd.Function):
@@ -189,7 +203,7 @@ class SAE(nn.Module):
     def set_threshold(self, threshold: Tensor) -> None:
         """Set ``log_threshold`` from a threshold [d_sae] (>= 0), as loaders do.
 
-        A threshold that is ``exp`` of a float (what :func:`attnsae.sae_io.save_sae` writes) comes back bit for bit:
+        A threshold that is ``exp`` of a float (what :func:`attnsae.sae.formats.save_sae` writes) comes back bit for bit:
         ``exp(log(t))`` can miss ``t`` by one ulp, and trying the neighbouring floats of ``log(t)`` fixes those
         entries. Any other threshold comes back to within a few ulps (not every float is ``exp`` of a float).
         """

@@ -2,7 +2,7 @@
 
 For every head ``h`` of every layer with an SAE, its top ``k`` (10) *live* features by weight-based head attribution
 ``h_{i,h}`` (PAPER_NOTES §4), each with its family, commonest destination tokens and direct logit effects, read from
-the dashboards bundle (:mod:`attnsae.dashboards`). The paper judged by eye whether a head's top-10 features are
+the dashboards bundle (:mod:`attnsae.studies.examples`). The paper judged by eye whether a head's top-10 features are
 "closely related"; here the judgement is a stated rule (:class:`HeadCriterion`):
 
 * two features are *related* when they have the same family, other than ``unclear``, and either that family is
@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from itertools import combinations
 
-from attnsae.families import canonical_ids
+from attnsae.studies.families import canonical_ids
 
 
 @dataclass

@@ -20,7 +20,7 @@
   ``head_error_share[h]``: head h's share of the total squared error (sums to 1).
 
 The mean for mean ablation is position-independent, one ``[n_heads*d_head]`` vector per layer, taken over the same
-evaluation tokens in a first pass (:func:`attnsae.splice.mean_z`). With ``keep_bos`` (the default) position 0, the
+evaluation tokens in a first pass (:func:`attnsae.evals.splice.mean_z`). With ``keep_bos`` (the default) position 0, the
 forced BOS that SAEs are trained without, is left as the model computes it by every intervention and is left out of
 the reconstruction metrics and the mean; it still counts as loss input.
 
@@ -41,9 +41,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attnsae.errors import AttnsaeError
-from attnsae.models import model_name
-from attnsae.sae import SAE, SAEOutput
-from attnsae.splice import ablate_z, check_sae, mean_z, splice_saes
+from attnsae.models import check_tokens, model_name
+from attnsae.sae.model import SAE, SAEOutput
+from attnsae.evals.splice import ablate_z, mean_z, splice_saes
+from attnsae.sae.checks import check_sae
 
 DENSE_THRESHOLD = 0.1
 
@@ -247,26 +248,6 @@ class LossSums:
         return self.kl / self.n
 
 
-def check_tokens(model, tokens: Tensor | np.ndarray) -> Tensor:
-    """Token contexts as int64 ``[n, ctx]`` on the model's device, checked against the model."""
-    tokens = torch.as_tensor(tokens)
-    if tokens.ndim != 2:
-        raise AttnsaeError(f"tokens must be [n_contexts, context_size], got shape {tuple(tokens.shape)}")
-    if tokens.shape[0] == 0 or tokens.numel() == 0:
-        raise AttnsaeError("no tokens to evaluate on: the split is empty; give more tokens")
-    if tokens.shape[1] < 2:
-        raise AttnsaeError(f"contexts of {tokens.shape[1]} token cannot score a next token; use context size >= 2")
-    if tokens.shape[1] > model.cfg.n_ctx:
-        raise AttnsaeError(f"context size {tokens.shape[1]} is larger than the model's n_ctx {model.cfg.n_ctx}")
-    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-        raise AttnsaeError(f"tokens must be integers, got {tokens.dtype}")
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or hi >= model.cfg.d_vocab:
-        raise AttnsaeError(f"token ids must lie in 0..{model.cfg.d_vocab - 1} (the model's vocabulary), got "
-                           f"{lo}..{hi}; tokenise with this model's tokenizer")
-    return tokens.to(next(model.parameters()).device, torch.int64)
-
-
 def default_names(saes: Sequence[SAE], layers: Sequence[int]) -> list[str]:
     """``L{layer}``, with ``#i`` appended where several SAEs share a layer."""
     names = [f"L{l}" for l in layers]
@@ -304,7 +285,7 @@ def evaluate(
         raise AttnsaeError(f"{len(names)} names for {len(saes)} SAEs; give one name per SAE")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise AttnsaeError(f"batch_size must be a positive integer, got {batch_size!r}")
-    tokens = check_tokens(model, tokens)
+    tokens = check_tokens(model, tokens, min_len=2)
     distinct = sorted(set(layers))
     first = 1 if keep_bos else 0
 
@@ -361,4 +342,4 @@ def evaluate(
 
 
 __all__ = ["reconstruction_metrics", "ReconstructionMetrics", "ReconstructionSums", "evaluate", "EvalReport",
-           "SAEEval", "ce_recovered", "check_tokens", "DENSE_THRESHOLD"]
+           "SAEEval", "ce_recovered", "DENSE_THRESHOLD"]

@@ -29,7 +29,8 @@ import safetensors.torch
 import torch
 
 from attnsae.errors import AttnsaeError
-from attnsae.sae import SAE, SAEConfig
+from attnsae.models import dtype_name
+from attnsae.sae.model import SAE, SAEConfig
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -38,7 +39,6 @@ FROM_SAELENS_ARCHITECTURE = {"standard": "relu", "relu": "relu", "topk": "topk",
 # SAELens' `handle_config_defaulting` treats a cfg without metadata.sae_lens_version >= 6.0.0 as a pre-6 file and
 # rebuilds `metadata` from top-level keys only (losing ours), so we declare the 6.0 cfg layout we write.
 SAELENS_CFG_VERSION = "6.0.0"
-PAPER_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _HUB_COLON = re.compile(r"^([\w.-]+/[\w.-]+):(.*)$")
 _LAYER_IN_HOOK = re.compile(r"blocks\.(\d+)\.")
 
@@ -305,7 +305,7 @@ def _config_from_paper(raw: dict[str, Any], W_enc: torch.Tensor, where: str) -> 
             d_in=int(d_in),
             d_sae=int(d_sae),
             architecture="relu",
-            dtype=PAPER_DTYPES.get(raw.get("enc_dtype", "fp32"), "float32"),
+            dtype=dtype_name(raw.get("enc_dtype") or "float32"),
             hook_name=hook_name,
             model_name=raw.get("model_name", ""),
             context_size=int(raw.get("seq_len", 128)),

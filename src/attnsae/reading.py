@@ -1,0 +1,52 @@
+"""The reading job: scan a corpus with SAEs, explain their features, and write the site (one folder, atomically).
+
+:func:`read_features` composes the stages: :func:`attnsae.studies.examples.build_dashboards` (scan, examples with
+exact DFA, families), :func:`attnsae.studies.polysemanticity.head_report`, then the views —
+:func:`attnsae.views.site.write_site` and, on request, the Neuronpedia export (:mod:`attnsae.views.neuronpedia`),
+which receives each example's record while the examples are gathered. The folder appears complete or not at all;
+an old one is replaced whole.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from torch import Tensor
+
+from attnsae.io import atomic_dir, check_writable_dir
+from attnsae.models import model_name
+from attnsae.sae.checks import sae_layer
+from attnsae.sae.model import SAE
+from attnsae.studies.examples import DashboardConfig, build_dashboards, vocab_strings
+from attnsae.studies.polysemanticity import HeadCriterion, head_report
+from attnsae.views.neuronpedia import NeuronpediaWriter
+from attnsae.views.site import write_site
+
+
+def read_features(model, saes: list[SAE], tokens: Tensor, out: str | Path, cfg: DashboardConfig | None = None,
+                  names: list[str] | None = None, corpus: dict | None = None, neuronpedia: bool = False,
+                  criterion: HeadCriterion | None = None, progress: bool = True,
+                  paths: list[str] | None = None) -> dict:
+    """Build and write everything for ``saes`` on ``tokens`` int64 [n_contexts, S]; returns ``summary.json``."""
+    cfg = cfg or DashboardConfig()
+    out = check_writable_dir(out)
+    t0 = time.perf_counter()
+    names = names or [f"L{sae_layer(s)}" for s in saes]
+    with atomic_dir(out) as tmp:
+        writer = None
+        if neuronpedia:
+            writer = NeuronpediaWriter(tmp / "neuronpedia", model_name(model) or "model", names,
+                                       [sae_layer(s) for s in saes], vocab_strings(model))
+        try:
+            dash = build_dashboards(model, saes, tokens, cfg, names=names, corpus=corpus, progress=progress,
+                                    on_example=writer.activation if writer else None, paths=paths)
+        finally:
+            if writer:
+                writer.close()
+        heads = head_report(dash.bundle, criterion)
+        if writer:
+            writer.features(dash.bundle)
+        dash.seconds["total"] = round(time.perf_counter() - t0, 1)
+        summary = write_site(dash, heads, tmp, final=out)
+    return summary

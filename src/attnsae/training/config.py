@@ -1,0 +1,309 @@
+"""One flat, validated config for a training run: model, data, SAEs and loop, every setting named once.
+
+``TrainConfig`` is what ``attnsae train`` flags, a YAML/JSON ``--config`` file and Python callers fill; each setting
+travels from there straight to the function that uses it. :meth:`TrainConfig.validate` checks every field once at
+the boundary: types (YAML numbers such as ``1e-3``, which YAML 1.1 reads as strings, are coerced; a scalar where a
+list belongs becomes a one-element list), ranges and choices, and the relations between fields.
+
+SAEs: the product of ``layers`` and the architecture's sparsity list (``l1_coeffs`` for relu, ``ks`` for topk,
+``l0_coeffs`` for jumprelu) and ``d_sae``; with ``per_layer`` the lists pair up with ``layers`` instead (each has one
+value, or one per layer), so the paper's table — its own L1 coefficient and dictionary size per layer — is one run
+(``configs/paper_gpt2_small.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from attnsae.errors import AttnsaeError
+
+ARCHITECTURES = ("relu", "topk", "jumprelu")
+SPARSITY_FIELD = {"relu": "l1_coeffs", "topk": "ks", "jumprelu": "l0_coeffs"}  # architecture -> its sparsity list
+SPEC_KEY = {"relu": "l1_coeff", "topk": "k", "jumprelu": "l0_coeff"}
+# settings that steer the process, not the result: they may change between a run and its --resume
+RUN_CONTROL = ("resume", "overwrite", "progress", "threads", "device", "wandb_project")
+
+
+def _rule(**kw: Any) -> dict[str, Any]:
+    """Validation metadata of a field: ``ge``/``gt``/``le`` bounds (each list item too), ``choices``, ``n`` items."""
+    return {"rule": kw}
+
+
+@dataclass
+class SAESpec:
+    """One SAE of a run: the layer it reads and its own hyper-parameters."""
+
+    layer: int
+    architecture: str = "relu"
+    d_sae: int = 2048
+    l1_coeff: float = 2.0  # relu
+    k: int | None = None  # topk
+    l0_coeff: float = 1.0  # jumprelu
+    aux_coeff: float = 1 / 32  # topk: AuxK loss weight
+    aux_k: int | None = None  # topk: latents used by AuxK (default d_in // 2)
+
+    @property
+    def name(self) -> str:
+        hp = {"relu": f"l1_{self.l1_coeff:g}", "topk": f"k{self.k}", "jumprelu": f"l0_{self.l0_coeff:g}"}
+        return f"layer{self.layer}_{self.architecture}_{self.d_sae}_{hp[self.architecture]}"
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run (defaults: the paper's recipe, PAPER_NOTES §2, on the reference model)."""
+
+    # model and data
+    model: str | None = None  # None: the shipped reference model
+    device: str = "cpu"
+    source: str = "stdlib"
+    split: str = "train"
+    text_field: str = "text"
+    context_size: int = field(default=128, metadata=_rule(ge=2))
+    prepend_bos: bool = True
+    drop_bos: bool = True
+    buffer_size: int = field(default=262_144, metadata=_rule(ge=1))
+    act_dtype: str = field(default="float32", metadata=_rule(choices=("float32", "bfloat16")))
+    model_batch_size: int = field(default=32, metadata=_rule(ge=1))
+    cache: str | None = None  # read activations from an `attnsae cache` folder instead of the model
+    max_corpus_tokens: int | None = field(default=None, metadata=_rule(ge=1))
+    # SAEs
+    layers: list[int] = field(default_factory=lambda: [0], metadata=_rule(ge=0))
+    architecture: str = field(default="relu", metadata=_rule(choices=ARCHITECTURES))
+    d_sae: list[int] | None = field(default=None, metadata=_rule(ge=1))  # None: expansion_factor * d_in
+    expansion_factor: int = field(default=8, metadata=_rule(ge=1))
+    l1_coeffs: list[float] = field(default_factory=lambda: [2.0], metadata=_rule(ge=0))
+    ks: list[int] = field(default_factory=lambda: [32], metadata=_rule(ge=1))
+    l0_coeffs: list[float] = field(default_factory=lambda: [1.0], metadata=_rule(ge=0))
+    per_layer: bool = False  # pair sparsity values and d_sae with layers instead of taking the product
+    aux_coeff: float = field(default=1 / 32, metadata=_rule(ge=0))
+    # the loop
+    total_tokens: int = field(default=2_000_000, metadata=_rule(ge=1))
+    batch_size: int = field(default=4096, metadata=_rule(ge=1))
+    lr: float = field(default=1e-3, metadata=_rule(gt=0))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99], metadata=_rule(ge=0, lt=1, n=2))
+    warmup_steps: int = field(default=1000, metadata=_rule(ge=0))
+    warmup_from: float = field(default=0.1, metadata=_rule(ge=0, le=1))  # warm-up starts at warmup_from * lr
+    lr_schedule: str = field(default="constant", metadata=_rule(choices=("constant", "cosine", "linear")))
+    lr_end_frac: float = field(default=0.0, metadata=_rule(ge=0, le=1))
+    l1_warmup_steps: int = field(default=0, metadata=_rule(ge=0))
+    resample_every: int = field(default=25_000, metadata=_rule(ge=1))
+    resample_times: int = field(default=4, metadata=_rule(ge=0))
+    resample_window: int = field(default=12_500, metadata=_rule(ge=1))
+    resample_batches: int = field(default=100, metadata=_rule(ge=1))
+    dead_cutoff: float = field(default=1e-6, metadata=_rule(ge=0, le=1))
+    dead_window: int = field(default=1000, metadata=_rule(ge=1))  # steps without firing: dead (metrics, AuxK)
+    seed: int = field(default=0, metadata=_rule(ge=0))
+    log_every: int = field(default=50, metadata=_rule(ge=1))
+    ckpt_every: int = field(default=500, metadata=_rule(ge=1))
+    sparse_kernel: bool = True  # TopK through attnsae.sae.kernels (sparse backward)
+    wandb_project: str | None = None
+    # where, and how to treat an existing run there
+    out: str = "attnsae-out/train"
+    resume: bool = False
+    overwrite: bool = False
+    threads: int | None = field(default=None, metadata=_rule(ge=1))
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation ----------------------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Coerce every field to its declared type and check ranges, choices and relations; one clear error."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = _coerce(getattr(self, f.name), hints[f.name], f.name)
+            rule = f.metadata.get("rule", {})
+            _check_rule(f.name, value, rule)
+            setattr(self, f.name, value)
+        if not self.layers:
+            raise AttnsaeError("layers is empty: give at least one layer")
+        if len(set(self.layers)) != len(self.layers):
+            raise AttnsaeError(f"layers {self.layers} repeats a layer; give each layer once")
+        if self.buffer_size < self.batch_size:
+            raise AttnsaeError(f"buffer_size ({self.buffer_size}) must be at least batch_size ({self.batch_size})")
+        if self.resample_times and self.resample_window > self.resample_every:
+            raise AttnsaeError(f"resample_window ({self.resample_window}) must not exceed resample_every "
+                               f"({self.resample_every}): the window is the steps before each resample")
+        if self.resume and self.overwrite:
+            raise AttnsaeError("--resume and --overwrite contradict each other; give one")
+        if self.per_layer:
+            for name in (SPARSITY_FIELD[self.architecture], "d_sae"):
+                vals = getattr(self, name)
+                if vals is not None and len(vals) not in (1, len(self.layers)):
+                    raise AttnsaeError(f"with per_layer, {name} needs 1 or {len(self.layers)} values (one per "
+                                       f"layer), got {len(vals)}")
+        self.specs(d_in=1)  # refuses duplicate SAEs
+
+    # -- what the run trains -------------------------------------------------------------------------------------
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.total_tokens // self.batch_size)
+
+    def specs(self, d_in: int) -> list[SAESpec]:
+        """The SAEs of the run (d_sae defaults to ``expansion_factor * d_in``)."""
+        sparsity = getattr(self, SPARSITY_FIELD[self.architecture])
+        d_saes = self.d_sae or [self.expansion_factor * d_in]
+        key = SPEC_KEY[self.architecture]
+        if self.per_layer:  # one value for every layer, or one per layer (validate() checks the lengths)
+            rows = [(l, sparsity[i % len(sparsity)], d_saes[i % len(d_saes)]) for i, l in enumerate(self.layers)]
+        else:
+            rows = [(l, v, d) for l in self.layers for d in d_saes for v in sparsity]
+        specs = [SAESpec(layer=l, architecture=self.architecture, d_sae=d, aux_coeff=self.aux_coeff, **{key: v})
+                 for l, v, d in rows]
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise AttnsaeError(f"two SAEs with the same settings ({sorted(n for n in names if names.count(n) > 1)[0]});"
+                               " give each sparsity value and d_sae once")
+        if self.architecture == "topk":
+            for s in specs:
+                if s.k > s.d_sae:
+                    raise AttnsaeError(f"k ({s.k}) must not exceed d_sae ({s.d_sae})")
+        return specs
+
+    def resample_steps(self) -> list[int]:
+        return [self.resample_every * (i + 1) for i in range(self.resample_times)
+                if self.resample_every * (i + 1) < self.total_steps]
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at ``step``: warm-up (restarted after each resample), then the schedule."""
+        last = max([0] + [s for s in self.resample_steps() if s <= step])
+        since = step - last
+        f = self.warmup_from + (1 - self.warmup_from) * since / self.warmup_steps if since < self.warmup_steps else 1.0
+        if self.lr_schedule == "constant" or step < self.warmup_steps:
+            return f
+        t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        if self.lr_schedule == "cosine":
+            d = self.lr_end_frac + (1 - self.lr_end_frac) * 0.5 * (1 + math.cos(math.pi * t))
+        else:
+            d = 1 - (1 - self.lr_end_frac) * t
+        return f * d
+
+    def l1_factor(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.l1_warmup_steps) if self.l1_warmup_steps else 1.0
+
+    # -- (de)serialisation ---------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def result_settings(self) -> dict[str, Any]:
+        """Every setting that shapes the trained SAEs (all but :data:`RUN_CONTROL`): what ``--resume`` compares."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """From a flat dict of settings; an unknown key is an error naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AttnsaeError(f"unknown setting {unknown[0]!r}; see `attnsae train --help` for the settings")
+        return cls(**d)
+
+
+def defaults() -> dict[str, Any]:
+    """Each field's default value."""
+    return {f.name: (f.default if f.default is not MISSING else f.default_factory())  # type: ignore[misc]
+            for f in fields(TrainConfig)}
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A YAML or JSON file of flat ``setting: value`` pairs."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AttnsaeError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
+    is_json = p.suffix.lower() == ".json"
+    try:
+        if is_json:
+            d = json.loads(text)
+        else:
+            import yaml
+
+            d = yaml.safe_load(text)
+    except Exception as e:
+        raise AttnsaeError(f"config file {path} is not valid {'JSON' if is_json else 'YAML'}: "
+                           f"{str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise AttnsaeError(f"config file {path} must hold a mapping of settings (setting: value)")
+    return d
+
+
+# ----------------------------------------------------------------------------------------------- coercion
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """``value`` as type ``hint`` (int, float, str, bool, list[...], X | None); an AttnsaeError otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, name)
+    if origin is list:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(v, args[0], name) for v in items]
+    return _scalar(value, hint, name)
+
+
+def _scalar(value: Any, t: type, name: str) -> Any:
+    bad = AttnsaeError(f"{name} must be {_type_word(t)}, got {value!r}")
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise bad
+    if t is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if isinstance(value, bool) or value is None or isinstance(value, (list, tuple, dict)):
+        raise bad
+    if t is int:
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(f) or f != int(f):
+            raise bad
+        return int(f)
+    if t is float:
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(f):
+            raise bad
+        return f
+    raise bad
+
+
+def _type_word(t: type) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, t.__name__)
+
+
+def _check_rule(name: str, value: Any, rule: dict[str, Any]) -> None:
+    if value is None or not rule:
+        return
+    items = value if isinstance(value, list) else [value]
+    if "n" in rule and len(items) != rule["n"]:
+        raise AttnsaeError(f"{name} needs {rule['n']} values, got {len(items)}: {value!r}")
+    if isinstance(value, list) and not items:
+        raise AttnsaeError(f"{name} is empty; give at least one value")
+    for v in items:
+        if "choices" in rule and v not in rule["choices"]:
+            raise AttnsaeError(f"{name} must be one of {', '.join(rule['choices'])}, got {v!r}")
+        for op, ok, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                             ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+            if op in rule and not ok(v, rule[op]):
+                raise AttnsaeError(f"{name} must be {word} {rule[op]:g}, got {v!r}")

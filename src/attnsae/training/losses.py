@@ -1,0 +1,72 @@
+"""The training losses of one SAE on a batch (PAPER_NOTES §2, and the TopK / JumpReLU variants).
+
+* ``mse``: squared error summed over dims, mean over the batch (all architectures);
+* ``l1`` (relu): the paper's ``l1_coeff * sum |f|``, mean over the batch, *not* weighted by decoder row norms
+  (SAELens' variant): the paper keeps the rows at unit norm instead, so the penalty cannot be dodged by shrinking
+  ``f`` and growing a row;
+* ``auxk`` (topk): ``aux_coeff * AuxK`` (Gao et al. 2024): reconstruct the detached residual from the top ``aux_k``
+  dead latents only, normalised by the residual's variance;
+* ``l0`` (jumprelu): ``l0_coeff * L0`` with the straight-through :class:`attnsae.sae.model.Heaviside`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attnsae.sae import kernels
+from attnsae.sae.model import SAE, Heaviside
+from attnsae.training.config import SAESpec
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor  # scalar: the sum of parts
+    parts: dict[str, Tensor]  # named loss terms, already weighted
+    x_hat: Tensor  # [batch, d_in]
+    fired: Tensor  # [d_sae]: tokens of the batch on which each latent fired
+    l0: Tensor  # scalar: mean active latents per token
+
+
+def sae_loss(sae: SAE, spec: SAESpec, x: Tensor, dead: Tensor | None, sparsity_scale: float = 1.0,
+             sparse_kernel: bool = True) -> StepOutput:
+    """Loss of one SAE on ``x [batch, d_in]``; ``dead [d_sae]`` bool marks the latents AuxK may use (topk)."""
+    arch = sae.cfg.architecture
+    if arch == "topk" and sparse_kernel:
+        x_hat, acts, idx, pre = kernels.topk_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.k,
+                                                     sae.cfg.apply_b_dec_to_input)
+        on = acts > 0
+        fired = torch.bincount(idx[on], minlength=sae.d_sae)
+        l0 = on.sum(-1).float().mean()
+    else:
+        x_hat, f, pre = sae(x)
+        fired = (f > 0).sum(0)
+        l0 = (f > 0).sum(-1).float().mean()
+    err = x - x_hat
+    parts = {"mse": err.pow(2).sum(-1).mean()}
+    if arch == "relu":
+        parts["l1"] = spec.l1_coeff * sparsity_scale * f.abs().sum(-1).mean()
+    elif arch == "topk":
+        parts["auxk"] = (spec.aux_coeff * auxk_loss(sae, x, pre, err, dead, spec.aux_k) if dead is not None
+                         else parts["mse"] * 0)
+    else:
+        l0_soft = Heaviside.apply(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).sum(-1).mean()
+        parts["l0"] = spec.l0_coeff * sparsity_scale * l0_soft
+    return StepOutput(sum(parts.values()), parts, x_hat, fired, l0)
+
+
+def auxk_loss(sae: SAE, x: Tensor, pre: Tensor, err: Tensor, dead: Tensor, aux_k: int | None) -> Tensor:
+    """AuxK: reconstruct the (detached) residual ``err [batch, d_in]`` from the top ``aux_k`` dead latents only,
+    normalised by the residual's variance (Gao et al. 2024). Zero when no latent is dead."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    k = min(aux_k or sae.d_in // 2, n_dead)
+    with torch.no_grad():
+        idx = torch.where(dead, pre, torch.full_like(pre, -torch.inf)).topk(k, dim=-1, sorted=False).indices
+    xc = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
+    e_hat = kernels.latents_forward(xc, sae.W_enc, sae.b_enc, sae.W_dec, idx, pre.detach())
+    e = err.detach()
+    return (e_hat - e).pow(2).sum(-1).mean() / e.sub(e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
