@@ -22,10 +22,10 @@ import torch
 import attnsae
 from attnsae.activations import harvest_z
 from attnsae.attribution import attn_activations, dfa_reference
-from attnsae.attribution.inputs import sae_layer
 from attnsae.corpus import load_corpus
 from attnsae.studies.examples import DashboardConfig, example_entries, gather_examples, vocab_strings
 from attnsae.studies.families import canonical_ids
+from attnsae.sae.checks import sae_layer
 from attnsae.sae.formats import load_sae
 from attnsae.studies.scan import scan_features
 from attribution_speed import random_sae

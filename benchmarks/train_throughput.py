@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--steps 5] [--shapes paper reference] [--device cpu]
 
 For each shape (GPT-2 Small's paper shape: d_in 768, d_sae 24576, batch 4096; the reference model's: d_in 256,
-d_sae 2048, batch 4096) and architecture, it times full training steps of attnsae's Trainer (loss, backward,
+d_sae 2048, batch 4096) and architecture, it times full training steps of attnsae's training loop (loss, backward,
 decoder-gradient projection, Adam, renormalisation, firing statistics) and reports
 
 * tokens/s;
@@ -22,7 +22,9 @@ import time
 
 import torch
 
-from attnsae.training.trainer import SAESpec, TrainConfig, Trainer
+from attnsae.training.checkpoint import FiringStats, TrainState
+from attnsae.training.config import SAESpec, TrainConfig
+from attnsae.training.trainer import new_saes, step
 
 SHAPES = {"paper": (768, 24576, 4096), "reference": (256, 2048, 4096)}
 
@@ -59,24 +61,25 @@ def matmul_rate(batch: int, d_in: int, d_sae: int, device: str, reps: int = 5) -
 
 
 def step_time(spec: SAESpec, d_in: int, batch: int, device: str, steps: int, sparse_kernel: bool = True) -> float:
-    cfg = TrainConfig(total_tokens=10**12, batch_size=batch, log_every=10**9, sparse_kernel=sparse_kernel,
-                      dead_window=10**9)
-    tr = Trainer([spec], SyntheticSource(d_in, batch, device), cfg, "/tmp/attnsae-bench", progress=False)
-    for sae in tr.saes:
-        sae.to(device)
-    tr.opts = [torch.optim.Adam(s.parameters(), lr=1e-4, betas=cfg.betas) for s in tr.saes]
-    tr.last_fired = [x.to(device) for x in tr.last_fired]
-    tr.window_fires = [x.to(device) for x in tr.window_fires]
-    tr.total_fires = [x.to(device) for x in tr.total_fires]
-    it = tr.source.batches()
+    cfg = TrainConfig(total_tokens=10**12, batch_size=batch, buffer_size=batch, log_every=10**9,
+                      sparse_kernel=sparse_kernel, dead_window=10**9, resample_times=0, progress=False)
+    specs = [spec]
+    saes = [sae.to(device) for sae in new_saes(specs, d_in, cfg.seed, {})]
+    opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr, betas=tuple(cfg.betas)) for s in saes]
+    firing = [FiringStats(*(torch.zeros(s.d_sae, dtype=torch.long, device=device) for _ in range(3))) for s in specs]
+    state = TrainState()
+    it = SyntheticSource(d_in, batch, device).batches()
+
+    def one_step() -> None:
+        step(cfg, specs, saes, opts, firing, state, next(it))
+        state.step += 1
+
     for _ in range(2):  # warm-up
-        tr.step(next(it))
-        tr.state.step += 1
+        one_step()
     sync(device)
     t = time.perf_counter()
     for _ in range(steps):
-        tr.step(next(it))
-        tr.state.step += 1
+        one_step()
     sync(device)
     return (time.perf_counter() - t) / steps
 

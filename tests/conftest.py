@@ -1,4 +1,5 @@
-"""Shared fixtures: the shipped reference model (loaded once) and its tokenizer."""
+"""Shared fixtures and helpers (tests import helpers from here only, never from another test module): the shipped
+reference model (loaded once) and its tokenizer, small random models, random SAEs and token contexts, CLI runners."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ def tokenizer():
     return PreTrainedTokenizerFast.from_pretrained(REFERENCE_DIR)
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``attnsae ARGS`` in a subprocess (offline), returning the completed process."""
+def run_cli(*args: str, timeout: float = 600, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``attnsae ARGS`` in a subprocess (offline, in folder ``cwd``), returning the completed process."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "attnsae", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, cwd=cwd)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -71,3 +72,121 @@ def tiny_model(tiny_model_dir):
     from attnsae.models import load_model
 
     return load_model(tiny_model_dir)
+
+
+def sharp_gpt2_dir(path, n_head: int, scale: float = 10.0) -> str:
+    """A random 2-layer GPT-2 with weights scaled up, so that intervening on hook_z visibly moves the logits."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    make_gpt2_dir(path, n_head=n_head, n_embd=32, seed=n_head)
+    hf = GPT2LMHeadModel.from_pretrained(path)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.ndim == 2:
+                p.mul_(scale)
+    hf.save_pretrained(path)
+    return str(path)
+
+
+def make_llama_dir(path, n_heads=4, n_kv_heads=2, hidden=64, bias=False, seed=0):
+    """A small random Llama (RMSNorm, rotary, GQA) in HF format with the reference tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from attnsae.models import REFERENCE_DIR
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=8192, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=0, attention_bias=bias)
+    model = LlamaForCausalLM(cfg)
+    if bias:  # HF initialises biases to zero: make them count
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, 0.5)
+    model.save_pretrained(path)
+    PreTrainedTokenizerFast.from_pretrained(REFERENCE_DIR).save_pretrained(path)
+    return str(path)
+
+
+def random_sae(model_or_d_in, layer: int, d_sae: int = 64, seed: int = 0, architecture: str = "relu",
+               k: int | None = None, apply_b_dec_to_input: bool = True, bias_scale: float = 0.3):
+    """A random SAE on ``blocks.{layer}.attn.hook_z`` with non-zero biases (normal, std ``bias_scale``), so the bias
+    terms are exercised; about half its features fire.
+
+    ``model_or_d_in``: a model (d_in is its ``n_heads * d_head`` and the SAE names it as its model) or a bare d_in
+    (no model name: any model of that width). TopK gets ``k`` = 8 unless given.
+    """
+    import torch
+
+    from attnsae.models import model_name
+    from attnsae.sae.model import SAE, SAEConfig
+
+    if isinstance(model_or_d_in, int):
+        d_in, name = model_or_d_in, ""
+    else:
+        c = model_or_d_in.cfg
+        d_in, name = c.n_heads * c.d_head, model_name(model_or_d_in)
+    if architecture == "topk" and k is None:
+        k = 8
+    torch.manual_seed(seed)
+    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=k,
+                        hook_name=f"blocks.{layer}.attn.hook_z", model_name=name,
+                        apply_b_dec_to_input=apply_b_dec_to_input))
+    with torch.no_grad():
+        sae.b_dec.normal_(0, bias_scale)
+        sae.b_enc.normal_(0, bias_scale)
+    return sae
+
+
+def identity_sae(d_in: int, layer: int):
+    """x_hat == x exactly: f = [relu(x), relu(-x)], W_dec = [I; -I]."""
+    import torch
+
+    from attnsae.sae.model import SAE, SAEConfig
+
+    sae = SAE(SAEConfig(d_in=d_in, d_sae=2 * d_in, hook_name=f"blocks.{layer}.attn.hook_z"))
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+    return sae
+
+
+def zero_sae(d_in: int, layer: int):
+    """x_hat == 0: a random SAE with its decoder and decoder bias zeroed."""
+    import torch
+
+    sae = random_sae(d_in, layer)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def saved_sae(path, layer: int = 1, d_in: int = 256, hook: str | None = None, model: str | None = None,
+              seed: int = 0) -> str:
+    """A random SAE saved (SAELens format) at ``path``; ``model`` defaults to the reference model's name."""
+    import torch
+
+    from attnsae.models import REFERENCE_NAME
+    from attnsae.sae.formats import save_sae
+    from attnsae.sae.model import SAE, SAEConfig
+
+    torch.manual_seed(seed)
+    sae = SAE(SAEConfig(d_in=d_in, d_sae=128, hook_name=hook or f"blocks.{layer}.attn.hook_z",
+                        model_name=REFERENCE_NAME if model is None else model, layer=layer))
+    save_sae(sae, path)
+    return str(path)
+
+
+def random_tokens(n: int = 6, pos: int = 12, seed: int = 0):
+    """Random token contexts int64 [n, pos] of the 8192-token vocabulary, BOS (0) at position 0."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, 8192, (n, pos), generator=g)
+    tokens[:, 0] = 0
+    return tokens

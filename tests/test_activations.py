@@ -33,17 +33,41 @@ def test_harvest_z_matches_run_with_cache_and_stops_early(tiny_model, contexts):
 
 
 def test_model_stream_is_a_function_of_batch_index(tiny_model, contexts):
-    cfg = StreamConfig(layers=[0, 1], batch_size=50, buffer_size=200, seed=3)
-    src = ModelActivations(tiny_model, contexts, cfg)
+    """Batch i is a function of (seed, i); the shuffle buffer serves each chunk's activations as a permutation (every
+    row once) of its contexts' rows, mixed across contexts and positions."""
+    from attnsae.activations import context_order
+
+    cfg = StreamConfig(layers=[0, 1], batch_size=39, buffer_size=200, seed=3)
+    src = ModelActivations(tiny_model, contexts, cfg)  # 13 contexts of 15 rows per chunk: 5 batches of 39
     it = src.batches(0)
     first = [next(it) for _ in range(12)]
-    assert first[0][0].shape == (50, 32)
-    again = list(zip(range(5), src.batches(7)))
-    for i, b in again:
+    assert first[0][0].shape == (39, 32)
+    for i, b in zip(range(5), src.batches(7)):
         for l in (0, 1):
             assert torch.equal(b[l], first[7 + i][l])
-    # the shuffle mixes contexts: consecutive rows of a batch rarely come from the same context
-    assert not torch.equal(first[0][0], first[1][0])
+    # where every served row comes from: (context, position) of the model's own rows, found by exact match
+    direct = {l: harvest_z(tiny_model, torch.from_numpy(contexts), [l], drop_bos=True)[l] for l in (0, 1)}
+    assert len(torch.unique(direct[0], dim=0)) == 40 * 15
+
+    def origin(rows, l):
+        match = (rows[:, None, :] == direct[l][None]).all(-1)  # [batch, 600]
+        assert (match.sum(1) == 1).all()  # each served row is exactly one of the model's rows
+        return match.int().argmax(1)  # flat index context * 15 + (position - 1)
+
+    for c in range(2):
+        chunk = [first[5 * c + b] for b in range(5)]
+        src_rows = torch.cat([origin(b[0], 0) for b in chunk])
+        assert torch.equal(src_rows, torch.cat([origin(b[1], 1) for b in chunk]))  # layers stay aligned row by row
+        ctx_ids = context_order(40, 3, 0)[13 * c:13 * (c + 1)]
+        want = torch.from_numpy(np.sort((ctx_ids[:, None] * 15 + np.arange(15)[None]).reshape(-1)))
+        assert torch.equal(src_rows.sort().values, want)  # a permutation of the chunk's 195 rows: none twice
+        for b in chunk:  # every batch mixes many contexts and positions, in no (context, position) order
+            rows = origin(b[0], 0)
+            ctx, pos = rows // 15, rows % 15
+            assert len(ctx.unique()) >= 9 and len(pos.unique()) >= 9
+            assert (ctx[1:] == ctx[:-1]).float().mean() < 0.25
+            assert abs(np.corrcoef(np.arange(39), rows.numpy())[0, 1]) < 0.5
+    assert set(context_order(40, 3, 0)[:13].tolist()) != set(range(13))  # contexts are read in a shuffled order
 
 
 def test_cache_round_trip_and_refusals(tiny_model, contexts, tmp_path):

@@ -14,30 +14,8 @@ import torch
 from attnsae.attribution import attn_activations, dfa, dfa_from_activations, dfa_reference, rdfa
 from attnsae.attribution.weights import kv_of_head
 from attnsae.errors import AttnsaeError
-from attnsae.models import load_model, model_name
-from attnsae.sae.model import SAE, SAEConfig
-from conftest import make_gpt2_dir
-
-
-def make_llama_dir(path, n_heads=4, n_kv_heads=2, hidden=64, bias=False, seed=0):
-    """A small random Llama (RMSNorm, rotary, GQA) in HF format with the reference tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from attnsae.models import REFERENCE_DIR
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=8192, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                      num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=64,
-                      bos_token_id=0, eos_token_id=0, attention_bias=bias)
-    model = LlamaForCausalLM(cfg)
-    if bias:  # HF initialises biases to zero: make them count
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith("bias"):
-                    p.normal_(0, 0.5)
-    model.save_pretrained(path)
-    PreTrainedTokenizerFast.from_pretrained(REFERENCE_DIR).save_pretrained(path)
-    return str(path)
+from attnsae.models import load_model
+from conftest import make_gpt2_dir, make_llama_dir, random_sae, random_tokens
 
 
 MODELS = ["reference", "gpt2", "gpt2_one_head", "llama_gqa", "llama_mqa_bias"]
@@ -55,33 +33,13 @@ def models(ref_model, tiny_model, tmp_path_factory):
     }
 
 
-def random_sae(model, layer, d_sae=48, seed=0, apply_b_dec_to_input=True, architecture="relu", k=None) -> SAE:
-    """An SAE with non-zero biases (so the bias terms are exercised); about half its features fire."""
-    torch.manual_seed(seed)
-    c = model.cfg
-    sae = SAE(SAEConfig(d_in=c.n_heads * c.d_head, d_sae=d_sae, hook_name=f"blocks.{layer}.attn.hook_z",
-                        model_name=model_name(model), apply_b_dec_to_input=apply_b_dec_to_input,
-                        architecture=architecture, k=k))
-    with torch.no_grad():
-        sae.b_dec.normal_(0, 0.3)
-        sae.b_enc.normal_(0, 0.3)
-    return sae
-
-
-def prompts(batch: int, pos: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randint(1, 8192, (batch, pos), generator=g)
-    t[:, 0] = 0
-    return t
-
-
 SHAPES = [(3, 10), (1, 7), (1, 1)]
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_hook_z_is_pattern_times_v(models, name):
     m = models[name]
-    acts = attn_activations(m, prompts(2, 6), m.cfg.n_layers - 1)
+    acts = attn_activations(m, random_tokens(2, 6), m.cfg.n_layers - 1)
     B, S, H, G, dh = acts.shape
     z = torch.einsum("bhts,bshd->bthd", acts.pattern, acts.v[:, :, kv_of_head(H, G)])
     torch.testing.assert_close(z, acts.z, rtol=1e-5, atol=1e-6)
@@ -93,7 +51,7 @@ def test_dfa_sums_to_feature_preactivation(models, name, shape):
     m = models[name]
     layer = m.cfg.n_layers - 1
     sae = random_sae(m, layer)
-    r = dfa(m, sae, prompts(*shape), features=list(range(sae.cfg.d_sae)), keep_src_head=True)
+    r = dfa(m, sae, random_tokens(*shape), features=list(range(sae.cfg.d_sae)), keep_src_head=True)
     B, S = shape
     assert len(r) == B * S * sae.cfg.d_sae
     scale = r.by_src.abs().sum(-1) + r.bias.abs() + 1e-6
@@ -103,7 +61,7 @@ def test_dfa_sums_to_feature_preactivation(models, name, shape):
     torch.testing.assert_close(r.by_src_head.sum(-1), r.by_src, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(r.by_src_head.sum(-2), r.by_head, rtol=1e-5, atol=1e-6)
     # w_i·z_cat computed straight from hook_z
-    acts = attn_activations(m, prompts(*shape), layer)
+    acts = attn_activations(m, random_tokens(*shape), layer)
     wz = acts.z.reshape(B * S, -1) @ sae.W_enc.detach()
     torch.testing.assert_close(r.total, wz[r.batch * S + r.dest, r.feature], rtol=1e-4, atol=1e-5)
     # causal: nothing comes from the future
@@ -114,7 +72,7 @@ def test_dfa_sums_to_feature_preactivation(models, name, shape):
 def test_dfa_matches_naive_reference(models, name):
     m = models[name]
     sae = random_sae(m, 1, apply_b_dec_to_input=False)
-    acts = attn_activations(m, prompts(2, 9), 1)
+    acts = attn_activations(m, random_tokens(2, 9), 1)
     by_src, by_head = dfa_reference(acts, sae)
     r = dfa_from_activations(acts, sae, keep_src_head=True)  # all active features
     assert 0 < len(r) < 2 * 9 * sae.cfg.d_sae
@@ -132,7 +90,7 @@ def test_dfa_matches_naive_reference(models, name):
 def test_dfa_all_active_lists_exactly_the_firing_features(models):
     m = models["reference"]
     sae = random_sae(m, 0, architecture="topk", k=5)
-    tokens = prompts(2, 8)
+    tokens = random_tokens(2, 8)
     r = dfa(m, sae, tokens, lengths=torch.tensor([8, 5]))
     acts = sae.encode(attn_activations(m, tokens, 0).z.reshape(16, -1)).detach()
     firing = {(i // 8, i % 8, int(f)) for i, f in acts.nonzero().tolist() if i % 8 < (8 if i < 8 else 5)}
@@ -152,15 +110,15 @@ def test_dfa_of_prompt_strings_skips_padding(models):
 
 def test_library_refuses_bad_inputs_with_one_clear_error(models):
     m = models["reference"]
-    sae = random_sae(m, 1)
+    sae = random_sae(m, 1, d_sae=48)
     with pytest.raises(AttnsaeError, match="longer than the model's context of 256 tokens"):
-        dfa(m, sae, prompts(1, 257))
+        dfa(m, sae, random_tokens(1, 257))
     with pytest.raises(AttnsaeError, match="feature 48 is out of range"):
-        dfa(m, sae, prompts(1, 4), features=[0, 48])
+        dfa(m, sae, random_tokens(1, 4), features=[0, 48])
     with pytest.raises(AttnsaeError, match="before 1, not layer 1"):
-        rdfa(m, sae, prompts(1, 4)[0], 0, upstream_saes=[random_sae(m, 1)])
+        rdfa(m, sae, random_tokens(1, 4)[0], 0, upstream_saes=[random_sae(m, 1)])
     with pytest.raises(AttnsaeError, match="trained on model"):
-        dfa(models["gpt2"], random_sae(m, 1), prompts(1, 4))
+        dfa(models["gpt2"], random_sae(m, 1), random_tokens(1, 4))
 
 
 # ----------------------------------------------------------------------------------------------- RDFA
@@ -172,6 +130,7 @@ def assert_tree_closes(res, rel=1e-4):
         if node.children or node.remainders:
             n_with_children += 1
             assert abs(node.residual()) <= rel * node.scale() + 1e-7, (node.name, node.residual(), node.scale())
+    assert res.closes() and res.to_dict()["closure"]["closes"]
     return n_with_children
 
 
@@ -180,7 +139,7 @@ def assert_tree_closes(res, rel=1e-4):
 def test_rdfa_children_and_remainders_sum_to_every_node(models, name, pos):
     m = models[name]
     up, top = random_sae(m, 0, seed=1), random_sae(m, 1, seed=2)
-    tokens = prompts(1, pos, seed=3)[0]
+    tokens = random_tokens(1, pos, seed=3)[0]
     for centre in (True, False):
         res = rdfa(m, top, tokens, feature=4, depth=2, top_k=3, upstream_saes=[up], centre_components=centre)
         assert assert_tree_closes(res) >= 1 + min(3, pos * m.cfg.n_heads)
@@ -198,7 +157,7 @@ def test_rdfa_children_and_remainders_sum_to_every_node(models, name, pos):
 
 def test_rdfa_without_upstream_sae_keeps_attention_whole_and_names_the_norm_terms(models):
     m = models["reference"]
-    res = rdfa(m, random_sae(m, 1), prompts(1, 6)[0], feature=0, position=5, depth=1, top_k=2)
+    res = rdfa(m, random_sae(m, 1), random_tokens(1, 6)[0], feature=0, position=5, depth=1, top_k=2)
     assert_tree_closes(res)
     hs = res.root.children[0]
     names = {c.name for c in hs.children}
@@ -209,7 +168,7 @@ def test_rdfa_without_upstream_sae_keeps_attention_whole_and_names_the_norm_term
 
 def test_rdfa_rms_model_has_no_norm_bias_and_no_position_embedding(models):
     m = models["llama_gqa"]
-    res = rdfa(m, random_sae(m, 1), prompts(1, 6)[0], feature=0, depth=1, top_k=2,
+    res = rdfa(m, random_sae(m, 1), random_tokens(1, 6)[0], feature=0, depth=1, top_k=2,
                upstream_saes=[random_sae(m, 0)])
     assert_tree_closes(res)
     hs = res.root.children[0]
@@ -219,6 +178,6 @@ def test_rdfa_rms_model_has_no_norm_bias_and_no_position_embedding(models):
 
 def test_rdfa_depth_zero_lists_only_the_roots_terms(models):
     m = models["gpt2"]
-    res = rdfa(m, random_sae(m, 1), prompts(1, 5)[0], feature=1, depth=0, top_k=4)
+    res = rdfa(m, random_sae(m, 1), random_tokens(1, 5)[0], feature=1, depth=0, top_k=4)
     assert_tree_closes(res)
     assert all(not c.children for c in res.root.children) and len(res.root.children) == 4

@@ -12,8 +12,7 @@ from attnsae.attribution.dfa import attn_activations, dfa_reference
 from attnsae.studies.examples import DashboardConfig, build_dashboards
 from attnsae.sae.formats import save_sae
 from attnsae.studies.scan import ScanConfig
-from conftest import assert_one_line_error, run_cli
-from test_attribution_exactness import random_sae
+from conftest import assert_one_line_error, make_gpt2_dir, make_llama_dir, random_sae, run_cli
 
 
 SHAPES = {  # model, contexts x positions, SAE architecture: 4 heads, 1 head and batch 1, GQA with TopK
@@ -26,8 +25,6 @@ SHAPES = {  # model, contexts x positions, SAE architecture: 4 heads, 1 head and
 @pytest.fixture(scope="module", params=list(SHAPES))
 def dash(request, tiny_model, tmp_path_factory):
     from attnsae.models import load_model
-    from conftest import make_gpt2_dir
-    from test_attribution_exactness import make_llama_dir
 
     kind, n, S, arch = SHAPES[request.param]
     root = tmp_path_factory.mktemp("dash_models")
@@ -87,6 +84,9 @@ def test_bundle_features_carry_every_panel(dash):
             assert sum(f["logit_hist"]["counts"]) == model.cfg.d_vocab
             assert sum(f["hist"]["counts"]) == f["n_fired"]
             assert (f["family"] == "dead") == (f["n_fired"] == 0) == (f["groups"] == [])
+        counts = d.counts[block["name"]]  # the families breakdown, per SAE
+        labels = [f["family"] for f in block["features"]]
+        assert counts["dead"] == labels.count("dead") and counts["live"] + counts["dead"] == sae.cfg.d_sae
 
 
 def _stdlib_text(path: Path) -> Path:
@@ -170,6 +170,7 @@ def test_unwritable_output_folder_is_one_line_and_writes_nothing(cli_inputs, tin
 def test_a_failure_midway_leaves_the_previous_site_untouched(cli_inputs, tiny_model_dir, monkeypatch):
     """The site is written into a temporary folder and swapped in whole: an error inside leaves no trace."""
     from attnsae.models import load_model
+    from attnsae.reading import read_features
     from attnsae.sae.formats import load_sae
     from attnsae.views import site
 
@@ -186,6 +187,6 @@ def test_a_failure_midway_leaves_the_previous_site_untouched(cli_inputs, tiny_mo
     tokens = torch.randint(1, 8192, (4, 16))
     tokens[:, 0] = 0
     with pytest.raises(RuntimeError, match="disk full"):
-        site.write_site(model, [load_sae(paths[0])], tokens, out, progress=False)
+        read_features(model, [load_sae(paths[0])], tokens, out, progress=False)
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     assert not [p for p in root.iterdir() if p.name.startswith(".site-keep")]

@@ -13,8 +13,8 @@ from attnsae.sae.model import SAE
 from attnsae.sae.formats import save_sae
 from attnsae.views.plots import density_histogram
 from attnsae.views.tables import eval_table
-from conftest import assert_one_line_error, run_cli
-from test_splice import identity_sae, random_sae, random_tokens, sharp_gpt2_dir, zero_sae
+from conftest import (assert_one_line_error, identity_sae, random_sae, random_tokens, run_cli, sharp_gpt2_dir,
+                      zero_sae)
 
 
 @pytest.fixture(scope="module", params=(4, 8), ids=lambda h: f"{h}heads")
@@ -137,7 +137,7 @@ def test_bad_input_is_refused(model):
         evaluate(model, random_sae(n, 0), tokens[:0], progress=False)
     with pytest.raises(AttnsaeError, match="d_in"):
         evaluate(model, random_sae(n * 2, 0), tokens, progress=False)
-    with pytest.raises(AttnsaeError, match="out of range"):
+    with pytest.raises(AttnsaeError, match="but the model has layers 0..1"):
         evaluate(model, random_sae(n, 9), tokens, progress=False)
     with pytest.raises(AttnsaeError, match="vocabulary"):
         evaluate(model, random_sae(n, 0), tokens + 10_000, progress=False)
@@ -184,7 +184,7 @@ def test_cli_eval_writes_one_report_for_several_saes(tiny_model_dir, sae_dirs, t
     assert "CE clean" in proc.stdout and "eval.json" in proc.stdout
 
 
-@pytest.mark.parametrize("sae,needles", [("wide", ("d_in",)), ("deep", ("out of range",)),
+@pytest.mark.parametrize("sae,needles", [("wide", ("d_in",)), ("deep", ("reads layer 7", "layers 0..1")),
                                          ("resid", ("hook_resid_pre", "hook_z"))])
 def test_cli_eval_refuses_an_sae_that_does_not_fit(capsys, tiny_model_dir, sae_dirs, tmp_path, sae, needles):
     proc = run_main(capsys, "eval", "--sae", sae_dirs[sae], "--model", tiny_model_dir, "--out", str(tmp_path))

@@ -57,6 +57,7 @@ def test_reference_model_matches_hf_logits(ref_model):
         torch.testing.assert_close(ref_model(tokens), hf(tokens).logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # the whole validation split through the model
 def test_model_card_validation_bits_per_byte_is_measured_and_below_one(ref_model, card, val_rows):
     v = card["loss"]["validation"]
     assert v["bits_per_byte"] <= 1.0
@@ -103,12 +104,15 @@ def test_card_head_scores_match_the_model(ref_model, card):
 def reference_mix():
     """``scripts/reference_mix.py``: the reference model's training mix (training code lives in scripts/)."""
     import importlib.util
+    import sys
 
-    path = Path(__file__).parents[1] / "scripts" / "reference_mix.py"
-    spec = importlib.util.spec_from_file_location("reference_mix", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    if "reference_mix" not in sys.modules:  # registered before it runs: its dataclasses look their module up
+        path = Path(__file__).parents[1] / "scripts" / "reference_mix.py"
+        spec = importlib.util.spec_from_file_location("reference_mix", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["reference_mix"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["reference_mix"]
 
 
 def test_training_mix_plants_repeats():
@@ -162,3 +166,20 @@ def test_empty_corpus_is_one_clear_error(tmp_path):
 
 def test_context_larger_than_n_ctx_is_one_clear_error():
     assert_one_line_error(run_cli("corpus", "--context-size", "512"), "n_ctx")
+
+
+def test_check_tokens_is_the_one_token_check(tiny_model):
+    """Every stage checks token ids with models.check_tokens: 1-D is one context; ids, length and shape are checked."""
+    from attnsae.models import check_tokens
+
+    t = check_tokens(tiny_model, [0, 5, 7])
+    assert t.shape == (1, 3) and t.dtype == torch.int64
+    assert check_tokens(tiny_model, np.array([[0, 1], [0, 2]], dtype=np.int32)).dtype == torch.int64
+    bad = [(torch.zeros(2, 0, dtype=torch.long), "no tokens"), (torch.zeros(2, 2, 2, dtype=torch.long), "n_contexts"),
+           (torch.zeros(1, 3), "integers"), (torch.zeros(1, 65, dtype=torch.long), "model's context of 64"),
+           (torch.tensor([[0, 8192]]), r"0\.\.8191"), (torch.tensor([[-1, 3]]), "vocabulary")]
+    for tokens, match in bad:
+        with pytest.raises(AttnsaeError, match=match):
+            check_tokens(tiny_model, tokens)
+    with pytest.raises(AttnsaeError, match="at least 2"):
+        check_tokens(tiny_model, [[0]], min_len=2)

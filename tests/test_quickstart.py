@@ -7,6 +7,8 @@ import pytest
 from attnsae.sae.formats import load_sae
 from conftest import run_cli
 
+pytestmark = pytest.mark.slow  # one full default quickstart (about 10 minutes on 2 cores)
+
 
 @pytest.fixture(scope="session")
 def quickstart(tmp_path_factory):

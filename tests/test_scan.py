@@ -9,7 +9,7 @@ import torch
 from attnsae.activations import harvest_z
 from attnsae.errors import AttnsaeError
 from attnsae.studies.scan import ScanConfig, scan_features, select_examples
-from test_attribution_exactness import random_sae
+from conftest import random_sae
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +59,23 @@ def test_scan_matches_brute_force(tiny_model, setup, chunk_bytes):
 
 
 def test_scan_state_does_not_grow_with_tokens(tiny_model, setup):
+    """The state holds d_sae·(12·n_top + 16·n_sample + 8·bins + 24) bytes (the module docstring's bound), counted
+    over every tensor the scan keeps (their whole storages, so a view into a grown buffer would count), whether it
+    scanned 2 contexts or 13."""
+    import dataclasses
+
     tokens, sae, _, _ = setup
-    cfg = ScanConfig(n_top=5, n_sample=7, bins=8)
-    small, big = (scan_features(tiny_model, [sae], t, cfg, progress=False)[0] for t in (tokens[:2], tokens))
-    for name in ("n_fired", "top_vals", "top_locs", "sample_vals", "sample_locs", "sample_keys", "hist"):
-        assert getattr(small, name).shape == getattr(big, name).shape
+    d = sae.cfg.d_sae
+    for n_top, n_sample, bins in ((5, 7, 8), (3, 64, 40)):
+        cfg = ScanConfig(n_top=n_top, n_sample=n_sample, bins=bins, batch_size=2)
+        bound = d * (12 * n_top + 16 * n_sample + 8 * bins + 24)
+        for t in (tokens[:2], tokens):
+            (st,) = scan_features(tiny_model, [sae], t, cfg, progress=False)
+            assert st.n_tokens == len(t) * (t.shape[1] - 1)
+            tensors = [v for v in (getattr(st, f.name) for f in dataclasses.fields(st)) if isinstance(v, torch.Tensor)]
+            storages = {x.untyped_storage().data_ptr(): x.untyped_storage().nbytes() for x in tensors}
+            assert sum(storages.values()) == bound, (len(t), sum(storages.values()), bound)
+            assert int(st.n_fired.sum()) > n_top * d // 4  # enough firings that an unbounded state would show
 
 
 def test_select_examples_gives_top_then_descending_quantile_bands(tiny_model, setup):

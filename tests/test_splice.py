@@ -3,61 +3,12 @@ import torch
 
 from attnsae.activations import harvest_z
 from attnsae.errors import AttnsaeError
+from attnsae.evals.splice import ablate_z, mean_z, splice_saes
 from attnsae.models import load_model
-from attnsae.sae.model import SAE, SAEConfig
-from attnsae.evals.splice import ablate_z, check_sae, mean_z, splice_saes
-from conftest import make_gpt2_dir
+from attnsae.sae.checks import check_sae, same_model
+from conftest import random_sae, random_tokens, sharp_gpt2_dir, zero_sae
 
 HEADS = (1, 4, 8)  # n_embd 32: d_head 32, 8, 4
-
-
-def sharp_gpt2_dir(path, n_head: int, scale: float = 10.0) -> str:
-    """A random 2-layer GPT-2 with weights scaled up, so that intervening on hook_z visibly moves the logits."""
-    from transformers import GPT2LMHeadModel
-
-    make_gpt2_dir(path, n_head=n_head, n_embd=32, seed=n_head)
-    hf = GPT2LMHeadModel.from_pretrained(path)
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.ndim == 2:
-                p.mul_(scale)
-    hf.save_pretrained(path)
-    return str(path)
-
-
-def random_sae(d_in: int, layer: int, d_sae: int = 64, seed: int = 0, architecture: str = "relu") -> SAE:
-    torch.manual_seed(seed)
-    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=8 if architecture == "topk" else None,
-                        hook_name=f"blocks.{layer}.attn.hook_z"))
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.1)
-        sae.b_dec.normal_(0, 0.1)
-    return sae
-
-
-def identity_sae(d_in: int, layer: int) -> SAE:
-    """x_hat == x exactly: f = [relu(x), relu(-x)], W_dec = [I; -I]."""
-    sae = SAE(SAEConfig(d_in=d_in, d_sae=2 * d_in, hook_name=f"blocks.{layer}.attn.hook_z"))
-    eye = torch.eye(d_in)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-    return sae
-
-
-def zero_sae(d_in: int, layer: int) -> SAE:
-    sae = random_sae(d_in, layer)
-    with torch.no_grad():
-        sae.W_dec.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
-def random_tokens(n: int = 6, pos: int = 12, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(1, 8192, (n, pos), generator=g)
-    tokens[:, 0] = 0  # BOS
-    return tokens
 
 
 @pytest.fixture(scope="module", params=HEADS, ids=lambda h: f"{h}heads")
@@ -80,16 +31,36 @@ def run_with_z(model, tokens, layer, fn):
 
 @torch.no_grad()
 def test_splicing_with_error_reproduces_clean_logits(model):
+    """With the error term, unedited features give back the clean run, also on the path that really decodes (an
+    edit or an observer forces it), for SAEs that reconstruct z badly: the error term carries most of z."""
     tokens = random_tokens()
     saes = [random_sae(d_in(model), 0, seed=1), random_sae(d_in(model), 1, seed=2, architecture="topk")]
     clean = model(tokens)
-    with splice_saes(model, saes, with_error=True):
+    z = harvest_z(model, tokens, [0, 1])
+    for l, sae in zip((0, 1), saes):
+        assert (z[l] - sae(z[l]).x_hat).norm() > 0.5 * z[l].norm()  # a bad reconstruction: the error term matters
+    with splice_saes(model, saes):
+        gap = float((model(tokens) - clean).abs().max())
+    tol = dict(rtol=0, atol=1e-4 * float(clean.abs().max()))
+    assert gap > 1000 * tol["atol"]  # without the error term the logits move far beyond the tolerance below
+    with splice_saes(model, saes, with_error=True):  # nothing to change: hook_z is left as it is
         assert torch.equal(model(tokens), clean)
-    # The written-out form decode(edit(f)) + (z - decode(f)) with a no-op edit, at every position.
-    with splice_saes(model, saes, with_error=True, edit=lambda layer, f: f.clone()):
-        torch.testing.assert_close(model(tokens), clean, rtol=1e-5, atol=1e-5)
-    with splice_saes(model, saes):  # without the error term the SAEs change the output
-        assert not torch.allclose(model(tokens), clean, atol=1e-3)
+
+    calls = []
+
+    def same_features(layer, f):
+        calls.append(layer)
+        return f * 1.0  # a new tensor holding the same features: decode(f) + (z - decode(f))
+
+    for keep_bos in (False, True):
+        calls.clear()
+        with splice_saes(model, saes, with_error=True, edit=same_features, keep_bos=keep_bos):
+            torch.testing.assert_close(model(tokens), clean, **tol)
+        assert calls == [0, 1]  # the decode path ran at both layers
+    seen = {}
+    with splice_saes(model, saes, with_error=True, observe=lambda l, x, out: seen.setdefault(l, out)):
+        torch.testing.assert_close(model(tokens), clean, **tol)
+    assert sorted(seen) == [0, 1] and all(not torch.equal(o.x_hat, z[l].view_as(o.x_hat)) for l, o in seen.items())
 
 
 @torch.no_grad()
@@ -175,7 +146,7 @@ def test_saes_that_do_not_fit_the_model_are_refused(model):
     n = d_in(model)
     with pytest.raises(AttnsaeError, match="d_in"):
         check_sae(model, random_sae(n + 4, 0))
-    with pytest.raises(AttnsaeError, match="out of range"):
+    with pytest.raises(AttnsaeError, match=r"reads layer 2, but the model has layers 0\.\.1"):
         check_sae(model, random_sae(n, 2))
     resid = random_sae(n, 0)
     resid.cfg.hook_name = "blocks.0.hook_resid_pre"
@@ -183,9 +154,18 @@ def test_saes_that_do_not_fit_the_model_are_refused(model):
         check_sae(model, resid)
     with pytest.raises(AttnsaeError, match="trained on blocks.0"):
         check_sae(model, random_sae(n, 0), layer=1)
+    other = random_sae(n, 0)
+    other.cfg.model_name = "pythia-70m"  # the one fit check also refuses an SAE of another model
+    with pytest.raises(AttnsaeError, match="trained on model 'pythia-70m'"):
+        check_sae(model, other)
     with pytest.raises(AttnsaeError, match="two SAEs for layer 0"):
         with splice_saes(model, [random_sae(n, 0), random_sae(n, 0)]):
             pass
     with pytest.raises(AttnsaeError, match="out of range"):
         with ablate_z(model, [5]):
             pass
+
+
+def test_same_model_knows_aliases_and_hub_prefixes():
+    assert same_model("gpt2-small", "gpt2") and same_model("openai-community/gpt2", "gpt2")
+    assert not same_model("gpt2", "pythia-70m")

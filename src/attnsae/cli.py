@@ -85,10 +85,16 @@ def model_for_sae(sae, given: str | None) -> str | None:
 def load_saes_and_model(paths: list[str], model_arg: str | None, device: str):
     """Load SAEs, then their model (``--model`` or the SAEs' own), and refuse any SAE that does not fit it."""
     from attnsae.models import check_device, load_model
+    from attnsae.sae.checks import sae_layer
     from attnsae.sae.formats import load_sae
 
     check_device(device)
     saes = [load_sae(p, device=device) for p in paths]
+    for path, sae in zip(paths, saes):  # an SAE on another hook is refused before the (slow) model load
+        try:
+            sae_layer(sae)
+        except AttnsaeError as e:
+            raise AttnsaeError(f"SAE {path}: {e}") from None
     model = load_model(model_for_sae(saes[0], model_arg), device=device)
     check_saes_fit(model, paths, saes)
     return saes, model
@@ -107,7 +113,7 @@ def check_saes_fit(model, paths: list[str], saes: list) -> None:
 
 def sae_names(paths: list[str]) -> list[str]:
     """A short name per SAE path (its folder or file name), made unique with a suffix where needed."""
-    names = [Path(p.rstrip("/")).stem or p for p in paths]
+    names = [(lambda q: q.stem if q.suffix == ".pt" else q.name)(Path(p.rstrip("/"))) or p for p in paths]
     return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
@@ -217,9 +223,9 @@ def train_config(args: argparse.Namespace, skip: tuple[str, ...] = ()):
 
 
 def run_train(args: argparse.Namespace) -> None:
+    cfg = train_config(args)  # validated before the trainer (and torch) is imported: bad settings fail fast
     from attnsae.training.trainer import train
 
-    cfg = train_config(args)
     _, specs = train(cfg)
     for spec in specs:
         print(f"saved {Path(cfg.out) / spec.name}")
@@ -231,12 +237,12 @@ def cache_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_cache(args: argparse.Namespace) -> None:
+    cfg = train_config(args, skip=("cache_out",))  # validated before torch is imported
     from attnsae.activations import check_layers
     from attnsae.io import check_writable_dir
     from attnsae.models import load_model
     from attnsae.training.data import build_cache
 
-    cfg = train_config(args, skip=("cache_out",))
     out = Path(args.cache_out)
     if out.exists() and not out.is_dir():
         raise AttnsaeError(f"--cache-out {out} is a file; give a new folder")

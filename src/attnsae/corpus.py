@@ -264,15 +264,17 @@ def tokenize_documents(
         bar.update(sum(len(ids) + 1 for ids in enc))
         batch.clear()
 
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) >= batch_size:
+    try:
+        for doc in docs:
+            batch.append(doc)
+            if len(batch) >= batch_size:
+                flush()
+                if max_tokens is not None and n >= max_tokens:
+                    break
+        if batch and (max_tokens is None or n < max_tokens):
             flush()
-            if max_tokens is not None and n >= max_tokens:
-                break
-    if batch and (max_tokens is None or n < max_tokens):
-        flush()
-    bar.close()
+    finally:  # also on an error from the source, so that its message starts on a line of its own
+        bar.close()
     stream = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
     return stream[:max_tokens] if max_tokens is not None else stream
 

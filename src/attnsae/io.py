@@ -22,12 +22,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     parent = make_dir(path.parent)
     if not os.access(parent, os.W_OK):
         raise AttnsaeError(f"cannot write to {parent}: permission denied; choose a writable location")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise write_error(path, e) from e
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as e:  # disk full, quota, I/O error: one line, and the temporary file goes
+        raise write_error(path, e) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -45,20 +50,36 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise AttnsaeError(f"{path} is a file, not a folder; choose a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise AttnsaeError(f"cannot write to {parent}: permission denied; choose a writable location")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
-        if path.exists():
+        if path.exists():  # a folder cannot be renamed over a non-empty one: move the old one aside, then swap
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
             os.replace(path, old / "x")
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:  # put the old folder back
+                os.replace(old / "x", path)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:  # disk full, quota, I/O error: one line, and the temporary folder goes
+        raise write_error(path, e) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> AttnsaeError:
+    """The one-line error for a failed write of ``path`` (``e``: the OSError, e.g. ENOSPC when the disk is full)."""
+    return AttnsaeError(f"could not write {path}: {e.strerror or e}; is the disk full? free some space or choose "
+                        "another location")
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:

@@ -94,11 +94,11 @@ def load_model(
     Hook names are TransformerLens's: ``blocks.{L}.attn.hook_z`` ``[batch, pos, head, d_head]``, ``hook_v``,
     ``hook_pattern`` ``[batch, head, dest, src]``, ...
     """
-    from transformer_lens.model_bridge import TransformerBridge
-
     target = resolve_model_path(name_or_path)
     torch_dtype = parse_dtype(dtype)
     device = check_device(device)
+    from transformer_lens.model_bridge import TransformerBridge  # slow to import: after the checks
+
     local = Path(target).is_dir()
     try:
         with _quiet():
@@ -174,7 +174,7 @@ def check_tokens(model, tokens, min_len: int = 1):
     n_ctx = int(model.cfg.n_ctx)
     if tokens.shape[1] > n_ctx:
         raise AttnsaeError(f"contexts of {tokens.shape[1]} tokens are longer than the model's context of {n_ctx} "
-                           "tokens; shorten the prompt or lower --context-size")
+                           "tokens; use shorter text or contexts")
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= model.cfg.d_vocab:
         raise AttnsaeError(f"token ids must lie in 0..{model.cfg.d_vocab - 1} (the model's vocabulary), got "

@@ -44,7 +44,7 @@ def read_features(model, saes: list[SAE], tokens: Tensor, out: str | Path, cfg: 
         finally:
             if writer:
                 writer.close()
-        heads = head_report(dash.bundle, criterion)
+        heads = head_report(dash, criterion)
         if writer:
             writer.features(dash.bundle)
         dash.seconds["total"] = round(time.perf_counter() - t0, 1)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import safetensors.torch
 import torch
 
 from attnsae.errors import AttnsaeError
+from attnsae.io import atomic_dir
 from attnsae.models import dtype_name
 from attnsae.sae.model import SAE, SAEConfig
 
@@ -119,33 +118,16 @@ def save_sae(sae: SAE, path: str | os.PathLike[str]) -> Path:
     if sae.cfg.architecture == "jumprelu":
         tensors["threshold"] = sae.threshold.detach().cpu().contiguous()
 
-    tmp: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private (0o700); the SAE should be as readable as a normal directory
-        safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILENAME))
-        (tmp / CFG_FILENAME).write_text(cfg_text)
-        for f in (tmp / WEIGHTS_FILENAME, tmp / CFG_FILENAME, tmp):
-            _fsync(f)
-        if path.exists():
-            # A directory cannot be renamed over a non-empty one: move the old one aside, then swap.
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old / path.name, path)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        tmp = None
+        with atomic_dir(path) as tmp:
+            safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILENAME))
+            (tmp / CFG_FILENAME).write_text(cfg_text)
+            for f in (tmp / WEIGHTS_FILENAME, tmp / CFG_FILENAME, tmp):
+                _fsync(f)
+    except AttnsaeError:
+        raise
     except Exception as e:
         raise AttnsaeError(f"could not save SAE to {path} ({_one_line(e)}); check the path and free disk space") from e
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -195,6 +177,10 @@ def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], where: s
                 f"{where}: {name} has shape {list(tensors[name].shape)} but the config (d_in={cfg.d_in}, "
                 f"d_sae={cfg.d_sae}) needs {list(shape)}; the weights and config do not belong together"
             )
+        if tensors[name].is_floating_point() and not torch.isfinite(tensors[name]).all():
+            n_bad = int((~torch.isfinite(tensors[name])).sum())
+            raise AttnsaeError(f"{where}: {name} holds {n_bad} non-finite value(s) (NaN or inf); the SAE is corrupt "
+                               "or diverged in training, re-save or retrain it")
     sae = SAE(cfg, device=device)
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):

@@ -69,6 +69,7 @@ class Dashboards:
     labels: list[list[str]]
     stats: list[list[dict]]
     counts: dict[str, dict[str, int]]  # per SAE name: features per family (attnsae.studies.families.breakdown)
+    head_shares: list[Tensor]  # per SAE, the exact weight-based head attribution [d_sae, n_heads] (the bundle rounds)
     seconds: dict = field(default_factory=dict)
 
 
@@ -282,9 +283,10 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
     uniq, counts = torch.unique_consecutive(key[order], return_counts=True)
     where = dict(zip(uniq.tolist(), torch.split(order, counts.tolist())))
 
-    sae_blocks, labels, all_stats = [], [], []
+    sae_blocks, labels, all_stats, all_shares = [], [], [], []
     for k, (sae, st) in enumerate(zip(saes, states)):
         shares = head_shares(sae, model.cfg.n_heads)
+        all_shares.append(shares)
         logits = _logit_summaries(model, sae, cfg)
         feats, lab, fstats = [], [], []
         for f in range(sae.cfg.d_sae):
@@ -329,7 +331,7 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
     }
     t_end = time.perf_counter()
     counts = fam.breakdown(dict(zip(names, labels)))
-    return Dashboards(bundle, states, labels, all_stats, counts,
+    return Dashboards(bundle, states, labels, all_stats, counts, all_shares,
                       {"scan": round(t_scan - t0, 1), "examples": round(t_gather - t_scan, 1),
                        "assemble": round(t_end - t_gather, 1)})
 

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from itertools import combinations
 
+from attnsae.studies.examples import Dashboards
 from attnsae.studies.families import canonical_ids
 
 
@@ -51,16 +52,21 @@ def related(a: dict, b: dict, canon, crit: HeadCriterion) -> bool:
     return _jaccard(*toks) >= crit.jaccard or _jaccard(*logits) >= crit.jaccard
 
 
-def head_report(bundle: dict, crit: HeadCriterion | None = None) -> dict:
-    """The head report of a dashboards bundle (schema in :mod:`attnsae.views.heads_report`)."""
+def head_report(dash: Dashboards, crit: HeadCriterion | None = None) -> dict:
+    """The head report of the dashboards (schema in :mod:`attnsae.views.heads_report`).
+
+    Heads rank features by the exact head attribution (``dash.head_shares``), not the bundle's rounded copy, so
+    near-ties are decided by value rather than by feature index.
+    """
     crit = crit or HeadCriterion()
+    bundle = dash.bundle
     vocab = bundle["vocab"]
     canon = canonical_ids(vocab)
     heads = []
-    for block in bundle["saes"]:
+    for block, shares in zip(bundle["saes"], dash.head_shares):
         live = [f for f in block["features"] if f["family"] != "dead"]
         for h in range(block["n_heads"]):
-            top = sorted(live, key=lambda f: -f["head_shares"][h])[:crit.k]
+            top = sorted(live, key=lambda f: (-float(shares[f["i"], h]), f["i"]))[:crit.k]
             pairs = list(combinations(top, 2))
             score = sum(related(a, b, canon, crit) for a, b in pairs) / len(pairs) if pairs else 0.0
             fam, n = Counter(f["family"] for f in top).most_common(1)[0] if top else ("none", 0)
@@ -68,7 +74,7 @@ def head_report(bundle: dict, crit: HeadCriterion | None = None) -> dict:
                 "layer": block["layer"], "head": h, "sae": block["name"],
                 "verdict": "monosemantic" if pairs and score >= crit.min_related else "polysemantic",
                 "score": round(score, 3), "dominant_family": fam, "dominant_share": round(n / max(len(top), 1), 3),
-                "features": [{"i": f["i"], "share": round(f["head_shares"][h], 3), "family": f["family"],
+                "features": [{"i": f["i"], "share": round(float(shares[f["i"], h]), 4), "family": f["family"],
                               "density": f["density"], "top_tokens": [vocab[t] for t, _ in f["top_tokens"]],
                               "logits_pos": [vocab[t] for t, _ in f["logits"]["pos"][:5]],
                               "logits_neg": [vocab[t] for t, _ in f["logits"]["neg"][:5]]} for f in top],

@@ -26,8 +26,9 @@ from attnsae.errors import AttnsaeError
 ARCHITECTURES = ("relu", "topk", "jumprelu")
 SPARSITY_FIELD = {"relu": "l1_coeffs", "topk": "ks", "jumprelu": "l0_coeffs"}  # architecture -> its sparsity list
 SPEC_KEY = {"relu": "l1_coeff", "topk": "k", "jumprelu": "l0_coeff"}
-# settings that steer the process, not the result: they may change between a run and its --resume
-RUN_CONTROL = ("resume", "overwrite", "progress", "threads", "device", "wandb_project")
+# settings that steer the process, not the result: they may change between a run and its --resume (a run folder
+# may also move: `out` is where, not what)
+RUN_CONTROL = ("resume", "overwrite", "progress", "threads", "device", "wandb_project", "out")
 
 
 def _rule(**kw: Any) -> dict[str, Any]:
@@ -140,7 +141,7 @@ class TrainConfig:
                 if vals is not None and len(vals) not in (1, len(self.layers)):
                     raise AttnsaeError(f"with per_layer, {name} needs 1 or {len(self.layers)} values (one per "
                                        f"layer), got {len(vals)}")
-        self.specs(d_in=1)  # refuses duplicate SAEs
+        self.specs(d_in=1, check_sizes=False)  # refuses duplicate SAEs (sizes are checked once d_in is known)
 
     # -- what the run trains -------------------------------------------------------------------------------------
 
@@ -148,8 +149,8 @@ class TrainConfig:
     def total_steps(self) -> int:
         return max(1, self.total_tokens // self.batch_size)
 
-    def specs(self, d_in: int) -> list[SAESpec]:
-        """The SAEs of the run (d_sae defaults to ``expansion_factor * d_in``)."""
+    def specs(self, d_in: int, check_sizes: bool = True) -> list[SAESpec]:
+        """The SAEs of the run (d_sae defaults to ``expansion_factor * d_in``); ``check_sizes``: refuse k > d_sae."""
         sparsity = getattr(self, SPARSITY_FIELD[self.architecture])
         d_saes = self.d_sae or [self.expansion_factor * d_in]
         key = SPEC_KEY[self.architecture]
@@ -163,7 +164,7 @@ class TrainConfig:
         if len(set(names)) != len(names):
             raise AttnsaeError(f"two SAEs with the same settings ({sorted(n for n in names if names.count(n) > 1)[0]});"
                                " give each sparsity value and d_sae once")
-        if self.architecture == "topk":
+        if self.architecture == "topk" and (check_sizes or self.d_sae):  # d_sae given: check now
             for s in specs:
                 if s.k > s.d_sae:
                     raise AttnsaeError(f"k ({s.k}) must not exceed d_sae ({s.d_sae})")

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from attnsae.activations import ActivationSource, check_layers
+from attnsae.activations import ActivationSource, check_layers, read_manifest
 from attnsae.errors import AttnsaeError
 from attnsae.io import atomic_path, atomic_write_json, check_writable_dir, make_dir
 from attnsae.models import load_model, model_name
@@ -54,6 +54,8 @@ def train(cfg: TrainConfig) -> tuple[list[SAE], list[SAESpec]]:
     if existing and not (cfg.resume or cfg.overwrite):
         raise AttnsaeError(f"{out} already holds a training run ({existing[0]}); pass --resume to continue it or "
                            "--overwrite to start over")
+    if cfg.cache:
+        read_manifest(cfg.cache)  # a wrong cache path fails before the (slow) model load
     model = load_model(cfg.model, device=cfg.device)
     check_layers(model, cfg.layers)
     source, fingerprint = make_source(cfg, model)
@@ -66,7 +68,17 @@ def train(cfg: TrainConfig) -> tuple[list[SAE], list[SAESpec]]:
             shutil.rmtree(out / s.name, ignore_errors=True)
     meta = {"model_name": model_name(model), "context_size": cfg.context_size, "prepend_bos": cfg.prepend_bos,
             "extra": {"dataset_path": cfg.source, "drop_bos": cfg.drop_bos}}
-    saes = fit(cfg, specs, source, out, settings, sae_meta=meta)
+    existed = out.exists()
+    try:
+        saes = fit(cfg, specs, source, out, settings, sae_meta=meta)
+    except BaseException:  # a run that dies before its first checkpoint leaves nothing behind
+        if not (out / "checkpoint.pt").exists():
+            if existed:
+                for f in RUN_FILES:
+                    (out / f).unlink(missing_ok=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
     return saes, specs
 
 

@@ -1,0 +1,484 @@
+"""The bad-input catalogue (issue 11 §2): every command, fed something wrong, says so in one line and leaves no trace.
+
+:data:`CASES` is the table: each case runs ``attnsae ARGS`` in a subprocess inside its own folder ``{d}`` (shared
+inputs such as broken SAEs live in ``{fx}``) and must exit 2 with exactly one ``attnsae: error:`` line containing
+its needle, no traceback, and no file or folder left behind or changed (a tree snapshot of ``{d}`` and ``{fx}`` with
+sizes and mtimes, taken before and after). ``docs/BAD_INPUTS.md`` is generated from this table by
+``scripts/bad_inputs_doc.py``; :func:`test_doc_lists_every_case` keeps the two in step.
+
+The cases run in parallel (a few subprocesses at a time) the first time any case test asks for its outcome.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "BAD_INPUTS.md"
+WORKERS = 3
+LONG_PROMPT = "for i in range(10): print(i)\n" * 40  # > 256 tokens, the reference model's n_ctx
+# a small, fast training run of the reference model (4 steps of 128 tokens); the run in {fx}/run was made with it
+TRAIN = ("train", "--layers", "0", "--d-sae", "64", "--context-size", "16", "--max-corpus-tokens", "1024",
+         "--total-tokens", "512", "--batch-size", "128", "--buffer-size", "256", "--model-batch-size", "8",
+         "--warmup-steps", "1", "--resample-times", "0", "--ckpt-every", "2", "--log-every", "1", "--no-progress")
+FAST = ("--context-size", "16", "--n-tokens", "256", "--no-progress")  # eval / dashboard on few tokens
+
+
+class Unavailable(Exception):
+    """A case's setup cannot be made on this machine (e.g. no tmpfs mount without root): the case is skipped."""
+
+
+# ----------------------------------------------------------------------------------------------- case setups
+
+
+def blocker(d: Path, fx: Path) -> None:
+    """``{d}/blocker``: a file where a folder is expected."""
+    (d / "blocker").write_text("a file, not a folder")
+
+
+def some_dir(d: Path, fx: Path) -> None:
+    (d / "dir").mkdir()
+
+
+def non_empty_dir(d: Path, fx: Path) -> None:
+    (d / "dir").mkdir()
+    (d / "dir" / "keep.txt").write_text("mine")
+
+
+def old_eval_out(d: Path, fx: Path) -> None:
+    """An earlier result in ``{d}/out``, which a failed run must leave as it is."""
+    (d / "out").mkdir()
+    (d / "out" / "eval.json").write_text('{"old": true}')
+
+
+def old_npy(d: Path, fx: Path) -> None:
+    (d / "old.npy").write_bytes(b"old tokens")
+
+
+def csv_file(d: Path, fx: Path) -> None:
+    (d / "data.csv").write_text("text\nhello\n")
+
+
+def copy_run(d: Path, fx: Path) -> None:
+    """A finished training run (made with :data:`TRAIN`) in ``{d}/run``."""
+    shutil.copytree(fx / "run", d / "run")
+
+
+def config(text: str) -> Callable[[Path, Path], None]:
+    def setup(d: Path, fx: Path) -> None:
+        (d / "cfg.yaml").write_text(text)
+
+    return setup
+
+
+def tiny_disk(d: Path, fx: Path) -> None:
+    """``{d}/full``: a 64 KiB tmpfs (needs root); skipped where it cannot be mounted."""
+    (d / "full").mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d / "full")], capture_output=True)
+    if proc.returncode != 0:
+        (d / "full").rmdir()
+        raise Unavailable("cannot mount a tmpfs here (not root?)")
+    MOUNTS.append(d / "full")
+
+
+MOUNTS: list[Path] = []
+
+
+# ----------------------------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]  # ``{d}``: the case's own folder, ``{fx}``: the shared inputs
+    needles: tuple[str, ...]  # each must appear in the one error line
+    what: str  # the bad input, in words (for docs/BAD_INPUTS.md)
+    setup: Callable[[Path, Path], None] | None = None
+
+    @property
+    def command(self) -> str:
+        return next((a for a in self.args if not a.startswith("-")), "")
+
+
+def C(id: str, args: tuple[str, ...] | str, needles: tuple[str, ...] | str, what: str, setup=None) -> Case:
+    args = tuple(args.split()) if isinstance(args, str) else args
+    return Case(id, args, (needles,) if isinstance(needles, str) else needles, what, setup)
+
+
+SAE = "--sae {fx}/sae"
+CASES: list[Case] = [
+    # -- the CLI itself
+    C("unknown-command", "bogus", "invalid choice", "an unknown command"),
+    # -- quickstart
+    C("quickstart-train-tokens-0", "quickstart --out {d}/q --train-tokens 0", "--train-tokens", "no training tokens"),
+    C("quickstart-eval-tokens-neg", "quickstart --out {d}/q --eval-tokens -1", "--eval-tokens",
+      "negative evaluation tokens"),
+    C("quickstart-dashboard-tokens-neg", "quickstart --out {d}/q --dashboard-tokens -5", "--dashboard-tokens",
+      "negative dashboard tokens"),
+    C("quickstart-train-tokens-below-batch", "quickstart --out {d}/q --train-tokens 100", "at least one batch",
+      "fewer training tokens than one batch"),
+    C("quickstart-out-under-file", "quickstart --out {d}/blocker/q", "cannot create output folder",
+      "an output folder under a file (unwritable)", blocker),
+    C("quickstart-unknown-flag", "quickstart --out {d}/q --epochs 3", "unrecognized arguments", "an unknown flag"),
+    # -- train: settings
+    C("train-threads-neg", "train --out {d}/r --threads -1", "threads must be >= 1", "--threads -1"),
+    C("train-betas-one", "train --out {d}/r --betas 0.9", "betas needs 2 values", "one Adam beta"),
+    C("train-betas-range", "train --out {d}/r --betas 0.9 1.5", "betas must be < 1", "an Adam beta >= 1"),
+    C("train-lr-neg", "train --out {d}/r --lr -1", "lr must be > 0", "a negative learning rate"),
+    C("train-lr-nan", "train --out {d}/r --lr nan", "lr must be a number", "a NaN learning rate"),
+    C("train-log-every-0", "train --out {d}/r --log-every 0", "log_every must be >= 1", "--log-every 0"),
+    C("train-ckpt-every-0", "train --out {d}/r --ckpt-every 0", "ckpt_every must be >= 1", "--ckpt-every 0"),
+    C("train-model-batch-size-0", "train --out {d}/r --model-batch-size 0", "model_batch_size must be >= 1",
+      "--model-batch-size 0"),
+    C("train-resample-batches-0", "train --out {d}/r --resample-every 2 --resample-window 1 --resample-batches 0",
+      "resample_batches must be >= 1", "--resample-batches 0"),
+    C("train-batch-size-0", "train --out {d}/r --batch-size 0", "batch_size must be >= 1", "--batch-size 0"),
+    C("train-context-size-1", "train --out {d}/r --context-size 1", "context_size must be >= 2",
+      "a context of one token"),
+    C("train-architecture", "train --out {d}/r --architecture gated", "architecture must be one of",
+      "an unknown architecture"),
+    C("train-layers-repeat", "train --out {d}/r --layers 0 0", "repeats a layer", "a layer given twice"),
+    C("train-topk-k-above-d-sae", "train --out {d}/r --architecture topk --ks 128 --d-sae 64",
+      "must not exceed d_sae", "TopK k larger than the dictionary"),
+    C("train-resume-and-overwrite", "train --out {d}/r --resume --overwrite", "contradict",
+      "--resume with --overwrite"),
+    C("train-unknown-flag", "train --out {d}/r --learning-rate 1", "unrecognized arguments", "an unknown flag"),
+    # -- train: config files
+    C("train-yaml-lr-abc", "train --out {d}/r --config {d}/cfg.yaml", "lr must be a number", "YAML lr: abc",
+      config("lr: abc\n")),
+    C("train-yaml-layers-a", "train --out {d}/r --config {d}/cfg.yaml", "layers must be an integer",
+      "YAML layers: [a]", config("layers: [a]\n")),
+    C("train-yaml-bool", "train --out {d}/r --config {d}/cfg.yaml", "prepend_bos must be true or false",
+      "YAML prepend_bos: maybe", config("prepend_bos: maybe\n")),
+    C("train-yaml-unknown-key", "train --out {d}/r --config {d}/cfg.yaml", "unknown setting 'learning_rate'",
+      "YAML with an unknown setting", config("learning_rate: 0.1\n")),
+    C("train-yaml-not-mapping", "train --out {d}/r --config {d}/cfg.yaml", "must hold a mapping",
+      "YAML that is a list, not a mapping", config("- 1\n- 2\n")),
+    C("train-yaml-syntax", "train --out {d}/r --config {d}/cfg.yaml", "is not valid YAML", "YAML syntax error",
+      config("lr: [1\n")),
+    C("train-config-missing", "train --out {d}/r --config {d}/nope.yaml", "cannot read config file",
+      "a config file that does not exist"),
+    # -- train: model, data, output folder
+    C("train-device-bogus", "train --out {d}/r --device bogus", "unknown device 'bogus'", "--device bogus"),
+    C("train-model-missing", "train --out {d}/r --model {d}/no-model", "not an HF-format directory",
+      "a model path that does not exist"),
+    C("train-layer-99", "train --out {d}/r --layers 99", "unknown layer 99", "a layer the model lacks"),
+    C("train-out-under-file", "train --out {d}/blocker/r", "cannot create output folder",
+      "an output folder under a file (unwritable)", blocker),
+    C("train-used-folder", (*TRAIN, "--out", "{d}/run"), "already holds a training run",
+      "a fresh run into a folder holding a run (no --resume/--overwrite)", copy_run),
+    C("train-resume-changed-lr", (*TRAIN, "--out", "{d}/run", "--lr", "5e-3", "--resume"), ("other settings", "lr"),
+      "--resume with another --lr", copy_run),
+    C("train-cache-missing", "train --out {d}/r --cache {d}/no-cache", "not a complete activation cache",
+      "--cache of a folder that is no cache"),
+    C("train-cache-nan", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/nan_cache"), "non-finite activations",
+      "an activation cache holding NaN"),
+    # -- cache
+    C("cache-out-file", "cache --cache-out {d}/blocker", "is a file", "--cache-out an existing file", blocker),
+    C("cache-out-not-empty", "cache --cache-out {d}/dir", "not empty", "--cache-out a folder with files",
+      non_empty_dir),
+    C("cache-out-under-file", "cache --cache-out {d}/blocker/c", "cannot create output folder",
+      "--cache-out under a file (unwritable)", blocker),
+    C("cache-out-missing", "cache --layers 0", "--cache-out", "no --cache-out"),
+    C("cache-lr-neg", "cache --cache-out {d}/c --lr -1", "lr must be > 0", "a bad training setting"),
+    # -- corpus
+    C("corpus-save-folder", "corpus --save {d}/dir", "is a folder", "--save an existing folder", some_dir),
+    C("corpus-save-under-file", "corpus --save {d}/blocker/t.npy", "cannot create output folder",
+      "--save under a file (unwritable)", blocker),
+    C("corpus-empty-folder", "corpus --source {fx}/empty_corpus --save {d}/old.npy", "gave no full context",
+      "an empty corpus folder (an existing --save file stays)", old_npy),
+    C("corpus-non-utf8", "corpus --source {fx}/latin1_corpus", ("gave no full context", "1 skipped"),
+      "a corpus whose only file is not UTF-8"),
+    C("corpus-unsupported-file", "corpus --source {d}/data.csv", "unsupported corpus file", "a .csv corpus",
+      csv_file),
+    C("corpus-max-tokens-0", "corpus --max-tokens 0", "--max-tokens", "--max-tokens 0"),
+    C("corpus-split", "corpus --split test", "invalid choice", "an unknown split"),
+    C("corpus-disk-full", "corpus --max-tokens 20000 --no-bos --save {d}/full/t.npy", "is the disk full",
+      "a full disk (64 KiB tmpfs)", tiny_disk),
+    # -- eval
+    C("eval-context-size-0", f"eval {SAE} --out {{d}}/out --context-size 0", "--context-size", "--context-size 0"),
+    C("eval-context-size-above-n-ctx", f"eval {SAE} --out {{d}}/out --context-size 300 --n-tokens 300",
+      "larger than the model's n_ctx", "a context longer than the model's"),
+    C("eval-batch-size-0", f"eval {SAE} --out {{d}}/out --batch-size 0", "--batch-size", "--batch-size 0"),
+    C("eval-n-tokens-0", f"eval {SAE} --out {{d}}/out --n-tokens 0", "--n-tokens", "--n-tokens 0"),
+    C("eval-device-bogus", f"eval {SAE} --out {{d}}/out --device bogus", "unknown device 'bogus'",
+      "--device bogus"),
+    C("eval-sae-missing", "eval --sae {d}/no-sae --out {d}/out", "no SAE at", "an SAE path that does not exist"),
+    C("eval-corrupt-safetensors", "eval --sae {fx}/sae_corrupt --out {d}/out", "corrupt or truncated",
+      "corrupt weights (an earlier eval.json stays)", old_eval_out),
+    C("eval-truncated-safetensors", "eval --sae {fx}/sae_truncated --out {d}/out", "corrupt or truncated",
+      "truncated weights"),
+    C("eval-cfg-not-json", "eval --sae {fx}/sae_badjson --out {d}/out", "could not read SAE config",
+      "cfg.json that is not JSON"),
+    C("eval-nan-weights", "eval --sae {fx}/sae_nan --out {d}/out", "non-finite", "NaN in the SAE weights"),
+    C("eval-inf-weights", "eval --sae {fx}/sae_inf --out {d}/out", "non-finite", "inf in the SAE weights"),
+    C("eval-wrong-d-in", "eval --sae {fx}/sae_d_in --out {d}/out", "d_in 128",
+      "an SAE of another model shape (d_in)"),
+    C("eval-other-model", "eval --sae {fx}/sae_gpt2 --out {d}/out", "trained on model 'gpt2'",
+      "an SAE trained on another model"),
+    C("eval-hook-other", "eval --sae {fx}/sae_resid --out {d}/out", "hook_resid_pre",
+      "an SAE on a hook other than hook_z"),
+    C("eval-out-under-file", f"eval {SAE} --out {{d}}/blocker/out", "cannot create output folder",
+      "--out under a file (unwritable)", blocker),
+    # -- dashboard
+    C("dashboard-context-size-0", f"dashboard {SAE} --out {{d}}/out --context-size 0", "--context-size",
+      "--context-size 0"),
+    C("dashboard-n-top-0", f"dashboard {SAE} --out {{d}}/out --n-top 0", "--n-top", "--n-top 0"),
+    C("dashboard-device-bogus", f"dashboard {SAE} --out {{d}}/out --device bogus", "unknown device 'bogus'",
+      "--device bogus"),
+    C("dashboard-cfg-not-json", "dashboard --sae {fx}/sae_badjson --out {d}/out", "could not read SAE config",
+      "cfg.json that is not JSON (an earlier output stays)", old_eval_out),
+    C("dashboard-layer-5", "dashboard --sae {fx}/sae_layer5 --out {d}/out", "layers 0..1",
+      "an SAE of a layer the model lacks"),
+    C("dashboard-out-under-file", f"dashboard {SAE} --out {{d}}/blocker/out", "cannot create output folder",
+      "--out under a file (unwritable)", blocker),
+    C("dashboard-disk-full", (*f"dashboard {SAE} --out {{d}}/full/dash".split(), *FAST), "is the disk full",
+      "a full disk (64 KiB tmpfs)", tiny_disk),
+    # -- attribute
+    C("attribute-device-bogus", f"attribute {SAE} --prompt x --feature 0 --device bogus", "unknown device 'bogus'",
+      "--device bogus"),
+    C("attribute-feature-out-of-range", f"attribute {SAE} --prompt x --feature 64", "feature 64 is out of range",
+      "a feature index past d_sae"),
+    C("attribute-feature-neg", f"attribute {SAE} --prompt x --feature -1", "--feature", "a negative feature index"),
+    C("attribute-prompt-too-long", ("attribute", *SAE.split(), "--prompt", LONG_PROMPT, "--feature", "0"),
+      "longer than the model's context", "a prompt longer than n_ctx"),
+    C("attribute-position-past-prompt", f"attribute {SAE} --prompt x --feature 0 --position 50", "position 50",
+      "a position past the prompt's end"),
+    C("attribute-hook-other", "attribute --sae {fx}/sae_resid --prompt x --feature 0", "hook_resid_pre",
+      "an SAE on a hook other than hook_z"),
+    C("attribute-upstream-not-earlier", f"attribute {SAE} --prompt x --feature 0 --upstream-sae {{fx}}/sae",
+      "upstream", "an upstream SAE that is not of an earlier layer"),
+    # -- info
+    C("info-device-bogus", "info --device bogus", "unknown device 'bogus'", "--device bogus"),
+    C("info-model-missing-path", "info --model {d}/no-model", "not an HF-format directory",
+      "a model path that does not exist"),
+    C("info-model-unknown-name", "info --model no-such-org/no-such-model", "could not load model",
+      "an unknown hub model name (offline)"),
+    C("info-model-no-config", "info --model {d}/dir", "has no config.json", "a model folder without config.json",
+      some_dir),
+    C("info-model-corrupt-weights", "info --model {fx}/broken_model", "could not load the model",
+      "a model folder with corrupt weights"),
+]
+BY_ID = {c.id: c for c in CASES}
+assert len(BY_ID) == len(CASES), "case ids must be unique"
+
+
+# ----------------------------------------------------------------------------------------------- shared inputs
+
+
+def make_shared_inputs(fx: Path) -> Path:
+    """``{fx}``: SAEs good and broken, corpora, caches, a broken model and a finished training run."""
+    import numpy as np
+    import torch
+
+    from attnsae.cli import main
+    from attnsae.sae.formats import WEIGHTS_FILENAME, save_sae
+    from attnsae.sae.model import SAE, SAEConfig
+
+    def sae(name: str, d_in: int = 256, layer: int = 0, model: str = "attnsae-stdlib-2l", hook: str | None = None,
+            poison: tuple[str, float] | None = None) -> Path:
+        torch.manual_seed(0)
+        s = SAE(SAEConfig(d_in=d_in, d_sae=64, hook_name=hook or f"blocks.{layer}.attn.hook_z", model_name=model,
+                          layer=layer, context_size=16))
+        if poison:
+            with torch.no_grad():
+                getattr(s, poison[0]).view(-1)[0] = poison[1]
+        return save_sae(s, fx / name)
+
+    sae("sae")
+    sae("sae_d_in", d_in=128)
+    sae("sae_gpt2", model="gpt2")
+    sae("sae_layer5", layer=5)
+    sae("sae_resid", hook="blocks.0.hook_resid_pre")
+    sae("sae_nan", poison=("W_enc", float("nan")))
+    sae("sae_inf", poison=("b_dec", float("inf")))
+    w = sae("sae_corrupt") / WEIGHTS_FILENAME
+    w.write_bytes(b"\x00garbage, not safetensors" * 10)
+    w = sae("sae_truncated") / WEIGHTS_FILENAME
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    (sae("sae_badjson") / "cfg.json").write_text("{not json")
+    (fx / "empty_corpus").mkdir()
+    (fx / "latin1_corpus").mkdir()
+    (fx / "latin1_corpus" / "doc.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 200)
+    broken = fx / "broken_model"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                                                    "vocab_size": 8192, "n_layer": 1, "n_head": 2, "n_embd": 16,
+                                                    "n_positions": 32}))
+    (broken / "model.safetensors").write_bytes(b"\x00not weights" * 8)
+    cache = fx / "nan_cache"
+    (cache / "layer0").mkdir(parents=True)
+    np.save(cache / "layer0" / "shard00000.npy", np.full((512, 256), np.nan, dtype=np.float32))
+    (cache / "manifest.json").write_text(json.dumps({
+        "model_name": "attnsae-stdlib-2l", "layers": [0], "d_in": 256, "context_size": 16, "prepend_bos": True,
+        "drop_bos": True, "dtype": "float32", "corpus": "stdlib", "split": "train", "n_tokens": 512,
+        "shards": [512], "version": 1}))
+    args = [a.replace("{fx}", str(fx)) for a in (*TRAIN, "--out", "{fx}/run")]
+    assert main(args) == 0, "the training run the resume cases need failed"
+    return fx
+
+
+@pytest.fixture(scope="session")
+def shared_inputs(tmp_path_factory) -> Path:
+    return make_shared_inputs(tmp_path_factory.mktemp("fx"))
+
+
+# ----------------------------------------------------------------------------------------------- running cases
+
+
+def snapshot(*roots: Path) -> dict[str, tuple]:
+    """Every file and folder under ``roots``: path -> (size, mtime_ns) for files, ("dir",) for folders."""
+    tree: dict[str, tuple] = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames:
+                tree[os.path.join(dirpath, name)] = ("dir",)
+            for name in filenames:
+                st = os.stat(os.path.join(dirpath, name))
+                tree[os.path.join(dirpath, name)] = (st.st_size, st.st_mtime_ns)
+    return tree
+
+
+def case_args(case: Case, d: Path, fx: Path) -> list[str]:
+    return [a.replace("{d}", str(d)).replace("{fx}", str(fx)) for a in case.args]
+
+
+@dataclass
+class Outcome:
+    proc: subprocess.CompletedProcess | None
+    before: dict[str, tuple]
+    d: Path
+    skipped: str = ""
+    seconds: float = 0.0
+
+
+def run_cases(cases: list[Case], root: Path, fx: Path, workers: int = WORKERS) -> dict[str, Outcome]:
+    """Set up each case in ``root/{id}``, snapshot, run them all (``workers`` at a time): id -> Outcome."""
+    prepared = {}
+    for case in cases:
+        d = root / case.id
+        d.mkdir(parents=True)
+        try:
+            if case.setup:
+                case.setup(d, fx)
+        except Unavailable as e:
+            prepared[case.id] = Outcome(None, {}, d, skipped=str(e))
+            continue
+        prepared[case.id] = Outcome(None, snapshot(d, fx), d)
+
+    def run(case: Case) -> None:
+        o = prepared[case.id]
+        if o.skipped:
+            return
+        t0 = time.perf_counter()
+        try:
+            o.proc = run_cli(*case_args(case, o.d, fx), cwd=o.d, timeout=300)
+        except subprocess.TimeoutExpired:
+            pass  # proc stays None: the case fails
+        o.seconds = time.perf_counter() - t0
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run, cases))
+    return prepared
+
+
+def unmount_all() -> None:
+    while MOUNTS:
+        subprocess.run(["umount", str(MOUNTS.pop())], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def outcomes(request, tmp_path_factory, shared_inputs) -> dict[str, Outcome]:
+    """Run every selected case once, in parallel."""
+    wanted = [item.callspec.params["case"] for item in request.session.items
+              if getattr(item, "callspec", None) and isinstance(item.callspec.params.get("case"), Case)]
+    request.addfinalizer(unmount_all)
+    return run_cases(wanted, tmp_path_factory.mktemp("cases"), shared_inputs)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, outcomes: dict[str, Outcome], shared_inputs: Path) -> None:
+    o = outcomes[case.id]
+    if o.skipped:
+        pytest.skip(o.skipped)
+    proc = o.proc
+    assert proc is not None, f"timed out after {o.seconds:.0f}s"
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert_one_line_error(proc, *case.needles)
+    assert "internal error" not in proc.stderr, proc.stderr
+    after = snapshot(o.d, shared_inputs)
+    added = sorted(set(after) - set(o.before))
+    removed = sorted(set(o.before) - set(after))
+    changed = sorted(p for p in set(after) & set(o.before) if after[p] != o.before[p])
+    assert not (added or removed or changed), f"left behind {added}, removed {removed}, changed {changed}"
+
+
+# ----------------------------------------------------------------------------------------------- positive cases
+
+
+def test_yaml_numbers_and_scalars_are_coerced(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as a string and ``layers: 1`` is a scalar: both are accepted as meant."""
+    from attnsae.cli import build_parser, train_config
+
+    f = tmp_path / "cfg.yaml"
+    f.write_text("lr: 1e-3\nlayers: 1\nbetas: ['0.8', 0.95]\nprepend_bos: 'yes'\n")
+    cfg = train_config(build_parser().parse_args(["train", "--config", str(f), "--out", str(tmp_path / "r")]))
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+    assert cfg.layers == [1] and cfg.betas == [0.8, 0.95] and cfg.prepend_bos is True
+    assert sorted(os.listdir(tmp_path)) == ["cfg.yaml"]
+
+
+def test_resume_survives_a_torn_metrics_line(tmp_path, shared_inputs):
+    """A kill mid-write leaves half a JSON line in metrics.jsonl: ``--resume`` drops it and finishes the run."""
+    run = tmp_path / "run"
+    shutil.copytree(shared_inputs / "run", run)
+    n_records = len((run / "metrics.jsonl").read_text().splitlines())
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"sae": "layer0_relu_64_l1_2", "st')
+    proc = run_cli(*TRAIN, "--out", str(run), "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [json.loads(line)["step"] for line in
+                                                             (shared_inputs / "run" / "metrics.jsonl").read_text()
+                                                             .splitlines()]
+    assert len(lines) == n_records
+    assert (run / "layer0_relu_64_l1_2" / "sae_weights.safetensors").exists()
+
+
+def test_disk_full_in_process(tmp_path, monkeypatch, capsys):
+    """Disk full (a patched write raising ENOSPC, for machines without a tmpfs): one line, nothing half-written."""
+    import numpy as np
+
+    from attnsae.cli import main
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "save", full)
+    out = tmp_path / "t.npy"
+    code = main(["corpus", "--max-tokens", "2000", "--save", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [l for l in err.splitlines() if l.startswith("attnsae: error:")]
+    assert len(lines) == 1 and "is the disk full" in lines[0], err
+    assert os.listdir(tmp_path) == []
+
+
+def test_doc_lists_every_case():
+    """docs/BAD_INPUTS.md is generated from :data:`CASES` (``python scripts/bad_inputs_doc.py``): same ids."""
+    text = DOC.read_text()
+    listed = [line.split("|")[1].strip().strip("`") for line in text.splitlines() if line.startswith("| `")]
+    assert listed == [c.id for c in CASES], "docs/BAD_INPUTS.md is stale: run python scripts/bad_inputs_doc.py"
