@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from attnsae.errors import AttnsaeError
 from attnsae.models import DTYPES, dtype_name
-
-ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "jumprelu")
+from attnsae.sae import ARCHITECTURES
 # SAELens' values. The module itself applies no normalisation: with anything but "none" the caller scales the
 # activations before `encode` and undoes it after `decode`.
 NORMALIZE_ACTIVATIONS: tuple[str, ...] = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from attnsae.errors import AttnsaeError
-
-ARCHITECTURES = ("relu", "topk", "jumprelu")
+from attnsae.sae import ARCHITECTURES
 SPARSITY_FIELD = {"relu": "l1_coeffs", "topk": "ks", "jumprelu": "l0_coeffs"}  # architecture -> its sparsity list
 SPEC_KEY = {"relu": "l1_coeff", "topk": "k", "jumprelu": "l0_coeff"}
 # settings that steer the process, not the result: they may change between a run and its --resume (a run folder

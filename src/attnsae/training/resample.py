@@ -19,6 +19,7 @@ from torch import Tensor
 from attnsae.sae.model import SAE
 
 
+@torch.no_grad()
 def resample_probabilities(sae: SAE, inputs: Tensor) -> Tensor:
     """The sampling distribution over ``inputs [n, d_in]``: ``loss² / Σ loss²`` with loss = squared error: [n]."""
     losses = torch.cat([(x - sae(x).x_hat).pow(2).sum(-1) for x in inputs.split(4096)])
