@@ -30,9 +30,10 @@ def tokenizer():
     return PreTrainedTokenizerFast.from_pretrained(REFERENCE_DIR)
 
 
-def run_cli(*args: str, timeout: float = 600, cwd=None) -> subprocess.CompletedProcess:
-    """Run ``attnsae ARGS`` in a subprocess (offline, in folder ``cwd``), returning the completed process."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
+def run_cli(*args: str, timeout: float = 600, cwd=None, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """Run ``attnsae ARGS`` in a subprocess (offline, in folder ``cwd``, with ``env`` added), returning it."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore", **(env or {}))
     return subprocess.run([sys.executable, "-m", "attnsae", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=cwd)
 
@@ -190,3 +191,14 @@ def random_tokens(n: int = 6, pos: int = 12, seed: int = 0):
     tokens = torch.randint(1, 8192, (n, pos), generator=g)
     tokens[:, 0] = 0
     return tokens
+
+
+def assert_tree_closes(res, rel=1e-4):
+    """Every RDFA node with children or remainders sums back to its value; returns how many such nodes."""
+    n_with_children = 0
+    for node in res.root.walk():
+        if node.children or node.remainders:
+            n_with_children += 1
+            assert abs(node.residual()) <= rel * node.scale() + 1e-7, (node.name, node.residual(), node.scale())
+    assert res.closes() and res.to_dict()["closure"]["closes"]
+    return n_with_children

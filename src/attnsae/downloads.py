@@ -94,6 +94,12 @@ def fetch(art: Artifact, local: str | os.PathLike | None = None, progress: bool 
     A cached file that fails the check is deleted and fetched again; a fresh one that fails is deleted and refused.
     ``hand_over`` ends the offline error: how the caller takes a file fetched by hand.
     """
+    src = None
+    if local is not None:  # a bad --from file is refused before anything is written
+        src = Path(local).expanduser()
+        if not src.is_file():
+            raise AttnsaeError(f"--from {src}: no such file; give the path of {art.filename}")
+        check_file(art, src)
     folder = make_dir(cache_home() / "downloads")
     target = folder / art.filename
     if target.exists():
@@ -103,11 +109,7 @@ def fetch(art: Artifact, local: str | os.PathLike | None = None, progress: bool 
         except AttnsaeError:
             target.unlink()  # a corrupt cache entry is never used: fetch it anew
     with tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-") as tmp:
-        if local is not None:
-            src = Path(local).expanduser()
-            if not src.is_file():
-                raise AttnsaeError(f"--from {src}: no such file; give the path of {art.filename}")
-            check_file(art, src)
+        if src is not None:
             got = Path(tmp) / art.filename
             shutil.copyfile(src, got)
         else:

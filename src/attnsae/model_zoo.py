@@ -110,6 +110,7 @@ def gguf_model(path: str | os.PathLike, progress: bool = True) -> Path:
     src = Path(path).expanduser()
     if not src.is_file():
         raise AttnsaeError(f"GGUF file {src} does not exist; give the path of a .gguf file")
+    check_gguf(src)  # a file transformers cannot read is refused before the cache is touched
     t0 = time.perf_counter()
     digest = sha256_of(src)
     folder = models_dir() / f"gguf-{digest[:16]}"
@@ -146,13 +147,22 @@ def gguf_architecture(path: Path) -> str:
     try:
         from gguf import GGUFReader
     except ImportError:
-        raise AttnsaeError("reading GGUF files needs the gguf package: pip install 'attnsae[gguf]'") from None
+        raise AttnsaeError("reading GGUF files needs the gguf package: pip install gguf") from None
     try:
         field = GGUFReader(path).fields["general.architecture"]
         return bytes(field.parts[field.data[0]]).decode()
     except Exception as e:  # numpy / struct / key errors of a truncated or foreign file
         raise AttnsaeError(f"{path} is not a readable GGUF file ({type(e).__name__}: {str(e)[:120]}); truncated "
                            "or corrupt? fetch it again") from None
+
+
+def check_gguf(path: Path) -> str:
+    """The GGUF file's architecture, if transformers reads it; else one clear error."""
+    arch = gguf_architecture(path)
+    if arch not in readable_architectures():
+        raise AttnsaeError(f"GGUF architecture {arch!r} of {path.name} is not one transformers can read (it reads "
+                           f"{', '.join(readable_architectures())}); convert the model to an HF folder another way")
+    return arch
 
 
 def readable_architectures() -> list[str]:
@@ -167,10 +177,7 @@ def convert_gguf(gguf: Path, out: Path, document_token: str | None = None, progr
     ``document_token``: set as the tokenizer's BOS and EOS (the corpus joins documents with EOS and starts every
     context with BOS). Returns what was done, for the model card.
     """
-    arch = gguf_architecture(gguf)
-    if arch not in readable_architectures():
-        raise AttnsaeError(f"GGUF architecture {arch!r} of {gguf.name} is not one transformers can read (it reads "
-                           f"{', '.join(readable_architectures())}); convert the model to an HF folder another way")
+    arch = check_gguf(gguf)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -196,6 +203,9 @@ def convert_gguf(gguf: Path, out: Path, document_token: str | None = None, progr
         fresh.config.bos_token_id = fresh.config.eos_token_id = doc_id
     fresh.save_pretrained(out)
     tok.save_pretrained(out)
+    for f in out.iterdir():  # safetensors writes 0600: give the files the usual permissions
+        if f.is_file():
+            f.chmod(0o644)
     n_params = sum(p.numel() for p in fresh.parameters())
     return {"gguf_architecture": arch, "hf_class": type(fresh).__name__, "dtype": CONVERTED_DTYPE,
             "parameters": n_params, "bos_eos_token": document_token or tok.eos_token,

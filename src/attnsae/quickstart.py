@@ -1,7 +1,7 @@
-"""``attnsae quickstart``: the main job on the embedded reference model, fully offline.
+"""``attnsae quickstart``: the main job, on the embedded reference model (fully offline) or a zoo model.
 
-Harvest ``hook_z`` from the stdlib train split, train one SAE per layer of the reference model from a single
-activation stream, save them (SAELens format), then evaluate each on held-out validation tokens (L0, explained
+Harvest ``hook_z`` from a corpus's train split (stdlib for the reference model, english for SmolLM2), train one SAE
+per chosen layer from a single activation stream, save them (SAELens format), then evaluate each on held-out validation tokens (L0, explained
 variance, CE loss recovered, ...), print the table and plot the feature densities; finally scan validation
 tokens for the reading site (:mod:`attnsae.reading`: feature dashboards, feature families, head report) and print
 the path to open.
@@ -33,6 +33,7 @@ class QuickstartConfig:
 
     out: str = "attnsae-out/quickstart"
     model: str | None = None
+    source: str = "stdlib"
     architecture: str = "topk"
     k: int = 32
     expansion_factor: int = 8
@@ -55,15 +56,29 @@ class QuickstartConfig:
         if self.train_tokens < self.batch_size:
             raise AttnsaeError(f"train_tokens ({self.train_tokens}) must be at least one batch ({self.batch_size})")
 
+    @classmethod
+    def for_model(cls, model: str | None, **given) -> "QuickstartConfig":
+        """The settings for ``model`` (its :data:`PRESETS` entry, if any), overridden by ``given``."""
+        return cls(model=model, **{**PRESETS.get(model or "", {}), **given})
+
     def train_config(self, n_layers: int) -> TrainConfig:
         steps = self.train_tokens // self.batch_size
         return TrainConfig(
-            model=self.model, layers=self.layers or list(range(n_layers)), architecture=self.architecture,
+            model=self.model, source=self.source, layers=self.layers or list(range(n_layers)), architecture=self.architecture,
             ks=[self.k], expansion_factor=self.expansion_factor, context_size=self.context_size,
             buffer_size=self.buffer_size, out=str(Path(self.out) / "saes"), overwrite=True,
             total_tokens=self.train_tokens, batch_size=self.batch_size, lr=self.lr,
             warmup_steps=max(1, steps // 20), lr_schedule="cosine", lr_end_frac=0.1, resample_times=0,
             dead_window=max(10, steps // 10), log_every=10, ckpt_every=100, seed=self.seed)
+
+
+# Models whose size needs other settings than the reference model's: SmolLM2-135M (30 layers, d_in 576) gets three
+# layers (1: zero-ablating it costs 3.3 nats; 6 and 12: the middle of the stack, where induction and name-moving
+# features live in models of this depth), 4x dictionaries and budgets that fit 30 minutes on 2 CPU cores.
+PRESETS: dict[str, dict] = {
+    "smollm2-135m": {"source": "english", "layers": [1, 6, 12], "expansion_factor": 4, "train_tokens": 491_520,
+                     "batch_size": 2048, "buffer_size": 65_536, "eval_tokens": 8_192, "dashboard_tokens": 32_768},
+}
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
@@ -74,7 +89,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     saes, specs = train(cfg.train_config(model.cfg.n_layers))
     t_train = time.perf_counter() - t0
     names = [f"L{s.layer}" for s in specs]
-    val = load_corpus(model.tokenizer, "stdlib", "validation", cfg.context_size,
+    val = load_corpus(model.tokenizer, cfg.source, "validation", cfg.context_size,
                       max_tokens=max(cfg.eval_tokens, cfg.dashboard_tokens) + cfg.context_size, progress=False)
     val_tokens = torch.from_numpy(val.tokens)
     n_eval = -(-cfg.eval_tokens // cfg.context_size)
@@ -86,7 +101,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     if cfg.dashboard_tokens > 0:
         n_dash = -(-cfg.dashboard_tokens // cfg.context_size)
         site = read_features(model, saes, val_tokens[:n_dash], out / "dashboard", names=names,
-                          corpus={"source": "stdlib", "split": "validation"},
+                          corpus={"source": cfg.source, "split": "validation"},
                           paths=[str(out / "saes" / s.name) for s in specs])
     summary = {"config": asdict(cfg), "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},
                "validation": report.to_dict(feature_frequency=False), "dashboard": site,

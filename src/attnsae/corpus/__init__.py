@@ -34,6 +34,7 @@ from attnsae.errors import AttnsaeError
 Split = Literal["train", "validation"]
 SPLITS: tuple[str, ...] = ("train", "validation")
 LOCAL_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl", ".parquet")
+NAMED_SOURCES: tuple[str, ...] = ("stdlib", "english")  # corpora attnsae builds itself
 DEFAULT_VAL_FRACTION = 0.05
 
 

@@ -55,7 +55,15 @@ def eval_table(report: EvalReport) -> str:
     return "\n".join(out)
 
 
-__all__ = ["eval_table", "EVAL_COLUMNS"]
+def eval_markdown(rows: list[dict], skip: tuple[str, ...] = ("d_sae", "nmse", "cosine")) -> str:
+    """Markdown table of evaluation rows (``EvalReport.to_dict()["saes"]``), one per SAE."""
+    cols = [c for c in EVAL_COLUMNS if c[1] not in skip]
+    lines = ["| " + " | ".join(h for h, _, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(fmt, r.get(key)) for _, key, fmt in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+__all__ = ["eval_table", "eval_markdown", "EVAL_COLUMNS"]
 
 
 def families_table(counts: dict[str, dict[str, int]]) -> str:
