@@ -17,7 +17,7 @@ from attnsae.training.config import SAESpec, TrainConfig
 from attnsae.training.losses import sae_loss
 from attnsae.training.resample import resample_dead
 from attnsae.training.trainer import fit
-from conftest import assert_one_line_error, make_gpt2_dir, run_cli
+from conftest import assert_one_line_error, make_gpt2_dir, random_sae, run_cli
 
 
 class RandomSource:
@@ -409,3 +409,27 @@ def test_training_from_a_cache_of_another_model_is_refused(tiny_model_dir, tmp_p
     proc = run_cli("train", "--model", wide, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o"), *common)
     assert_one_line_error(proc, "activation cache is for model")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("layer*"))
+
+
+def test_auxk_with_every_dead_latent_matches_the_sparse_top_k_path():
+    """AuxK's dense path (k = n_dead: all dead latents) gives the loss and gradients of the sparse top-k path."""
+    from attnsae.training.losses import auxk_loss
+
+    torch.manual_seed(0)
+    sae = random_sae(24, 0, d_sae=96, architecture="topk", k=4)
+    x = torch.randn(50, 24)
+    dead = torch.zeros(96, dtype=torch.bool)
+    dead[torch.randperm(96)[:7]] = True
+    xc = x - sae.b_dec
+    pre = (xc @ sae.W_enc + sae.b_enc).detach()
+    err = torch.randn(50, 24)
+    fast = auxk_loss(sae, x, pre, err, dead, aux_k=None)  # d_in // 2 = 12 >= 7 dead: the dense path
+    grads_fast = torch.autograd.grad(fast, [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec])
+    idx = torch.where(dead, pre, torch.full_like(pre, -torch.inf)).topk(7, dim=-1).indices
+    e_hat = kernels.latents_forward(xc, sae.W_enc, sae.b_enc, sae.W_dec, idx, pre)
+    slow = (e_hat - err).pow(2).sum(-1).mean() / err.sub(err.mean(0)).pow(2).sum(-1).mean()
+    grads_slow = torch.autograd.grad(slow, [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec])
+    torch.testing.assert_close(fast, slow)
+    for a, b in zip(grads_fast, grads_slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert pre[:, dead].clamp_min(0).sum() > 0  # the dead latents do contribute

@@ -35,8 +35,16 @@ def _csr(idx: Tensor, values: Tensor, n_cols: int) -> Tensor:
 
 
 def _csr_t_mm(idx: Tensor, values: Tensor, n_cols: int, dense: Tensor) -> Tensor:
-    """``S^T @ dense`` for ``S = _csr(idx, values)``: ``[n_cols, dense.shape[1]]``."""
-    return torch.mm(_csr(idx, values, n_cols).t().to_sparse_csr(), dense)
+    """``S^T @ dense`` for ``S = _csr(idx, values)``: ``[n_cols, dense.shape[1]]``.
+
+    ``S^T`` is built as a COO matrix (row ``idx[b, j]``, column ``b``): converting the CSR ``S`` to a transposed CSR
+    sorts its ``batch * k`` entries, which took 3-6x longer on CPU than the whole product through COO.
+    """
+    B, k = idx.shape
+    rows = torch.arange(B, device=idx.device).repeat_interleave(k)
+    st = torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows]), values.reshape(-1), (n_cols, B),
+                                 check_invariants=False)
+    return torch.sparse.mm(st, dense)
 
 
 class GatherPre(torch.autograd.Function):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from attnsae.sae import kernels
@@ -64,9 +65,13 @@ def auxk_loss(sae: SAE, x: Tensor, pre: Tensor, err: Tensor, dead: Tensor, aux_k
     if n_dead == 0:
         return pre.new_zeros(())
     k = min(aux_k or sae.d_in // 2, n_dead)
-    with torch.no_grad():
-        idx = torch.where(dead, pre, torch.full_like(pre, -torch.inf)).topk(k, dim=-1, sorted=False).indices
     xc = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
-    e_hat = kernels.latents_forward(xc, sae.W_enc, sae.b_enc, sae.W_dec, idx, pre.detach())
+    if k == n_dead:  # every dead latent takes part: two small dense products over the dead columns, no top-k
+        cols = dead.nonzero().squeeze(1)
+        e_hat = F.relu(xc @ sae.W_enc[:, cols] + sae.b_enc[cols]) @ sae.W_dec[cols]
+    else:
+        with torch.no_grad():
+            idx = torch.where(dead, pre, torch.full_like(pre, -torch.inf)).topk(k, dim=-1, sorted=False).indices
+        e_hat = kernels.latents_forward(xc, sae.W_enc, sae.b_enc, sae.W_dec, idx, pre.detach())
     e = err.detach()
     return (e_hat - e).pow(2).sum(-1).mean() / e.sub(e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
