@@ -299,6 +299,7 @@ def gguf_files(fx: Path) -> None:
     import gguf
     import numpy as np
 
+    fx.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(str(fx / "rwkv.gguf"), "rwkv6")
     w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
     w.write_header_to_file()

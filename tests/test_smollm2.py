@@ -102,7 +102,8 @@ def test_the_pipeline_runs_on_it_and_a_small_sae_recovers_the_loss(smol, tmp_pat
                        (run / "layer1_topk_1152_k16" / "feature_frequency.json").read_text())).argmax())),
                    "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-1500:]
-    assert json.loads(proc.stdout)["closure"]["closes"]
+    result = json.loads(proc.stdout)
+    assert result["closes"] and result["rdfa"]["closure"]["closes"]
 
 
 # ----------------------------------------------------------------------------------------------- bad input
