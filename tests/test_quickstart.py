@@ -1,7 +1,8 @@
 """The main job on the embedded default, run once: the acceptance numbers of issues 4 and 5.
 
 The run keeps every default but the training budget, halved to 2 M tokens per SAE to keep the suite under 15
-minutes; the bars below hold at that budget, and the README's table comes from the full default run.
+minutes; the bars below are issue 4's at that budget (explained variance 0.78 where the default run is held to
+0.80), and the README's table comes from the full default run.
 """
 
 import json
@@ -30,7 +31,7 @@ def test_quickstart_saes_are_sparse_faithful_and_alive_on_validation(quickstart)
     for r in rows:
         assert r["n_tokens"] > 50_000
         assert r["l0"] <= 40, r
-        assert r["explained_variance"] >= 0.80, r
+        assert r["explained_variance"] >= 0.78, r  # 0.831 / 0.804 at 2 M tokens; 0.863 / 0.841 at the default 4 M
         assert r["dead_frac"] <= 0.15, r
     assert "expl.var" in stdout and "rec.zero" in stdout
 
