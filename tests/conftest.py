@@ -1,5 +1,6 @@
-"""Shared fixtures and helpers (tests import helpers from here only, never from another test module): the shipped
-reference model (loaded once) and its tokenizer, small random models, random SAEs and token contexts, CLI runners."""
+"""Shared fixtures and helpers (tests import helpers from here and from ``tiny_archs``, never from a test module):
+the shipped reference model (loaded once) and its tokenizer, small random models, random SAEs and token contexts, CLI
+runners."""
 
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import subprocess
@@ -5,14 +6,17 @@ import subprocess
 import pytest
 import torch
 
+import tiny_archs
+from attnsae.architecture import describe
 from attnsae.cli import main
 from attnsae.errors import AttnsaeError
+from attnsae.evals import metrics
 from attnsae.evals.metrics import EvalReport, evaluate, reconstruction_metrics
 from attnsae.models import load_model
 from attnsae.sae.model import SAE
 from attnsae.sae.formats import save_sae
 from attnsae.views.plots import density_histogram
-from attnsae.views.tables import eval_table
+from attnsae.views.tables import eval_markdown, eval_table
 from conftest import (assert_one_line_error, identity_sae, random_sae, random_tokens, run_cli, sharp_gpt2_dir,
                       zero_sae)
 
@@ -197,3 +201,90 @@ def test_cli_eval_refuses_an_empty_split(capsys, tiny_model_dir, sae_dirs, tmp_p
     proc = run_main(capsys, "eval", "--sae", sae_dirs["l0"], "--model", tiny_model_dir, "--source",
                     str(tmp_path / "empty"), "--context-size", "32", "--out", str(tmp_path / "ev"), "--no-progress")
     assert_one_line_error(proc, "validation", "no full context")
+
+
+# ----------------------------------------------------------------------------------------------- memory, refusal
+
+
+def test_chunked_losses_equal_a_direct_computation(model, monkeypatch):
+    """Several position chunks with an uneven last one (11 predicted positions in chunks of 3), and one position per
+    chunk; and the fallback through the model's own logits (an LM head that is not linear) gives the same numbers."""
+    tokens = random_tokens(n=10, pos=12, seed=11)
+    sae = random_sae(d_in(model), 1, seed=12)
+    expected = direct_metrics(model, sae, 1, tokens)
+    three = 3 * 4 * model.cfg.d_vocab * 4 * metrics.LIVE_CHUNK_TENSORS  # 3 positions of a 4-context batch
+    assert metrics.LossHead(model, True, three).chunk_positions(4) == 3
+    assert [s.stop - s.start for s in metrics.LossHead(model, True, three).chunks(4, 12)] == [3, 3, 3, 2]
+    keys = ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean", "ce_recovered_zero")
+
+    def check(**kw):
+        s = evaluate(model, sae, tokens, batch_size=4, progress=False, **kw).saes[0]
+        for key in keys:
+            assert getattr(s, key) == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (key, kw)
+
+    assert describe(model).lm_head == "linear"
+    check(max_chunk_bytes=three)
+    check(max_chunk_bytes=1)
+    monkeypatch.setattr(metrics, "describe", lambda m: dataclasses.replace(describe(m), lm_head="nonlinear"))
+    check(max_chunk_bytes=three)
+
+
+def test_default_batch_size_follows_the_vocabulary(model):
+    assert metrics.default_batch_size(model, 128) == 16  # a linear head never makes full logits
+    nonlinear = dataclasses.replace(describe(model), lm_head="nonlinear")
+    assert metrics.default_batch_size(model, 128, nonlinear) == 16  # 2**25 // (128 * 8192) = 32, capped at 16
+    big = dataclasses.replace(nonlinear, d_vocab=262_144)
+    assert metrics.default_batch_size(model, 128, big) == 1 and metrics.default_batch_size(model, 32, big) == 4
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return tiny_archs.build("bert", tmp_path_factory.mktemp("archs"))
+
+
+@pytest.fixture(scope="module")
+def bert(bert_dir):
+    return load_model(bert_dir)
+
+
+def test_encoder_refuses_ce_and_kl_but_reports_reconstruction(bert):
+    n = d_in(bert)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(5, bert.cfg.d_vocab, (6, 16), generator=g)
+    tokens[:, 0] = bert.tokenizer.cls_token_id
+    sae = random_sae(n, 1, seed=3)
+    report = evaluate(bert, sae, tokens, batch_size=4, progress=False)
+    s = report.saes[0]
+    assert report.ce_refused and "CE and KL are refused" in report.ce_refused and "\n" not in report.ce_refused
+    assert report.n_loss_tokens == 0
+    for key in metrics.LOSS_FIELDS:
+        assert math.isnan(getattr(s, key)), key
+    # reconstruction over every position but CLS, from full bidirectional contexts
+    store = {}
+    bert.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: store.setdefault("z", z))])
+    x = store["z"][:, 1:].reshape(-1, n)
+    m = reconstruction_metrics(sae, [x])
+    assert s.n_tokens == 6 * 15 and math.isfinite(s.l0) and math.isfinite(s.explained_variance)
+    assert s.l0 == pytest.approx(m.l0) and s.explained_variance == pytest.approx(m.explained_variance, rel=1e-5)
+    d = report.to_dict()
+    assert d["ce_refused"] == report.ce_refused and EvalReport.from_dict(d).ce_refused == report.ce_refused
+    table = eval_table(report)
+    assert table.splitlines()[2].split().count("refused") == 7 and "n/a" not in table.splitlines()[2]
+    assert "refused" in eval_markdown(d["saes"], ce_refused=d["ce_refused"])
+
+
+def test_cli_eval_on_an_encoder_notes_the_refusal_and_succeeds(capsys, bert, bert_dir, tmp_path):
+    sae = random_sae(d_in(bert), 1, seed=4)
+    sae.cfg.model_name = bert_dir
+    path = str(save_sae(sae, tmp_path / "encoder_sae"))
+    out = tmp_path / "ev"
+    proc = run_main(capsys, "eval", "--sae", path, "--model", bert_dir, "--source", "stdlib", "--n-tokens", "2048",
+                    "--context-size", "64", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    notes = [l for l in (proc.stdout + proc.stderr).splitlines() if "CE and KL are refused" in l]
+    assert len(notes) == 1 and notes[0].startswith("note: "), proc.stdout + proc.stderr
+    cells = next(l for l in proc.stdout.splitlines() if l.startswith("encoder_sae ")).split()
+    assert cells.count("refused") == 7 and "n/a" not in cells and float(cells[3]) > 0, cells  # CE/KL; L0
+    assert "expl.var" in proc.stdout
+    d = json.loads((out / "eval.json").read_text())
+    assert d["ce_refused"] and d["saes"][0]["ce_clean"] is None and d["saes"][0]["l0"] > 0

@@ -62,7 +62,7 @@ def harvest_z(model, tokens: torch.Tensor, layers: list[int], drop_bos: bool = F
             zz = z[:, 1:] if drop_bos else z  # [batch, pos', head, d_head] (or already [batch, pos', d_in])
             out[layer] = zz.reshape(-1, d_in).detach()
             if layer == last:
-                raise _StopForward  # nothing after the last hook_z is needed: skip W_O, MLPs and the unembedding
+                raise StopForward  # nothing after the last hook_z is needed: skip W_O, MLPs and the unembedding
             return z
 
         return save
@@ -70,13 +70,13 @@ def harvest_z(model, tokens: torch.Tensor, layers: list[int], drop_bos: bool = F
     fwd_hooks = [(hook_z_name(l), saver(l)) for l in layers]
     try:
         model.run_with_hooks(tokens.to(_model_device(model)), fwd_hooks=fwd_hooks)
-    except _StopForward:
+    except StopForward:
         pass
     return out
 
 
-class _StopForward(Exception):
-    """Raised inside the last needed hook to end a forward pass early."""
+class StopForward(Exception):
+    """Raised inside the last needed hook to end a forward pass early (caught by whoever ran the forward)."""
 
 
 def _model_device(model) -> torch.device:

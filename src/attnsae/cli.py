@@ -163,17 +163,43 @@ def print_json(obj) -> None:
 
 def info_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
+    p.add_argument("--check", action="store_true",
+                   help="also run every stage on a few random contexts against a direct computation and print each "
+                        "verdict (exact with its error, refused with the reason, or MISMATCH: a bug to report)")
 
 
 def run_info(args: argparse.Namespace) -> None:
+    from attnsae.architecture import describe
+    from attnsae.corpus import bos_token_id
     from attnsae.models import load_model, model_name
 
     model = load_model(args.model, device=args.device)
     c = model.cfg
+    arch = describe(model)
     print(f"model      {model_name(model)}")
-    print(f"layers     {c.n_layers}   heads {c.n_heads}   d_head {c.d_head}   d_model {c.d_model}   n_ctx {c.n_ctx}")
-    print(f"vocab      {c.d_vocab}   bos id {model.tokenizer.bos_token_id}")
-    print(f"SAE input  blocks.{{L}}.attn.hook_z  (d_in = {c.n_heads * c.d_head})")
+    for line in arch.lines():
+        if line.startswith("  "):
+            continue
+        print(line)
+    bos = bos_token_id(model.tokenizer)
+    print(f"vocab      {c.d_vocab}   n_ctx {c.n_ctx}   BOS {model.tokenizer.convert_ids_to_tokens(bos)!r} (id {bos})")
+    print(f"SAE input  blocks.{{L}}.attn.hook_z  (d_in = n_heads * d_head = {c.n_heads * c.d_head})")
+    if not args.check:
+        print("stages (each exact, or refused with the reason; --check measures them):")
+        for line in arch.lines():
+            if line.startswith("  "):
+                print(line)
+        return
+    from attnsae.evals.exactness import check_stages
+
+    print("stages, each run against a direct computation on random contexts:")
+    checks = check_stages(model)
+    for c in checks:
+        print(f"  {c.stage:<20} {c.status.upper() if c.status == 'mismatch' else c.status}: {c.detail}")
+    bad = [c.stage for c in checks if c.status == "mismatch"]
+    if bad:
+        raise AttnsaeError(f"stage(s) {', '.join(bad)} disagree with their direct computation on this model; "
+                           "please report it with the output above")
 
 
 def models_args(p: argparse.ArgumentParser) -> None:
@@ -331,7 +357,9 @@ def eval_args(p: argparse.ArgumentParser) -> None:
                    help="SAE directories (SAELens format), paper .pt files or hub paths; one report for all")
     add_model_args(p, sae_default=True)
     add_corpus_args(p, split="validation", n_tokens=100_000, of_saes=True)
-    p.add_argument("--batch-size", type=positive, default=16, help="contexts per forward pass")
+    p.add_argument("--batch-size", type=positive, default=None,
+                   help="contexts per forward pass (default: 16, fewer when the model's forward makes full logits, "
+                   "i.e. its LM head is not a linear read-out: then at most 2**25 logits per batch)")
     p.add_argument("--out", default="attnsae-out/eval", help="folder for eval.json and density.png")
     p.add_argument("--splice-bos", action="store_true",
                    help="also replace hook_z at position 0 (BOS), which SAEs are normally trained without")
@@ -355,6 +383,8 @@ def run_eval(args: argparse.Namespace) -> None:
                    "sae_model_names": [sae.cfg.model_name for sae in saes]}
     atomic_write_json(report.to_dict(), out / "eval.json")
     density_histogram(report, out / "density.png", title=f"feature density ({args.source} {args.split})")
+    if report.ce_refused:
+        print(f"note: {report.ce_refused}")
     print(eval_table(report))
     print(f"\nwrote {out / 'eval.json'} and {out / 'density.png'}")
 
@@ -458,10 +488,16 @@ def print_report(report) -> None:
     for row in report.top_sources(8):
         print(f"  {row['value']:+10.4f}  pos {row['source']:>3}  {row['token']!r}")
     print("by head:  " + "  ".join(f"h{h} {v:+.3f}" for h, v in enumerate(r.by_head)))
-    print(f"RDFA tree (depth {r.depth}, top-k {r.top_k}; worst closure error {report.max_relative_residual:.1e} "
-          f"of the terms' magnitude, tolerance {report.tolerance:.0e}):")
+    if report.rdfa_refused:
+        print(f"note: {report.rdfa_refused}")
+    kind = "DFA terms" if report.rdfa_refused else f"RDFA tree (depth {r.depth}, top-k {r.top_k}"
+    print(f"{kind}{';' if not report.rdfa_refused else ' (top-k ' + str(r.top_k) + ';'} worst closure error "
+          f"{report.max_relative_residual:.1e} of the terms' magnitude, tolerance {report.tolerance:.0e}):")
     _print_node(r.root, strs, indent=1)
     lg = report.logits
+    if lg is None:
+        print(f"note: {report.logits_refused}")
+        return
     print("direct logit effect:")
     print("  up:   " + "  ".join(f"{s!r} {v:+.3f}" for s, v in zip(lg.top_strs, lg.top_values)))
     print("  down: " + "  ".join(f"{s!r} {v:+.3f}" for s, v in zip(lg.bottom_strs, lg.bottom_values)))
@@ -501,7 +537,8 @@ COMMANDS: dict[str, Command] = {
     "attribute": ("explain a feature on a prompt: DFA by source and head, recursive DFA, logit effect",
                   attribute_args, run_attribute),
     "corpus": ("tokenise a corpus split into contexts and report what it holds", corpus_args, run_corpus),
-    "info": ("load a model and print its shape and hook names", info_args, run_info),
+    "info": ("load a model and report its layout (heads, KV heads, norms, positions, windows, attention direction, LM "
+             "head) and which stages are exact on it", info_args, run_info),
     "models": ("list the models attnsae knows, or fetch and convert one (`models fetch smollm2-135m`)", models_args,
                run_models),
 }

@@ -40,7 +40,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from attnsae.attribution.inputs import capture, check_features, tokenize
+from attnsae.architecture import require
+from attnsae.attribution.inputs import attention_mask, capture, check_features, tokenize
 from attnsae.models import check_tokens
 from attnsae.sae.checks import check_sae, cpu_sae
 from attnsae.attribution.weights import kv_of_head
@@ -84,9 +85,11 @@ def hook_names(layer: int) -> list[str]:
     return [f"blocks.{layer}.attn.hook_v", f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_z"]
 
 
-def attn_activations(model, tokens: Tensor, layer: int) -> AttnActivations:
-    """Run the model up to block ``layer`` and capture its ``hook_v``, ``hook_pattern``, ``hook_z``."""
-    c = capture(model, tokens, hook_names(layer), stop_at_layer=layer + 1)
+def attn_activations(model, tokens: Tensor, layer: int, lengths: Tensor | None = None) -> AttnActivations:
+    """Run the model up to block ``layer`` and capture its ``hook_v``, ``hook_pattern``, ``hook_z`` (an encoder's
+    padding past ``lengths`` [batch] masked out)."""
+    c = capture(model, tokens, hook_names(layer), stop_at_layer=layer + 1,
+                attention_mask=attention_mask(model, tokens, lengths))
     return from_cache(c, layer)
 
 
@@ -221,7 +224,8 @@ def dfa(model, sae: SAE, tokens: Tensor | str | Sequence[str], features: int | S
     tokens = check_tokens(model, tokens)
     if features is not None:
         features = check_features(sae, features)
-    acts = attn_activations(model, tokens, layer)
+    require(model, "dfa", layer)
+    acts = attn_activations(model, tokens, layer, lengths)
     return dfa_from_activations(acts, sae, features, lengths=lengths, dest=dest, keep_src_head=keep_src_head,
                                 max_bytes=max_bytes, max_output_bytes=max_output_bytes)
 

@@ -31,8 +31,9 @@ def check_features(sae: SAE, features: int | Iterable[int]) -> list[int]:
 def tokenize(model, prompts: str | Sequence[str], prepend_bos: bool = True) -> tuple[Tensor, Tensor]:
     """Prompts -> (tokens int64 [batch, pos] right-padded with BOS, lengths int64 [batch]).
 
-    BOS is prepended as in training (``prepend_bos``). Right padding is harmless under causal attention: a padded
-    position never influences an earlier one, and attribution ignores destinations at or past ``lengths[b]``.
+    BOS (CLS in an encoder) is prepended as in training (``prepend_bos``). Right padding is harmless under causal
+    attention: a padded position never influences an earlier one, and attribution ignores destinations at or past
+    ``lengths[b]``. An encoder attends both ways, so its runs take :func:`attention_mask` of the lengths.
     """
     from attnsae.corpus import bos_token_id
 
@@ -56,12 +57,23 @@ def token_strings(model, tokens: Tensor) -> list[str]:
     return [model.tokenizer.decode([int(t)]) for t in tokens]
 
 
+def attention_mask(model, tokens: Tensor, lengths: Tensor | None) -> Tensor | None:
+    """``[batch, pos]`` ones on real tokens for an encoder with right-padded prompts; None when no mask is needed
+    (a causal model, where padding never reaches a real position, or no padding)."""
+    from attnsae.architecture import describe
+
+    if lengths is None or describe(model).causal or int(torch.as_tensor(lengths).min()) >= tokens.shape[1]:
+        return None
+    return (torch.arange(tokens.shape[1])[None] < torch.as_tensor(lengths).reshape(-1, 1)).long()
+
+
 @torch.no_grad()
-def capture(model, tokens: Tensor, names: list[str], stop_at_layer: int | None = None) -> dict[str, Tensor]:
+def capture(model, tokens: Tensor, names: list[str], stop_at_layer: int | None = None,
+            attention_mask: Tensor | None = None) -> dict[str, Tensor]:
     """Run the model on ``tokens`` and return the named hook activations (detached, float32).
 
     Names the model lacks (``hook_pos_embed`` in a rotary model) are skipped. The run stops before block
-    ``stop_at_layer`` when given.
+    ``stop_at_layer`` when given; ``attention_mask`` [batch, pos] (1: real token) hides padding from an encoder.
     """
     hook_dict = model.hook_dict
     names = [n for n in names if n in hook_dict]
@@ -76,6 +88,7 @@ def capture(model, tokens: Tensor, names: list[str], stop_at_layer: int | None =
 
     device = next(model.parameters()).device
     stop = stop_at_layer if stop_at_layer is not None and stop_at_layer < model.cfg.n_layers else None
+    extra = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
     model.run_with_hooks(tokens.to(device), fwd_hooks=[(n, saver(n)) for n in names], stop_at_layer=stop,
-                         return_type=None)
+                         return_type=None, **extra)
     return {n: x.cpu() for n, x in out.items()}

@@ -1,10 +1,15 @@
-"""Direct logit effect of a feature: its decoder row written through W_O and read by the unembedding.
+"""Direct logit effect of a feature: its decoder row written through W_O (and a post-attention norm) and read by
+the unembedding.
 
-    effect_i = d_i @ W_O_cat @ W_U          [d_vocab]      (d_i = W_dec[i], W_O_cat [n_heads*d_head, d_model])
+    effect_i = out(d_i @ W_O_cat) @ W_U          [d_vocab]      (d_i = W_dec[i], W_O_cat [n_heads*d_head, d_model])
 
-With ``through_ln_final`` the final norm is treated as frozen: the direction is centred (LayerNorm) and scaled by
-γ before ``W_U`` (the 1/scale factor is a positive constant per position, so the ranking of tokens is unchanged and it
-is left out). The result lists the top and bottom tokens by effect.
+``out`` is the identity, or a post-attention norm (sandwich norms: Gemma 2/3, OLMo 2) with its scale frozen: centred
+for LayerNorm, times γ'. With ``through_ln_final`` the final norm is treated as frozen too: the direction is centred
+(LayerNorm) and scaled by γ before ``W_U``. The 1/σ factors of both norms are positive constants per position, so the
+ranking of tokens is unchanged and they are left out: at position t the feature's direct-path logits are
+``f_i[t] · effect_i / (σ'[t] · σ_final[t])``. A model whose LM head is not a linear read-out of the final norm (an MLM
+transform), whose head is untrained, or whose later blocks do not add to the residual stream is refused with one line.
+The result lists the top and bottom tokens by effect.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import torch
 
 from attnsae.attribution.inputs import check_features
 from attnsae.sae.checks import check_sae
-from attnsae.attribution.weights import layer_weights, norm_kind, unembed_weights
+from attnsae.architecture import require
+from attnsae.attribution.weights import layer_weights, unembed_weights
 from attnsae.sae.model import SAE
 
 
@@ -39,13 +45,16 @@ class LogitEffect:
 
 @torch.no_grad()
 def logit_effect_matrix(model, sae: SAE, features: Sequence[int], through_ln_final: bool = False) -> torch.Tensor:
-    """``W_dec[features] @ W_O_cat @ W_U``: float32 [len(features), d_vocab] (``through_ln_final``: module docstring)."""
+    """``out(W_dec[features] @ W_O_cat) @ W_U``: float32 [len(features), d_vocab] (``out``, ``through_ln_final``:
+    the module docstring)."""
     layer = check_sae(model, sae)
     features = check_features(sae, features)
-    direction = sae.W_dec.detach()[features].float().cpu() @ layer_weights(model, layer).W_O_cat  # [n, d_model]
-    W_U, _, g, _ = unembed_weights(model)
-    if through_ln_final:
-        if norm_kind(model) == "LN":
+    require(model, "logit_effect", layer)
+    W = layer_weights(model, layer)
+    direction = W.out(sae.W_dec.detach()[features].float().cpu() @ W.W_O_cat)  # [n, d_model]
+    W_U, _, final, g, _ = unembed_weights(model)
+    if through_ln_final and final is not None:
+        if final.kind == "LN":
             direction = direction - direction.mean(-1, keepdim=True)
         direction = direction * g
     return direction @ W_U

@@ -1,7 +1,7 @@
 """Recursive DFA (RDFA): a feature's pre-activation traced back through value paths, as a tree that sums exactly.
 
-Attention patterns ``A`` and norm scales ``σ`` (``blocks.{l}.ln1.hook_scale``) are frozen at their values on the
-prompt; only the value (OV) path is traced. Then everything below is linear, and every node's children plus its
+Attention patterns ``A`` and norm scales ``σ`` (``blocks.{l}.ln1.hook_scale``, and ``blocks.{l}.ln1_post.hook_scale``
+of a post-attention norm) are frozen at their values on the prompt; only the value (OV) path is traced. Then everything below is linear, and every node's children plus its
 named remainders equal the node (up to fp32 rounding; :meth:`RDFANode.residual` is the check).
 
 **Feature node** (SAE feature ``j`` of layer ``l`` at position ``t``, carried with a coefficient ``κ``; the root
@@ -25,12 +25,17 @@ the residual stream ``x[s] = Σ_c c[s]`` (components below):
 
 Centring is linear, so the mean of a sum is the sum of means and each component is centred by itself
 (``centre_components=False`` instead charges all centring to one remainder ``"blocks.{l}.ln1.centring"`` =
-``−α·mean(x[s])·Σ uγ / σ[s]``). RMSNorm has no centring and no β. The components of ``x[s]`` (the input of block
+``−α·mean(x[s])·Σ uγ / σ[s]``). RMSNorm has no centring and no β (γ may be ``1 + w``); a block without a pre-norm
+(OLMo 2) has ``σ = 1``, ``γ = 1``, ``β = 0``. The components of ``x[s]`` (the input of block
 ``l``) are ``hook_embed``, ``hook_pos_embed`` (absent with rotary embeddings), and per earlier layer ``l' < l``:
 ``blocks.{l'}.hook_mlp_out`` and either ``blocks.{l'}.hook_attn_out`` whole or, with an SAE for layer ``l'``,
 
     attn_out = Σ_j f_j (d_j W_O)  +  b_dec W_O  +  (z_cat − x_hat) W_O  +  b_O
                └─ feature nodes ─┘    ".sae.b_dec"   ".sae.error"        ".b_O"
+
+and with a post-attention norm (sandwich norms, Gemma 2/3 and OLMo 2) each of those terms ``y`` becomes
+``out(y) = γ' ⊙ (y − mean y) / σ'[s]`` (no centring for RMSNorm), plus the norm's bias ``".ln1_post.b"``: with
+``σ'`` frozen the split stays exact.
 
 An upstream feature ``j`` enters the node as ``f_j[s]·κ_j`` with ``κ_j = α·(d_j W_O − mean)/σ[s] · uγ``: a feature
 node at ``(l', s)`` with coefficient ``κ_j``, which recurses by the first identity. The top-k features (over all
@@ -41,9 +46,10 @@ get the depth ``d`` asked for; a head-source node with depth ``d >= 1`` is split
 children get ``d − 1``; a feature with ``d >= 1`` lists its top-k ``(s, h)`` terms with the same ``d``; with ``d = 0``
 both are leaves. Each level reads an earlier layer, so no branch goes deeper than the layer count.
 
-Before tracing, the decomposition is checked against the model on the prompt: the components sum to
-``blocks.{l}.hook_resid_pre``, ``ln1`` matches ``hook_normalized`` and ``ln1 @ W_V + b_V`` matches ``hook_v``;
-a model whose blocks do not fit this layout is refused with one line rather than traced wrongly.
+A model whose layout (:mod:`attnsae.architecture`) cannot be decomposed (a post-LN encoder such as BERT: its residual
+stream is normalised after every block) is refused with one line. Before tracing, the decomposition is checked
+against the model on the prompt as well: the components sum to ``blocks.{l}.hook_resid_pre``, ``ln1`` matches
+``hook_normalized`` and ``ln1 @ W_V + b_V`` matches ``hook_v``.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from attnsae.architecture import describe, require
 from attnsae.attribution.inputs import capture, check_features, token_strings
 from attnsae.models import check_tokens
 from attnsae.sae.checks import check_sae, cpu_sae
@@ -153,11 +160,19 @@ class RDFATracer:
 
     tokens: int64 [pos] or [1, pos]. ``upstream_saes``: SAEs of earlier layers (a list, or ``{layer: SAE}``) whose
     features split those layers' attention outputs; layers without one stay whole (``hook_attn_out``).
+
+    A model RDFA cannot decompose raises its one-line refusal, unless ``dfa_fallback``: then the tracer gives plain
+    DFA, a depth-0 tree (the top ``(source, head)`` terms, the rest, the bias), and :attr:`refused` says why.
     """
 
     def __init__(self, model, sae: SAE, tokens: Tensor, upstream_saes: Sequence[SAE] | Mapping[int, SAE] = (),
-                 centre_components: bool = True) -> None:
+                 centre_components: bool = True, dfa_fallback: bool = False) -> None:
         self.layer = L = check_sae(model, sae)
+        self.refused = describe(model).refusal("rdfa", L)
+        if self.refused and not dfa_fallback:
+            raise AttnsaeError(self.refused)
+        require(model, "dfa", L)
+        layers = [L] if self.refused else list(range(L + 1))
         tokens = check_tokens(model, tokens)
         if tokens.shape[0] != 1:
             raise AttnsaeError(f"RDFA traces one prompt at a time, got a batch of {tokens.shape[0]}")
@@ -165,22 +180,25 @@ class RDFATracer:
         self.token_strs = token_strings(model, self.tokens)
         ups = list(upstream_saes.values()) if isinstance(upstream_saes, Mapping) else list(upstream_saes)
         saes = {L: cpu_sae(sae)}
-        for u in ups:
+        for u in ([] if self.refused else ups):
             lu = check_sae(model, u)
             if lu >= L:
                 raise AttnsaeError(f"an upstream SAE must read a layer before {L}, not layer {lu}")
             saes[lu] = cpu_sae(u)
         self.model_dtype = next(model.parameters()).dtype
-        self.W: dict[int, LayerWeights] = {l: layer_weights(model, l) for l in range(L + 1)}
-        self.norm = self.W[L].norm
-        self.centre = centre_components and self.norm == "LN"
+        self.W: dict[int, LayerWeights] = {l: layer_weights(model, l) for l in layers}
+        self.centre_components = centre_components
         self.n_heads = self.W[L].n_heads
         self.d_head = self.W[L].d_head
 
-        names = ["hook_embed", "hook_pos_embed"]
-        for l in range(L + 1):
-            names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.ln1.hook_scale", f"blocks.{l}.ln1.hook_normalized",
-                      f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_pattern", f"blocks.{l}.attn.hook_z"]
+        names = [] if self.refused else ["hook_embed", "hook_pos_embed"]
+        for l in layers:
+            names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_pattern",
+                      f"blocks.{l}.attn.hook_z"]
+            if self.W[l].in_norm is not None and not self.refused:
+                names += [f"blocks.{l}.ln1.hook_scale", f"blocks.{l}.ln1.hook_normalized"]
+            if self.W[l].out_norm is not None and l < L:
+                names.append(f"blocks.{l}.ln1_post.hook_scale")
             if l < L:
                 names += [f"blocks.{l}.hook_attn_out", f"blocks.{l}.hook_mlp_out"]
         c = {k: v[0] for k, v in capture(model, self.tokens[None], names, stop_at_layer=L + 1).items()}
@@ -188,11 +206,9 @@ class RDFATracer:
         if missing:
             raise AttnsaeError(f"RDFA needs hook {missing[0]}, which this model does not expose")
         self.S = S = len(self.tokens)
-        self.resid = {l: c[f"blocks.{l}.hook_resid_pre"] for l in range(L + 1)}  # [S, d_model]
-        self.scale = {l: c[f"blocks.{l}.ln1.hook_scale"].reshape(S) for l in range(L + 1)}  # [S]
-        self.v = {l: c[f"blocks.{l}.attn.hook_v"] for l in range(L + 1)}  # [S, n_kv, d_head]
-        self.A = {l: c[f"blocks.{l}.attn.hook_pattern"] for l in range(L + 1)}  # [head, dest, src]
-        self.z = {l: c[f"blocks.{l}.attn.hook_z"].reshape(S, -1) for l in range(L + 1)}  # [S, d_in]
+        self.v = {l: c[f"blocks.{l}.attn.hook_v"] for l in layers}  # [S, n_kv, d_head]
+        self.A = {l: c[f"blocks.{l}.attn.hook_pattern"] for l in layers}  # [head, dest, src]
+        self.z = {l: c[f"blocks.{l}.attn.hook_z"].reshape(S, -1) for l in layers}  # [S, d_in]
 
         self.saes: dict[int, _SAELayer] = {}
         with torch.no_grad():
@@ -204,10 +220,19 @@ class RDFATracer:
                                                    else 0.0)
                 self.saes[l] = _SAELayer(s, pre.float(), s.activation(pre).float(), bias)
 
-        # components of the residual stream: rows of comps[:, k] with the layer that wrote them (-1: embeddings)
-        parts: dict[str, Tensor] = {"hook_embed": c["hook_embed"]}
-        if "hook_pos_embed" in c:
-            parts["hook_pos_embed"] = c["hook_pos_embed"]
+        if not self.refused:
+            self._components(model, c)
+
+    def _components(self, model, c: dict[str, Tensor]) -> None:
+        """The residual stream's components at every layer up to the top one, checked against the model."""
+        L, S = self.layer, self.S
+        self.resid = {l: c[f"blocks.{l}.hook_resid_pre"] for l in range(L + 1)}  # [S, d_model]
+        self.scale = {l: c[f"blocks.{l}.ln1.hook_scale"].reshape(S) if self.W[l].in_norm else torch.ones(S)
+                      for l in range(L + 1)}  # [S] (ones without a pre-norm)
+        self.post_scale = {l: c[f"blocks.{l}.ln1_post.hook_scale"].reshape(S) if self.W[l].out_norm else None
+                           for l in range(L)}  # [S] of a post-attention norm
+        # rows of comps[:, k] with the layer that wrote them (-1: embeddings)
+        parts: dict[str, Tensor] = {n: c[n] for n in describe(model).embed_hooks}
         origin = [-1] * len(parts)
         rows, self.comp_names = list(parts.values()), list(parts)
         for l in range(L):
@@ -216,10 +241,13 @@ class RDFATracer:
                 sl = self.saes[l]
                 x_hat = sl.sae.decode(sl.act.to(sl.sae.dtype)).detach().float()
                 b_dec = sl.sae.b_dec.detach().float()
-                parts = {f"blocks.{l}.attn.sae.b_dec": (b_dec @ W.W_O_cat).expand(S, -1),
-                         f"blocks.{l}.attn.sae.error": (self.z[l] - x_hat) @ W.W_O_cat}
+                ps = self.post_scale[l]
+                parts = {f"blocks.{l}.attn.sae.b_dec": W.out((b_dec @ W.W_O_cat).expand(S, -1), ps),
+                         f"blocks.{l}.attn.sae.error": W.out((self.z[l] - x_hat) @ W.W_O_cat, ps)}
                 if W.has_b_O:
-                    parts[f"blocks.{l}.attn.b_O"] = W.b_O.expand(S, -1)
+                    parts[f"blocks.{l}.attn.b_O"] = W.out(W.b_O.expand(S, -1), ps)
+                if W.post_b is not None and bool(W.post_b.any()):
+                    parts[f"blocks.{l}.ln1_post.b"] = W.post_b.expand(S, -1)
             else:
                 parts = {f"blocks.{l}.hook_attn_out": c[f"blocks.{l}.hook_attn_out"]}
             parts[f"blocks.{l}.hook_mlp_out"] = c[f"blocks.{l}.hook_mlp_out"]
@@ -249,15 +277,16 @@ class RDFATracer:
             total = self.comps[:, keep].sum(1)
             for j, sl in self.saes.items():
                 if j < l:
-                    total = total + (sl.act @ sl.sae.W_dec.detach().float()) @ self.W[j].W_O_cat
+                    total = total + self.W[j].out((sl.act @ sl.sae.W_dec.detach().float()) @ self.W[j].W_O_cat,
+                                                  self.post_scale[j])
             close(total, self.resid[l], f"the sum of components at blocks.{l}.hook_resid_pre")
-            x = self.resid[l]
-            if self.norm == "LN":
-                x = x - x.mean(-1, keepdim=True)
-            normed = x / self.scale[l][:, None]
-            close(normed, c[f"blocks.{l}.ln1.hook_normalized"], f"blocks.{l}.ln1.hook_normalized")
             W = self.W[l]
-            ln_out = normed * W.ln_w + W.ln_b
+            ln_out = self.resid[l]
+            if W.in_norm is not None:
+                x = ln_out - ln_out.mean(-1, keepdim=True) if W.centres_input else ln_out
+                normed = x / self.scale[l][:, None]
+                close(normed, c[f"blocks.{l}.ln1.hook_normalized"], f"blocks.{l}.ln1.hook_normalized")
+                ln_out = normed * W.ln_w + W.ln_b
             v = torch.einsum("sm,gmd->sgd", ln_out, W.W_V) + W.b_V
             close(v, self.v[l], f"ln1 @ W_V + b_V at blocks.{l}.attn.hook_v")
 
@@ -277,6 +306,8 @@ class RDFATracer:
         if not 0 <= position < self.S:
             raise AttnsaeError(f"position {position} is out of range: the prompt has positions 0..{self.S - 1}")
         self.top_k = top_k
+        if self.refused:
+            depth = 0  # plain DFA: the root's (source, head) terms are leaves
         terms = self._dfa_terms(L, position, feature)  # [S, H]
         root = self._feature(L, position, feature, 1.0, depth, root=True, terms=terms)
         return RDFAResult(layer=L, feature=feature, position=position, tokens=self.tokens.tolist(),
@@ -325,8 +356,9 @@ class RDFATracer:
         a = alpha / float(self.scale[l][s])
 
         keep = (self.origin < l).nonzero()[:, 0]
+        centre = self.centre_components and W.centres_input
         contrib = self.comps[s, keep] @ ug
-        if self.centre:
+        if centre:
             contrib = contrib - self.comp_mean[s, keep] * sum_ug
         for k, val in zip(keep.tolist(), (a * contrib).tolist()):
             node.children.append(RDFANode("component", self.comp_names[k], val, layer=int(self.origin[k]),
@@ -336,7 +368,7 @@ class RDFATracer:
         for lu in sorted(j for j in self.saes if j < l):
             js, acts, D, D_mean = self._directions(lu, s)
             kap = D @ ug
-            if self.centre:
+            if centre:
                 kap = kap - D_mean * sum_ug
             kap = a * kap
             feats += list(zip((acts * kap).tolist(), [lu] * len(js), js.tolist(), kap.tolist()))
@@ -347,10 +379,10 @@ class RDFATracer:
             node.remainders[f"blocks.{lu}.attn.sae.other_features"] = sum(
                 f[0] for f in feats[self.top_k:] if f[1] == lu)
 
-        if W.norm == "LN":
+        if W.in_norm is not None and (W.centres_input or bool(W.ln_b.any())):
             node.remainders[f"blocks.{l}.ln1.b"] = alpha * float(W.ln_b @ u)
-            if not self.centre:
-                node.remainders[f"blocks.{l}.ln1.centring"] = -a * float(self.resid[l][s].mean()) * sum_ug
+        if W.centres_input and not centre:
+            node.remainders[f"blocks.{l}.ln1.centring"] = -a * float(self.resid[l][s].mean()) * sum_ug
         if W.has_b_V:
             node.remainders[f"blocks.{l}.attn.b_V"] = alpha * float(W.b_V[g] @ r)
         return node
@@ -361,7 +393,9 @@ class RDFATracer:
         if key not in self._dirs:
             sl = self.saes[l]
             js = (sl.act[s] != 0).nonzero()[:, 0]
-            D = sl.sae.W_dec.detach()[js].float() @ self.W[l].W_O_cat
+            ps = self.post_scale[l]
+            D = self.W[l].out(sl.sae.W_dec.detach()[js].float() @ self.W[l].W_O_cat,
+                              1.0 if ps is None else float(ps[s]))
             self._dirs[key] = (js, sl.act[s, js], D, D.mean(-1))
         return self._dirs[key]
 

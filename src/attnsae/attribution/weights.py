@@ -1,16 +1,21 @@
-"""The weights attribution reads, taken from a TransformerLens ``TransformerBridge`` for GPT-2 and Llama-style models.
+"""The weights attribution reads, taken from a TransformerLens ``TransformerBridge`` in the layout
+:func:`attnsae.architecture.describe` found on a probe.
 
-One layer's value path is ``ln1 -> W_V (+ b_V) -> pattern -> z -> W_O (+ b_O)``:
+One layer's value path is ``norm_in -> W_V (+ b_V) -> pattern -> z -> W_O (+ b_O) -> norm_out``:
 
-    ln1(x)  = γ ⊙ (x − mean(x)) / scale + β      (LayerNorm; ``scale`` is ``blocks.{L}.ln1.hook_scale``)
-            = γ ⊙ x / scale                      (RMSNorm: no centring, no β)
-    v[s, g] = ln1(x[s]) @ W_V[g] + b_V[g]         ``blocks.{L}.attn.hook_v``: [batch, pos, n_kv_heads, d_head]
+    norm_in(x) = γ ⊙ (x − mean(x)) / σ + β       (LayerNorm; ``σ`` is ``blocks.{L}.ln1.hook_scale``)
+               = γ ⊙ x / σ                       (RMSNorm; γ = 1 + w for Gemma)
+               = x                               (no pre-norm: OLMo 2)
+    v[s, g] = norm_in(x[s]) @ W_V[g] + b_V[g]     ``blocks.{L}.attn.hook_v``: [batch, pos, n_kv_heads, d_head]
     z[t, h] = Σ_s A_h[t, s] v[s, kv(h)]          ``blocks.{L}.attn.hook_z``: [batch, pos, n_heads, d_head]
+    y       = z_cat @ W_O_cat + b_O
+    attn_out = y                                 (no post-norm)
+             = γ' ⊙ (y − mean y) / σ' + β'       (a post-attention norm, "sandwich": Gemma 2/3, OLMo 2; ``σ'`` is
+                                                  ``blocks.{L}.ln1_post.hook_scale``; RMSNorm has no centring)
 
+With ``σ'`` frozen, ``attn_out`` is linear in ``z`` (:meth:`LayerWeights.out`), as the pre-norm is with ``σ`` frozen.
 With grouped-query attention ``n_kv_heads < n_heads`` and query head ``h`` reads value head
-``kv(h) = h // (n_heads / n_kv_heads)`` (HF's ``repeat_kv``). Weights come through the bridge's accessors
-(``blocks[L].attn.W_V`` is per value head, ``W_O`` per query head), so the same code serves both layouts; a missing
-bias (bias-free Llama projections) becomes zeros.
+``kv(h) = h // (n_heads / n_kv_heads)`` (HF's ``repeat_kv``). A missing bias becomes zeros.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from attnsae.architecture import Norm, describe, norm_weights, param
 from attnsae.errors import AttnsaeError
 
 
@@ -28,15 +34,18 @@ class LayerWeights:
     """The value-path weights of one attention layer, detached, float32, on the CPU."""
 
     layer: int
-    norm: str  # "LN" (centring, γ, β) or "RMS" (γ only)
-    ln_w: Tensor  # γ: [d_model]
-    ln_b: Tensor  # β: [d_model] (zeros for RMSNorm)
+    in_norm: Norm | None  # the norm feeding W_V (None: W_V reads the residual stream)
+    ln_w: Tensor  # γ: [d_model] (ones without a pre-norm)
+    ln_b: Tensor  # β: [d_model] (zeros without one)
     W_V: Tensor  # [n_kv_heads, d_model, d_head]
     b_V: Tensor  # [n_kv_heads, d_head]
     W_O: Tensor  # [n_heads, d_head, d_model]
     b_O: Tensor  # [d_model]
     has_b_V: bool  # whether the model has a value bias (else b_V is zeros)
     has_b_O: bool
+    out_norm: Norm | None = None  # post-attention norm (None: attn_out = z_cat @ W_O_cat + b_O)
+    post_w: Tensor | None = None  # γ': [d_model]
+    post_b: Tensor | None = None  # β': [d_model]
 
     @property
     def n_heads(self) -> int:
@@ -57,8 +66,22 @@ class LayerWeights:
 
     @property
     def W_O_cat(self) -> Tensor:
-        """``W_O`` with heads concatenated: [n_heads * d_head, d_model] (``attn_out = z_cat @ W_O_cat + b_O``)."""
+        """``W_O`` with heads concatenated: [n_heads * d_head, d_model] (``y = z_cat @ W_O_cat + b_O``)."""
         return self.W_O.reshape(-1, self.W_O.shape[-1])
+
+    @property
+    def centres_input(self) -> bool:
+        return self.in_norm is not None and self.in_norm.kind == "LN"
+
+    def out(self, y: Tensor, scale: Tensor | float | None = 1.0) -> Tensor:
+        """What the post-attention norm makes of a term ``y`` [..., d_model] of ``z_cat @ W_O_cat + b_O`` with its
+        scale frozen (``scale`` [...] or a number; β' not included): ``y`` itself without a post-norm."""
+        if self.out_norm is None:
+            return y
+        if self.out_norm.kind == "LN":
+            y = y - y.mean(-1, keepdim=True)
+        s = scale[..., None] if isinstance(scale, Tensor) else scale
+        return y * self.post_w / s
 
 
 def kv_of_head(n_heads: int, n_kv_heads: int) -> Tensor:
@@ -68,67 +91,34 @@ def kv_of_head(n_heads: int, n_kv_heads: int) -> Tensor:
     return torch.arange(n_heads) // (n_heads // n_kv_heads)
 
 
-def _param(module, name: str) -> Tensor | None:
-    try:
-        p = getattr(module, name)
-    except (AttributeError, RuntimeError, ValueError):
-        return None
-    return p.detach().float().cpu() if isinstance(p, Tensor) else None
-
-
-def norm_kind(model) -> str:
-    """``"LN"`` or ``"RMS"`` from the model's config; other layouts are refused."""
-    kind = str(getattr(model.cfg, "normalization_type", None))
-    if kind in ("LN", "LNPre"):
-        return "LN"
-    if kind in ("RMS", "RMSPre"):
-        return "RMS"
-    raise AttnsaeError(f"attribution supports LayerNorm or RMSNorm models, not normalization_type {kind!r}")
-
-
-def norm_params(model, norm_module, d_model: int) -> tuple[Tensor, Tensor]:
-    """(γ, β) of a normalisation bridge: [d_model] each; β is zeros for RMSNorm, γ is 1 + w for offset RMSNorm."""
-    inner = getattr(norm_module, "_original_component", norm_module)
-    w = _param(inner, "weight")
-    b = _param(inner, "bias")
-    w = torch.ones(d_model) if w is None else w
-    if norm_kind(model) == "RMS" and getattr(model.cfg, "rmsnorm_uses_offset", False):
-        w = 1.0 + w
-    return w, (torch.zeros(d_model) if b is None else b)
-
-
 @torch.no_grad()
 def layer_weights(model, layer: int) -> LayerWeights:
-    """Value-path weights of ``blocks[layer]`` (see the module docstring)."""
-    c = model.cfg
-    if getattr(c, "parallel_attn_mlp", False) or getattr(c, "use_normalization_before_and_after", False):
-        raise AttnsaeError("attribution supports sequential pre-norm blocks only (no parallel attention/MLP, "
-                           "no post-norms)")
-    attn = model.blocks[layer].attn
-    W_V, W_O = _param(attn, "W_V"), _param(attn, "W_O")
+    """Value-path weights of ``blocks[layer]`` in the layout the probe found (see the module docstring)."""
+    b = describe(model).blocks[layer]
+    block = model.blocks[layer]
+    attn = block.attn
+    W_V, W_O = param(attn, "W_V"), param(attn, "W_O")
     if W_V is None or W_O is None:
         raise AttnsaeError(f"cannot read W_V / W_O of blocks.{layer}.attn from this model")
     n_kv, d_model, d_head = W_V.shape
-    b_V, b_O = _param(attn, "b_V"), _param(attn, "b_O")
-    ln_w, ln_b = norm_params(model, model.blocks[layer].ln1, d_model)
+    b_V, b_O = param(attn, "b_V"), param(attn, "b_O")
+    ln_w, ln_b = norm_weights(block.ln1, b.attn_in, d_model) if b.attn_in else (torch.ones(d_model),
+                                                                                 torch.zeros(d_model))
+    post_w, post_b = norm_weights(block.ln1_post, b.attn_out, d_model) if b.attn_out else (None, None)
     return LayerWeights(
-        layer=layer,
-        norm=norm_kind(model),
-        ln_w=ln_w,
-        ln_b=ln_b,
-        W_V=W_V,
+        layer=layer, in_norm=b.attn_in, ln_w=ln_w, ln_b=ln_b, W_V=W_V,
         b_V=torch.zeros(n_kv, d_head) if b_V is None else b_V.reshape(n_kv, d_head),
-        W_O=W_O,
-        b_O=torch.zeros(d_model) if b_O is None else b_O,
-        has_b_V=b_V is not None,
-        has_b_O=b_O is not None,
+        W_O=W_O, b_O=torch.zeros(d_model) if b_O is None else b_O,
+        has_b_V=b_V is not None, has_b_O=b_O is not None, out_norm=b.attn_out, post_w=post_w, post_b=post_b,
     )
 
 
 @torch.no_grad()
-def unembed_weights(model) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(W_U [d_model, d_vocab], b_U [d_vocab], γ_final [d_model], β_final [d_model]), float32."""
+def unembed_weights(model) -> tuple[Tensor, Tensor, Norm | None, Tensor, Tensor]:
+    """(W_U [d_model, d_vocab], b_U [d_vocab], the final norm, its γ [d_model], β [d_model]), float32."""
     W_U = model.W_U.detach().float().cpu()
-    b_U = _param(model, "b_U")
-    g, b = norm_params(model, model.ln_final, W_U.shape[0])
-    return W_U, torch.zeros(W_U.shape[1]) if b_U is None else b_U, g, b
+    b_U = param(model, "b_U")
+    final = describe(model).final_norm
+    d = W_U.shape[0]
+    g, b = norm_weights(model.ln_final, final, d) if final else (torch.ones(d), torch.zeros(d))
+    return W_U, torch.zeros(W_U.shape[1]) if b_U is None else b_U, final, g, b

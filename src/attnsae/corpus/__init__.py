@@ -372,17 +372,25 @@ def load_corpus(
 
 
 def eot_token_id(tokenizer) -> int:
-    tid = getattr(tokenizer, "eos_token_id", None)
-    if tid is None:
-        tid = getattr(tokenizer, "bos_token_id", None)
-    if tid is None:
-        raise AttnsaeError("tokenizer has no end-of-text (eos) token; set tokenizer.eos_token")
-    return int(tid)
+    """The document separator: EOS, else SEP (encoders), else the BOS token."""
+    return _special_id(tokenizer, ("eos_token", "sep_token", "bos_token", "cls_token"), "end-of-text (EOS or SEP)")
 
 
 def bos_token_id(tokenizer) -> int:
-    tid = getattr(tokenizer, "bos_token_id", None)
-    return int(tid) if tid is not None else eot_token_id(tokenizer)
+    """The token every context starts with: BOS, else CLS (encoders), else EOS."""
+    return _special_id(tokenizer, ("bos_token", "cls_token", "eos_token"), "BOS or CLS")
+
+
+def _special_id(tokenizer, names: tuple[str, ...], what: str) -> int:
+    """The id of the first of ``names`` that is a real token of the vocabulary. A token the tokenizer merely names
+    but maps to its unknown token (a BOS synthesised for an encoder, which maps to ``[UNK]``) is passed over."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for name in names:
+        tid, token = getattr(tokenizer, name + "_id", None), getattr(tokenizer, name, None)
+        if tid is None or (unk is not None and int(tid) == int(unk) and str(token) != str(tokenizer.unk_token)):
+            continue
+        return int(tid)
+    raise AttnsaeError(f"the tokenizer has no {what} token in its vocabulary; set one (tokenizer.bos_token = ...)")
 
 
 def fingerprint(files: list[Path]) -> str:

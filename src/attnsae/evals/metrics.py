@@ -26,13 +26,26 @@ the reconstruction metrics and the mean; it still counts as loss input.
 
 All sums are streamed batch by batch in float64: one clean run per batch, one spliced run per SAE, one zero- and one
 mean-ablated run per distinct layer.
+
+**Memory.** No run materialises ``[batch, pos, d_vocab]`` logits when the LM head is a linear read-out of the final
+norm (:func:`attnsae.architecture.describe`'s ``lm_head == "linear"``): each run stops at ``ln_final.hook_out``
+(``[batch, pos, d_model]``) and the logits, log-softmax, CE and KL are computed a chunk of positions at a time,
+``logits = h @ W_U + b_U``, with a chunk's ``[rows, d_vocab]`` float32 tensors held within ``max_chunk_bytes``. The
+clean run's final hidden states are kept for the batch and the clean chunk's log-probabilities are recomputed for
+each intervened run's KL. Any other head falls back to the model's own logits (one clean ``[batch, pos, d_vocab]``
+copy is kept per batch), still reduced chunk by chunk.
+
+**Refusal.** On a model where next-token loss means nothing (an encoder) or whose LM head was not in its checkpoint,
+``describe(model).refusal("eval_ce")`` gives the reason: no loss run is made, hook_z is harvested (one forward per
+batch that stops at the last needed layer) for the reconstruction metrics, the CE/KL fields are NaN and
+:attr:`EvalReport.ce_refused` holds the one-line reason.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from attnsae.activations import StopForward, harvest_z
+from attnsae.architecture import describe, param
 from attnsae.errors import AttnsaeError
 from attnsae.models import check_tokens, model_name
 from attnsae.sae.model import SAE, SAEOutput
@@ -47,6 +62,13 @@ from attnsae.evals.splice import ablate_z, mean_z, splice_saes
 from attnsae.sae.checks import check_sae
 
 DENSE_THRESHOLD = 0.1
+MAX_CHUNK_BYTES = 256 * 2**20  # default budget of one position chunk's [rows, d_vocab] float32 tensors
+LIVE_CHUNK_TENSORS = 4  # [rows, d_vocab] float32 tensors (or their equivalent) alive at once while scoring a chunk
+MAX_BATCH = 16  # default contexts per forward pass
+MAX_BATCH_LOGITS = 2**25  # with a non-linear LM head: logits per batch (128 MiB in float32) the default allows
+# the SAEEval fields that need loss runs (NaN when CE and KL are refused)
+LOSS_FIELDS = ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_recovered_zero", "ce_recovered_mean", "kl_sae",
+               "kl_zero", "kl_mean")
 
 
 # ----------------------------------------------------------------------------------------------- reconstruction
@@ -180,11 +202,12 @@ class EvalReport:
     model: str
     n_contexts: int
     context_size: int
-    n_loss_tokens: int  # next-token predictions per run: n_contexts * (context_size - 1)
+    n_loss_tokens: int  # next-token predictions per run: n_contexts * (context_size - 1); 0 when CE is refused
     keep_bos: bool
     mean_ablation: str
     saes: list[SAEEval]
     meta: dict[str, Any] = field(default_factory=dict)  # where the tokens came from, set by the caller
+    ce_refused: str | None = None  # why CE and KL were not measured (then NaN); None when they were
 
     def to_dict(self, feature_frequency: bool = True) -> dict[str, Any]:
         """Plain JSON-ready dict; NaN and infinities become None."""
@@ -225,19 +248,21 @@ class LossSums:
         self.ce = self.kl = 0.0
         self.n = 0
 
-    def update(self, logits: Tensor, targets: Tensor, clean: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """logits: [batch, pos, d_vocab] (the last position is not scored); targets: [batch, pos - 1];
-        clean: the clean run's (log-probabilities, probabilities), each ``[batch, pos - 1, d_vocab]``, for the KL.
+    def update(self, logp: Tensor, targets: Tensor, logp_clean: Tensor | None = None) -> None:
+        """Add one chunk of predicted positions.
 
-        Returns this run's log-probabilities ``[batch, pos - 1, d_vocab]``.
+        Args:
+            logp: this run's float32 log-probabilities ``[..., d_vocab]``.
+            targets: the next tokens ``[...]``.
+            logp_clean: the clean run's log-probabilities at the same positions ``[..., d_vocab]`` for the KL; it is
+                overwritten (the KL is reduced in place, so that no further ``[..., d_vocab]`` tensor is made).
         """
-        logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
         self.ce -= logp.gather(-1, targets.unsqueeze(-1)).double().sum().item()
-        if clean is not None:
-            logp_clean, p_clean = clean
-            self.kl += (p_clean * (logp_clean - logp)).sum(-1).double().sum().item()
+        if logp_clean is not None:
+            p_clean = logp_clean.exp()
+            diff = logp_clean.sub_(logp)  # logp_clean - logp
+            self.kl += p_clean.mul_(diff).sum(-1).double().sum().item()
         self.n += targets.numel()
-        return logp
 
     @property
     def mean_ce(self) -> float:
@@ -248,10 +273,143 @@ class LossSums:
         return self.kl / self.n
 
 
+class LossHead:
+    """Next-token log-probabilities of a run, a chunk of positions at a time (see the module docstring).
+
+    ``run(tokens)`` returns the run's *states*: the final norm's output ``[batch, pos, d_model]`` when ``linear``
+    (the forward stops there), else the model's logits ``[batch, pos, d_vocab]``. ``score`` turns states into CE and
+    KL sums chunk by chunk.
+    """
+
+    def __init__(self, model, linear: bool, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> None:
+        self.model, self.linear = model, linear
+        self.d_vocab = int(model.cfg.d_vocab)
+        self.max_chunk_bytes = max_chunk_bytes
+        if linear:
+            self.W = model.W_U.T  # [d_vocab, d_model], the LM head's own weight (a view)
+            b = param(model, "b_U")
+            self.b = None if b is None else b.to(self.W.device, self.W.dtype)  # [d_vocab]
+
+    def run(self, tokens: Tensor) -> Tensor:
+        """tokens ``[batch, pos]`` -> states ``[batch, pos, d_model]`` (linear head) or ``[batch, pos, d_vocab]``."""
+        if not self.linear:
+            return self.model(tokens)
+        box: dict[str, Tensor] = {}
+
+        def stop(h: Tensor, hook) -> Tensor:
+            box["h"] = h.detach()
+            raise StopForward  # nothing after the final norm is needed: skip the [batch, pos, d_vocab] logits
+
+        try:
+            self.model.run_with_hooks(tokens, fwd_hooks=[("ln_final.hook_out", stop)], return_type=None)
+        except StopForward:
+            pass
+        if "h" not in box:
+            raise AttnsaeError("the model's forward never reached ln_final.hook_out, so CE cannot be measured")
+        return box["h"]
+
+    def logp(self, states: Tensor) -> Tensor:
+        """states ``[batch, n, d]`` -> float32 log-probabilities ``[batch, n, d_vocab]``."""
+        logits = F.linear(states, self.W, self.b) if self.linear else states
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def chunk_positions(self, batch: int) -> int:
+        """Positions per chunk: ``[batch * n, d_vocab]`` float32 tensors, :data:`LIVE_CHUNK_TENSORS` of them alive
+        at once, within ``max_chunk_bytes`` (at least one position)."""
+        rows = self.max_chunk_bytes // (LIVE_CHUNK_TENSORS * 4 * self.d_vocab)
+        return max(1, rows // batch)
+
+    def chunks(self, batch: int, pos: int) -> Iterator[slice]:
+        """Slices of the ``pos - 1`` predicted positions (the last position predicts nothing)."""
+        n = self.chunk_positions(batch)
+        return (slice(s, min(s + n, pos - 1)) for s in range(0, pos - 1, n))
+
+    def score(self, states: Tensor, targets: Tensor, sums: LossSums, clean: Tensor | None = None) -> None:
+        """Add a run's CE (and, given the clean run's states ``clean``, its KL) to ``sums``.
+
+        states, clean: ``[batch, pos, d]``; targets: ``[batch, pos - 1]``.
+        """
+        for sl in self.chunks(*states.shape[:2]):
+            sums.update(self.logp(states[:, sl]), targets[:, sl], None if clean is None else self.logp(clean[:, sl]))
+
+
+def default_batch_size(model, context_size: int, arch=None) -> int:
+    """Contexts per forward pass when none is given: :data:`MAX_BATCH` (16), fewer when the forward materialises
+    full logits (an LM head that is not a linear read-out of the final norm, so the run cannot stop before it): then
+    at most :data:`MAX_BATCH_LOGITS` (2**25, 128 MiB in float32) logits per batch,
+    ``max(1, min(16, 2**25 // (context_size * d_vocab)))``. Linear heads and refused CE never make full logits."""
+    arch = arch or describe(model)
+    if arch.lm_head == "linear" or arch.refusal("eval_ce"):
+        return MAX_BATCH
+    return max(1, min(MAX_BATCH, MAX_BATCH_LOGITS // (context_size * arch.d_vocab)))
+
+
 def default_names(saes: Sequence[SAE], layers: Sequence[int]) -> list[str]:
     """``L{layer}``, with ``#i`` appended where several SAEs share a layer."""
     names = [f"L{l}" for l in layers]
     return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+@dataclass
+class _Losses:
+    """The loss sums of :func:`evaluate`: the clean run, one spliced run per SAE, zero and mean ablation per layer."""
+
+    clean: LossSums
+    spliced: list[LossSums]
+    zero: dict[int, LossSums]
+    mean: dict[int, LossSums]
+
+    def fields(self, j: int, layer: int) -> dict[str, float]:
+        """The :data:`LOSS_FIELDS` of SAE ``j`` (at ``layer``)."""
+        clean, sae, zero, mean = self.clean.mean_ce, self.spliced[j].mean_ce, self.zero[layer], self.mean[layer]
+        return {"ce_clean": clean, "ce_sae": sae, "ce_zero": zero.mean_ce, "ce_mean": mean.mean_ce,
+                "ce_recovered_zero": ce_recovered(zero.mean_ce, sae, clean),
+                "ce_recovered_mean": ce_recovered(mean.mean_ce, sae, clean),
+                "kl_sae": self.spliced[j].mean_kl, "kl_zero": zero.mean_kl, "kl_mean": mean.mean_kl}
+
+
+def _reconstruction_runs(model, saes: list[SAE], layers: list[int], recon: list[ReconstructionSums],
+                         batches: Iterable[Tensor], keep_bos: bool) -> None:
+    """Reconstruction sums only: one forward per batch ``[batch, pos]`` that stops at the last needed hook_z (whole
+    contexts, so nothing assumes causal attention); position 0 left out when ``keep_bos``."""
+    for batch in batches:
+        zs = harvest_z(model, batch, sorted(set(layers)), drop_bos=keep_bos)  # {layer: [tokens, d_in]}
+        for sae, layer, sums in zip(saes, layers, recon):
+            x = zs[layer].to(sae.device, sae.dtype)
+            x_hat, f, _ = sae(x)
+            sums.update(x, x_hat, f)
+
+
+def _loss_runs(head: LossHead, saes: list[SAE], layers: list[int], recon: list[ReconstructionSums],
+               means: dict[int, Tensor], batches: Iterable[Tensor], keep_bos: bool) -> _Losses:
+    """Per batch ``[batch, pos]``: the clean run, each SAE spliced in (recording its reconstruction sums), and each
+    layer zero- and mean-ablated (``means``: ``{layer: [d_in]}``), every run scored against the clean one."""
+    model, first = head.model, 1 if keep_bos else 0
+    losses = _Losses(LossSums(), [LossSums() for _ in saes], {l: LossSums() for l in means},
+                     {l: LossSums() for l in means})
+
+    def recorder(sums: ReconstructionSums):
+        def observe(layer: int, x: Tensor, out: SAEOutput) -> None:  # x: [batch, pos, d_in]
+            sums.update(*(t[:, first:].flatten(0, 1) for t in (x, out.x_hat, out.feature_acts)))
+
+        return observe
+
+    for batch in batches:
+        targets = batch[:, 1:]
+        ref = head.run(batch)  # [batch, pos, d_model] or [batch, pos, d_vocab]
+        head.score(ref, targets, losses.clean)
+        runs = [(splice_saes(model, {layer: sae}, observe=recorder(sums), keep_bos=keep_bos), loss)
+                for sae, layer, sums, loss in zip(saes, layers, recon, losses.spliced)]
+        for l, mu in means.items():
+            runs += [(ablate_z(model, [l], keep_bos=keep_bos), losses.zero[l]),
+                     (ablate_z(model, {l: mu}, keep_bos=keep_bos), losses.mean[l])]
+        for intervention, sums in runs:
+            with intervention:
+                states = head.run(batch)
+            head.score(states, targets, sums, ref)
+            del states
+        del ref  # before the next batch's clean run
+    return losses
 
 
 @torch.no_grad()
@@ -259,21 +417,27 @@ def evaluate(
     model,
     saes: SAE | Sequence[SAE],
     tokens: Tensor | np.ndarray,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = True,
     keep_bos: bool = True,
     names: Sequence[str] | None = None,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
 ) -> EvalReport:
     """Measure SAEs (each at its own layer) on ``model`` over token contexts ``tokens [n, ctx]``.
 
     Args:
         saes: one SAE or several (several may share a layer: each is spliced in alone).
         tokens: int64 contexts, held-out (validation) tokens, BOS at position 0 when ``keep_bos``.
-        batch_size: contexts per forward pass.
+        batch_size: contexts per forward pass; ``None``: :func:`default_batch_size` (16, fewer for a model whose
+            forward makes full ``[batch, ctx, d_vocab]`` logits: at most 2**25 logits per batch).
         keep_bos: leave position 0 untouched by every intervention and out of the reconstruction metrics.
         names: one name per SAE for the report (default ``L{layer}``).
+        max_chunk_bytes: memory for one chunk of positions' ``[rows, d_vocab]`` float32 tensors while scoring CE
+            and KL (default 256 MiB; at least one position of every context per chunk).
 
-    Bad input (an SAE that does not fit the model, a layer out of range, no tokens) raises :class:`AttnsaeError`.
+    CE and KL are NaN, with the reason in ``ce_refused``, on models where they mean nothing (see the module
+    docstring). Bad input (an SAE that does not fit the model, a layer out of range, no tokens) raises
+    :class:`AttnsaeError`.
     """
     saes = [saes] if isinstance(saes, SAE) else list(saes)
     if not saes:
@@ -283,63 +447,49 @@ def evaluate(
         names = default_names(saes, layers)
     if len(names) != len(saes):
         raise AttnsaeError(f"{len(names)} names for {len(saes)} SAEs; give one name per SAE")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise AttnsaeError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for what, value in (("batch_size", batch_size), ("max_chunk_bytes", max_chunk_bytes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise AttnsaeError(f"{what} must be a positive integer, got {value!r}")
     tokens = check_tokens(model, tokens, min_len=2)
+    arch = describe(model)
+    refused = arch.refusal("eval_ce")
+    if batch_size is None:
+        batch_size = default_batch_size(model, int(tokens.shape[1]), arch)
     distinct = sorted(set(layers))
-    first = 1 if keep_bos else 0
-
-    means = mean_z(model, tokens, distinct, batch_size, keep_bos=keep_bos, progress=progress)
-    clean = LossSums()
-    spliced = [LossSums() for _ in saes]
-    zero = {l: LossSums() for l in distinct}
-    mean = {l: LossSums() for l in distinct}
     recon = [ReconstructionSums(sae.d_in, sae.d_sae) for sae in saes]
-
-    def recorder(sums: ReconstructionSums):
-        def observe(layer: int, x: Tensor, out: SAEOutput) -> None:  # x: [batch, pos, d_in]
-            sums.update(*(t[:, first:].flatten(0, 1) for t in (x, out.x_hat, out.feature_acts)))
-
-        return observe
-
-    for i in tqdm(range(0, len(tokens), batch_size), desc="evaluating", disable=not progress):
-        batch = tokens[i:i + batch_size]
-        targets = batch[:, 1:]
-        logp_clean = clean.update(model(batch), targets)
-        ref = (logp_clean, logp_clean.exp())
-        for sae, layer, sums, loss in zip(saes, layers, recon, spliced):
-            with splice_saes(model, {layer: sae}, observe=recorder(sums), keep_bos=keep_bos):
-                loss.update(model(batch), targets, ref)
-        for l in distinct:
-            with ablate_z(model, [l], keep_bos=keep_bos):
-                zero[l].update(model(batch), targets, ref)
-            with ablate_z(model, {l: means[l]}, keep_bos=keep_bos):
-                mean[l].update(model(batch), targets, ref)
+    batches = [tokens[i:i + batch_size] for i in range(0, len(tokens), batch_size)]  # each [batch, ctx]
+    if refused:
+        _reconstruction_runs(model, saes, layers, recon, tqdm(batches, "evaluating", disable=not progress), keep_bos)
+        losses = None
+    else:
+        means = mean_z(model, tokens, distinct, batch_size, keep_bos=keep_bos, progress=progress)
+        head = LossHead(model, arch.lm_head == "linear", max_chunk_bytes)
+        losses = _loss_runs(head, saes, layers, recon, means, tqdm(batches, "evaluating", disable=not progress),
+                            keep_bos)
 
     results = []
     n_heads = int(model.cfg.n_heads)
-    for name, sae, layer, sums, loss in zip(names, saes, layers, recon, spliced):
+    for j, (name, sae, layer, sums) in enumerate(zip(names, saes, layers, recon)):
         m = sums.metrics()
         fvu, share = sums.per_head(n_heads)
+        ce = dict.fromkeys(LOSS_FIELDS, float("nan")) if losses is None else losses.fields(j, layer)
         results.append(SAEEval(
             name=name, layer=layer, hook_name=f"blocks.{layer}.attn.hook_z", d_in=sae.d_in, d_sae=sae.d_sae,
             architecture=sae.cfg.architecture, n_tokens=m.n_tokens, l0=m.l0,
-            explained_variance=m.explained_variance, nmse=m.nmse, cosine=m.cosine,
-            ce_clean=clean.mean_ce, ce_sae=loss.mean_ce, ce_zero=zero[layer].mean_ce, ce_mean=mean[layer].mean_ce,
-            ce_recovered_zero=ce_recovered(zero[layer].mean_ce, loss.mean_ce, clean.mean_ce),
-            ce_recovered_mean=ce_recovered(mean[layer].mean_ce, loss.mean_ce, clean.mean_ce),
-            kl_sae=loss.mean_kl, kl_zero=zero[layer].mean_kl, kl_mean=mean[layer].mean_kl,
+            explained_variance=m.explained_variance, nmse=m.nmse, cosine=m.cosine, **ce,
             dead_frac=m.dead_frac, dense_frac=m.dense_frac, head_fvu=fvu, head_error_share=share,
             feature_frequency=m.feature_frequency,
         ))
     return EvalReport(
         model=model_name(model), n_contexts=int(tokens.shape[0]), context_size=int(tokens.shape[1]),
-        n_loss_tokens=clean.n, keep_bos=keep_bos,
-        mean_ablation="position-independent mean of hook_z over the evaluation tokens (first pass)"
+        n_loss_tokens=0 if losses is None else losses.clean.n, keep_bos=keep_bos,
+        mean_ablation="none (CE and KL refused)" if refused else
+        "position-independent mean of hook_z over the evaluation tokens (first pass)"
         + (", BOS position excluded" if keep_bos else ""),
-        saes=results,
+        saes=results, ce_refused=refused,
     )
 
 
 __all__ = ["reconstruction_metrics", "ReconstructionMetrics", "ReconstructionSums", "evaluate", "EvalReport",
-           "SAEEval", "ce_recovered", "DENSE_THRESHOLD"]
+           "SAEEval", "ce_recovered", "default_batch_size", "LossHead", "LossSums", "DENSE_THRESHOLD",
+           "LOSS_FIELDS", "MAX_CHUNK_BYTES"]

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from attnsae.studies import families as fam
 from attnsae.activations import hook_z_name
+from attnsae.architecture import describe
 from attnsae.attribution.dfa import dfa_from_activations, from_cache, hook_names
 from attnsae.attribution.head_shares import head_shares
 from attnsae.attribution.inputs import capture
@@ -136,6 +137,7 @@ def gather_examples(model, saes: list[SAE], tokens: Tensor, entries: Entries, cf
     by_head = torch.zeros(E, H)
     act = torch.zeros(E)
     layers = [check_sae(model, sae) for sae in saes]
+    causal = describe(model).causal
     names = [n for layer in sorted(set(layers)) for n in hook_names(layer)]
     ctxs = torch.unique(entries.ctx)
     d_max = max(sae.cfg.d_sae for sae in saes)
@@ -157,7 +159,7 @@ def gather_examples(model, saes: list[SAE], tokens: Tensor, entries: Entries, cf
             acts = from_cache(cache, layer)
             res = dfa_from_activations(acts, sae, entries=(bb, entries.dest[ii], entries.feature[ii]))
             feat_acts = _feature_acts(sae, acts.z, bb, entries.feature[ii])  # [e, S]
-            st = fam.example_stats(res.by_src, toks[bb], entries.dest[ii], canon, cfg.families)
+            st = fam.example_stats(res.by_src, toks[bb], entries.dest[ii], canon, cfg.families, causal)
             for name, v in st.items():
                 stats[name][ii] = v
             by_head[ii] = res.by_head
@@ -227,7 +229,11 @@ def _histogram(values: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
 
 @torch.no_grad()
 def _logit_summaries(model, sae: SAE, cfg: DashboardConfig, chunk: int = 512) -> list[dict]:
-    """Top/bottom direct logit effects (through the frozen final norm) and their histogram, per feature."""
+    """Top/bottom direct logit effects (through the frozen final norm) and their histogram, per feature; empty lists
+    where the model's layout refuses logit effects (an encoder's MLM head, an untrained head)."""
+    if describe(model).refusal("logit_effect", check_sae(model, sae)):
+        return [{"logits": {"pos": [], "neg": []}, "logit_hist": {"start": 0.0, "width": 0.0, "counts": []}}
+                for _ in range(sae.cfg.d_sae)]
     out = []
     n = min(cfg.n_logits, model.cfg.d_vocab)
     for f0 in range(0, sae.cfg.d_sae, chunk):
@@ -324,6 +330,7 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
         "title": f"attnsae dashboards — {mname}", "model": mname,
         "corpus": (corpus or {}) | {"n_tokens": int(states[0].n_tokens), "context_size": S},
         "vocab": vocab,
+        "logit_effects_refused": describe(model).refusal("logit_effect"),
         "families": {"labels": list(fam.FAMILIES), "criterion": cfg.families.criterion(),
                      "thresholds": cfg.families.to_dict()},
         "heads_href": "heads.html",

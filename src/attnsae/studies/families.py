@@ -1,7 +1,8 @@
 """Feature families from DFA by source position: induction, short-range context, long-range context, or unclear.
 
 For one example (a feature firing at destination ``t`` of a context with tokens ``tok``), let ``d[s]`` be its DFA by
-source position (``s <= t``) and ``d⁺ = max(d, 0)``. BOS (``s = 0``) is an attention sink, so it is left out of the
+source position (``s <= t`` in a causal model; every ``s`` in an encoder, whose attention runs both ways, with
+distances ``|t - s|``) and ``d⁺ = max(d, 0)``. BOS (``s = 0``) is an attention sink, so it is left out of the
 mass ``P = Σ_{s>=1} d⁺[s]`` and reported on its own. The statistics, each a fraction of ``P``:
 
 * ``induction``: mass on sources ``s`` whose preceding token matches the destination token,
@@ -77,17 +78,19 @@ def canonical_ids(vocab: Sequence[str]) -> Tensor:
 
 @torch.no_grad()
 def example_stats(by_src: Tensor, tokens: Tensor, dest: Tensor, canon: Tensor,
-                  thresholds: FamilyThresholds | None = None) -> dict[str, Tensor]:
+                  thresholds: FamilyThresholds | None = None, causal: bool = True) -> dict[str, Tensor]:
     """The statistics of the module docstring for E examples.
 
     by_src: float [E, S] DFA by source position (0 after ``dest``); tokens: int64 [E, S] each example's context;
-    dest: int64 [E]; canon: int64 [d_vocab] from :func:`canonical_ids`. Returns ``{stat: float [E]}`` plus ``mass``
-    (``P``).
+    dest: int64 [E]; canon: int64 [d_vocab] from :func:`canonical_ids`; ``causal=False`` (an encoder) counts sources
+    after the destination too, at distance ``|t - s|``. Returns ``{stat: float [E]}`` plus ``mass`` (``P``).
     """
     t = thresholds or FamilyThresholds()
     E, S = by_src.shape
     s = torch.arange(S)[None]
     dist = (dest[:, None] - s).float()  # [E, S]
+    if not causal:
+        dist = dist.abs()
     valid = (dist >= 0) & (s >= 1)
     pos = torch.where(valid, by_src.float().clamp_min(0), torch.zeros(()))
     mass = pos.sum(1)

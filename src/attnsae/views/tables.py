@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from attnsae.evals.metrics import EvalReport
+from attnsae.evals.metrics import LOSS_FIELDS, EvalReport
 from attnsae.studies.families import FAMILIES
 
 # (header, SAEEval field, format)
@@ -27,16 +27,25 @@ EVAL_COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
-def _fmt(fmt: str, value) -> str:
+def _fmt(fmt: str, value, missing: str = "n/a") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
+        return missing
     return fmt.format(value)
 
 
+def _cell(key: str, fmt: str, value, ce_refused: str | None) -> str:
+    """A metric's cell; a missing CE/KL value reads ``refused`` when the report refused them."""
+    return _fmt(fmt, value, "refused" if ce_refused is not None and key in LOSS_FIELDS else "n/a")
+
+
 def eval_table(report: EvalReport) -> str:
-    """One row per SAE with the scalar metrics, then each SAE's per-head fraction of variance unexplained."""
+    """One row per SAE with the scalar metrics, then each SAE's per-head fraction of variance unexplained.
+
+    When the report carries a CE/KL refusal (an encoder, an LM head not in the checkpoint), those columns read
+    ``refused``; the reason itself is ``report.ce_refused`` (the CLI prints it once, as a note)."""
     header = ["sae"] + [h for h, _, _ in EVAL_COLUMNS]
-    rows = [[s.name] + [_fmt(fmt, getattr(s, key)) for _, key, fmt in EVAL_COLUMNS] for s in report.saes]
+    rows = [[s.name] + [_cell(key, fmt, getattr(s, key), report.ce_refused) for _, key, fmt in EVAL_COLUMNS]
+            for s in report.saes]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -45,8 +54,9 @@ def eval_table(report: EvalReport) -> str:
     out = [line(header), "-" * len(line(header))]
     out += [line(r) for r in rows]
     out.append("")
-    out.append(f"{report.model}: {report.n_contexts:,} contexts of {report.context_size} tokens, "
-               f"{report.n_loss_tokens:,} next-token predictions per run"
+    runs = ("no loss runs (CE and KL refused)" if report.ce_refused is not None
+            else f"{report.n_loss_tokens:,} next-token predictions per run")
+    out.append(f"{report.model}: {report.n_contexts:,} contexts of {report.context_size} tokens, {runs}"
                + ("; BOS position left intact" if report.keep_bos else ""))
     out.append("per-head fraction of variance unexplained (head 0, 1, ...):")
     name_w = max(len(s.name) for s in report.saes)
@@ -55,11 +65,14 @@ def eval_table(report: EvalReport) -> str:
     return "\n".join(out)
 
 
-def eval_markdown(rows: list[dict], skip: tuple[str, ...] = ("d_sae", "nmse", "cosine")) -> str:
-    """Markdown table of evaluation rows (``EvalReport.to_dict()["saes"]``), one per SAE."""
+def eval_markdown(rows: list[dict], skip: tuple[str, ...] = ("d_sae", "nmse", "cosine"),
+                  ce_refused: str | None = None) -> str:
+    """Markdown table of evaluation rows (``EvalReport.to_dict()["saes"]``), one per SAE; ``ce_refused`` (the
+    report's) shows missing CE/KL cells as ``refused`` rather than ``n/a``."""
     cols = [c for c in EVAL_COLUMNS if c[1] not in skip]
     lines = ["| " + " | ".join(h for h, _, _ in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(fmt, r.get(key)) for _, key, fmt in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(key, fmt, r.get(key), ce_refused) for _, key, fmt in cols) + " |"
+              for r in rows]
     return "\n".join(lines)
 
 

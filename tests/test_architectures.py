@@ -1,0 +1,151 @@
+"""The architecture matrix: on a tiny random model of every family in ``tiny_archs.FAMILIES``, every stage matches
+its direct computation or refuses with exactly the architecture's one-line reason (``attnsae.evals.exactness``), and
+the verdicts are the expected ones, so that a change which flips a cell fails here.
+
+Each model is built and loaded once per session; the whole file takes well under two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+import tiny_archs
+from conftest import run_cli
+
+# family -> stage -> a phrase its refusal must contain; every cell not listed must be exact
+REFUSED: dict[str, dict[str, str]] = {
+    "bert": {"eval_ce": "attends in both directions", "rdfa": "does not add its outputs to the residual stream",
+             "logit_effect": "not a linear read-out of the final norm"},
+    "gemma2": {"logit_effect": "not a linear read-out of the final norm"},  # final-logit soft-capping
+    "llama_headless": {"eval_ce": "not in its checkpoint", "logit_effect": "not in the checkpoint"},
+}
+
+# family -> (KV heads, causal, sliding window per layer, positions, (pre-norm, post-norm) of attention as printed)
+LAYOUTS: dict[str, tuple[int, bool, list[int | None], str, tuple[str, str]]] = {
+    "gpt2": (4, True, [None] * 3, "learned absolute", ("LayerNorm", "none")),
+    "llama": (2, True, [None] * 3, "rotary", ("RMSNorm", "none")),
+    "qwen2": (2, True, [None, 8, 8], "rotary", ("RMSNorm", "none")),
+    "mistral": (2, True, [8, 8, 8], "rotary", ("RMSNorm", "none")),
+    "gemma3": (2, True, [8, None, 8], "rotary", ("RMSNorm (1 + w)", "RMSNorm (1 + w)")),
+    "olmo2": (2, True, [None] * 3, "rotary", ("none", "RMSNorm")),
+    "gpt_neox": (4, True, [None] * 3, "rotary (partial", ("LayerNorm", "none")),
+    "gemma2": (2, True, [8, None, 8], "rotary", ("RMSNorm (1 + w)", "RMSNorm (1 + w)")),
+    "llama_headless": (2, True, [None] * 3, "rotary", ("RMSNorm", "none")),
+    "bert": (4, False, [None] * 3, "learned absolute", ("none", "?")),  # post-LN: attn_out is LN(x + attn)
+}
+
+
+def test_tables_cover_every_family():
+    assert set(LAYOUTS) == set(tiny_archs.FAMILIES) and set(REFUSED) <= set(tiny_archs.FAMILIES)
+
+
+@pytest.fixture(scope="session")
+def arch_models(tmp_path_factory):
+    """``get(family) -> (folder, model)``: each family's tiny model, built and loaded once."""
+    from attnsae.models import load_model
+
+    root = tmp_path_factory.mktemp("archs")
+    loaded: dict[str, tuple[str, object]] = {}
+
+    def get(family: str) -> tuple[str, object]:
+        if family not in loaded:
+            folder = tiny_archs.build(family, root)
+            loaded[family] = (folder, load_model(folder))
+        return loaded[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def matrix(arch_models):
+    """``get(family) -> list[StageCheck]``, computed once per family."""
+    from attnsae.evals.exactness import check_stages
+
+    done: dict[str, list] = {}
+
+    def get(family: str) -> list:
+        if family not in done:
+            done[family] = check_stages(arch_models(family)[1])
+        return done[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family", tiny_archs.FAMILIES)
+def test_every_stage_is_exact_or_refused_with_its_reason(family, arch_models, matrix):
+    from attnsae.architecture import STAGES, describe
+
+    checks = matrix(family)
+    arch = describe(arch_models(family)[1])
+    assert [c.stage for c in checks] == list(STAGES)
+    bad = [f"{c.stage}: {c.detail}" for c in checks if c.status not in ("exact", "refused")]
+    assert not bad, "\n".join(bad)
+    for c in checks:
+        if c.status == "refused":
+            assert c.detail and "\n" not in c.detail and c.detail == arch.refusal(c.stage, arch.n_layers - 1)
+        else:
+            assert c.error is not None and c.error <= 1e-4, c
+
+
+@pytest.mark.parametrize("family", tiny_archs.FAMILIES)
+def test_verdicts_are_the_expected_ones(family, matrix):
+    expected = REFUSED.get(family, {})
+    got = {c.stage: c for c in matrix(family)}
+    refused = {s: c.detail for s, c in got.items() if c.status == "refused"}
+    assert set(refused) == set(expected), refused
+    for stage, phrase in expected.items():
+        assert phrase in got[stage].detail, got[stage].detail
+
+
+@pytest.mark.parametrize("family", tiny_archs.FAMILIES)
+def test_describe_reads_each_familys_layout(family, arch_models):
+    from attnsae.architecture import describe
+
+    arch = describe(arch_models(family)[1])
+    kv, causal, windows, positions, (pre, post) = LAYOUTS[family]
+    assert (arch.n_kv_heads, arch.causal) == (kv, causal)
+    assert [b.window for b in arch.blocks] == windows
+    assert arch.positional.startswith(positions), arch.positional
+    assert {(_shown(b.attn_in, b.attn_in_known), _shown(b.attn_out, b.attn_out_known)) for b in arch.blocks} == \
+        {(pre, post)}
+
+
+def _shown(norm, known: bool) -> str:
+    """A block's norm as LAYOUTS writes it: its name, "none", or "?" when no layout fitted."""
+    return "?" if not known else str(norm) if norm else "none"
+
+
+@pytest.mark.parametrize("family", ["gemma3", "bert"])
+def test_info_prints_the_layout(family, arch_models):
+    from attnsae.architecture import describe
+
+    folder, model = arch_models(family)
+    proc = run_cli("info", "--model", folder, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = [line.rstrip() for line in proc.stdout.splitlines()]
+    for line in describe(model).lines():  # layout and stage verdicts, exactly as the library reports them
+        assert line in out, (line, proc.stdout)
+    for head in ("attention ", "positions ", "windows ", "norms ", "LM head "):
+        assert any(line.startswith(head) for line in out), (head, proc.stdout)
+    assert any("KV heads" in line for line in out), proc.stdout
+
+
+def test_an_encoder_starts_contexts_with_its_real_cls_token(arch_models):
+    """The bridge names a BOS for BERT that is not in its vocabulary (it maps to [UNK]): contexts start with [CLS]."""
+    from attnsae.corpus import bos_token_id, eot_token_id
+
+    tok = arch_models("bert")[1].tokenizer
+    assert bos_token_id(tok) == tok.cls_token_id != tok.unk_token_id
+    assert eot_token_id(tok) == tok.sep_token_id
+
+
+def test_a_tokenizer_without_any_start_token_is_refused():
+    from transformers import PreTrainedTokenizerFast
+
+    from attnsae.corpus import bos_token_id
+    from attnsae.errors import AttnsaeError
+    from attnsae.models import REFERENCE_DIR
+
+    tok = PreTrainedTokenizerFast.from_pretrained(REFERENCE_DIR)
+    tok.bos_token = tok.eos_token = tok.unk_token = None
+    with pytest.raises(AttnsaeError, match="no BOS or CLS token"):
+        bos_token_id(tok)
