@@ -149,3 +149,50 @@ def test_a_tokenizer_without_any_start_token_is_refused():
     tok.bos_token = tok.eos_token = tok.unk_token = None
     with pytest.raises(AttnsaeError, match="no BOS or CLS token"):
         bos_token_id(tok)
+
+
+def test_attribute_on_an_encoder_shows_plain_dfa_and_says_why(arch_models, tmp_path):
+    """RDFA cannot split BERT's post-LN residual stream and its MLM head is no linear read-out: `attribute` prints the
+    DFA terms (a depth-0 tree that closes) and one note per refusal, and exits 0."""
+    import json
+
+    from attnsae.architecture import describe
+    from attnsae.sae.formats import save_sae
+    from conftest import random_sae
+
+    folder, model = arch_models("bert")
+    sae = random_sae(model, 2)
+    sae.cfg.model_name = folder
+    save_sae(sae, tmp_path / "sae")
+    args = ("attribute", "--sae", str(tmp_path / "sae"), "--model", folder, "--prompt", "def foo(x): return x",
+            "--feature", "3", "--position", "2")
+    proc = run_cli(*args, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    arch = describe(model)
+    assert f"note: {arch.refusal('rdfa', 2)}" in proc.stdout
+    assert f"note: {arch.refusal('logit_effect', 2)}" in proc.stdout
+    assert "DFA terms" in proc.stdout and "direct logit effect" not in proc.stdout
+    report = json.loads(run_cli(*args, "--json", timeout=120).stdout)
+    assert report["closes"] and report["rdfa"]["depth"] == 0 and report["logits"] is None
+    by_src = report["rdfa"]["by_src"]
+    assert any(abs(v) > 0 for v in by_src[3:]), "an encoder's DFA must reach sources after the destination"
+
+
+def test_dashboards_run_on_an_encoder(arch_models, tmp_path):
+    """The reading job on BERT: families count later sources, logit panels are empty with the refusal recorded."""
+    import json
+
+    import torch
+
+    from attnsae.architecture import describe
+    from attnsae.reading import read_features
+    from conftest import random_sae
+
+    folder, model = arch_models("bert")
+    tok = model.tokenizer
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(100, len(tok), (16, 24), generator=g)
+    tokens[:, 0] = tok.cls_token_id
+    summary = read_features(model, [random_sae(model, 1)], tokens, tmp_path / "site", progress=False)
+    assert summary["families_table"] and summary["logit_effects_refused"] == describe(model).refusal("logit_effect")
+    assert json.loads((tmp_path / "site" / "summary.json").read_text())["logit_effects_refused"]

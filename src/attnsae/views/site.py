@@ -50,6 +50,7 @@ def write_site(dash: Dashboards, heads: dict, folder: Path, final: Path | None =
     summary = {"model": bundle["model"], "corpus": bundle["corpus"], "saes": sae_names,
                "families": dash.counts, "families_table": table, "heads": heads["summary"],
                "n_polysemantic": heads["n_polysemantic"], "n_heads": heads["n_heads"], "seconds": dash.seconds,
+               "logit_effects_refused": bundle.get("logit_effects_refused"),
                "index": str(final / "index.html"), "heads_html": str(final / "heads.html")}
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
