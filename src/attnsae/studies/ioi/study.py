@@ -1,0 +1,98 @@
+"""The whole IOI study (:func:`run_ioi`): validate, find the circuit's layers, ablate features, noise, read features.
+
+Steps, each a function of this package:
+
+1. :func:`build_ioi_dataset` and :func:`validate_ioi` (refuses a model that cannot do IOI);
+2. :func:`patch_scan` with the ABC corruption (S2 replaced by a third name): per layer and per head, hook_z at S2 and
+   at END; :func:`pick_layers` takes the ``k_layers`` layers where patching S2 costs the most logit diff;
+3. :func:`noise` at S2 of those layers from corruption A (new names and filler) and B (" and" -> another word);
+4. with SAEs, for each SAE layer: :func:`feature_ablation` at S2 (error kept) and the error-term ablation;
+5. :func:`dfa_by_role` for the top features by |delta logit diff|.
+
+Everything lands in one folder, written atomically: ``ioi.json`` (all numbers), ``report.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Mapping, Sequence
+
+import torch
+
+from attnsae.evals.splice import saes_by_layer
+from attnsae.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable_dir
+from attnsae.models import model_name
+from attnsae.sae.model import SAE
+from attnsae.studies.ioi.ablation import feature_ablation
+from attnsae.studies.ioi.dataset import NAMES, build_ioi_dataset, corrupt
+from attnsae.studies.ioi.patching import BATCH, noise, patch_scan, pick_layers, top_heads, validate_ioi
+from attnsae.studies.ioi.sources import dfa_by_role
+
+
+def run_ioi(model, saes: Mapping[int, SAE] | None, out: str | os.PathLike, n_prompts: int = 80, seed: int = 0,
+            progress: bool = True, k_layers: int = 2, per_head: bool = True, top_features: int = 8,
+            max_features: int | None = None, connector: str = "alongside", names: Sequence[str] = NAMES,
+            batch_size: int = BATCH) -> dict:
+    """Run the IOI study on ``model`` and write ``ioi.json``, ``report.md`` and plots into folder ``out``.
+
+    Args:
+        saes: ``{layer: SAE}`` on ``blocks.{layer}.attn.hook_z`` of this model, or None (no feature steps).
+        n_prompts: IOI prompts, spread evenly over the templates x orders (ABBA, BABA).
+        k_layers: how many layers the S2 patching scan picks for noising (GPT-2 Small's are 5 and 6).
+        per_head: also patch every head (n_layers x n_heads runs per position; off: per layer only).
+        top_features: features per SAE whose DFA by source position is read.
+        max_features: ablate at most this many S2-active features per SAE (the most active first; None: all).
+        connector: corruption B's replacement for " and".
+        names: candidate names; those that are not one token in the model's tokenizer are dropped.
+
+    Returns the result dict written to ``ioi.json``: ``meta``, ``dataset``, ``validation``, ``patching`` (with
+    ``layers``: the picked layers and ``top_heads``), ``noising`` ({"names_filler", "connector"}), ``ablation``
+    ({layer: ...}) and ``dfa`` ({layer: [...]}). A model that cannot do IOI is refused before anything is written.
+    """
+    out = check_writable_dir(out)
+    by_layer = saes_by_layer(model, saes) if saes else {}
+    t0 = time.time()
+    tok = model.tokenizer
+    ds = build_ioi_dataset(tok, n_prompts, seed, names)
+    validation = validate_ioi(model, ds, batch_size=batch_size)
+    clean_ld = torch.tensor(validation["logit_diff"])
+
+    abc = corrupt(tok, ds, "abc", seed + 1)
+    scan = patch_scan(model, ds, abc, per_head=per_head, clean_ld=clean_ld, batch_size=batch_size,
+                      progress=progress)
+    layers = pick_layers(scan, "S2", k_layers)
+    scan.update(layers=layers, top_heads={r: top_heads(scan, r) for r in scan["roles"]})
+
+    noising = {}
+    for kind in ("names_filler", "connector"):
+        c = corrupt(tok, ds, kind, seed + 2, connector=connector)
+        noising[kind] = noise(model, ds, c, layers, "S2", clean_ld, batch_size)
+        noising[kind]["example"] = c.prompts[0]
+
+    ablation, reading = {}, {}
+    for layer, sae in sorted(by_layer.items()):
+        ablation[layer] = feature_ablation(model, sae, ds, max_features=max_features, clean_ld=clean_ld,
+                                           batch_size=batch_size, progress=progress)
+        top = [r["feature"] for r in ablation[layer]["features"][:top_features]]
+        reading[layer] = dfa_by_role(model, sae, ds, top)
+
+    result = {
+        "meta": {"model": model_name(model), "n_prompts": n_prompts, "seed": seed, "k_layers": k_layers,
+                 "connector": connector, "names": ds.names, "sae_layers": sorted(by_layer),
+                 "seconds": round(time.time() - t0, 1), "n_layers": int(model.cfg.n_layers), "n_heads": int(model.cfg.n_heads)},
+        "dataset": ds.to_dict(), "validation": validation, "patching": scan, "noising": noising,
+        "ablation": ablation, "dfa": reading,
+    }
+    write_ioi(result, out)
+    return result
+
+
+def write_ioi(result: dict, out: str | os.PathLike) -> None:
+    """``ioi.json``, ``report.md`` and the PNG plots of a :func:`run_ioi` result, into folder ``out`` at once."""
+    from attnsae.views.ioi_report import ioi_markdown, ioi_plots
+
+    with atomic_dir(out) as tmp:
+        atomic_write_json(result, tmp / "ioi.json")
+        plots = ioi_plots(result, tmp)
+        atomic_write_text(ioi_markdown(result, plots), tmp / "report.md")
