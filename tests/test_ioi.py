@@ -177,3 +177,14 @@ def test_smollm2_does_ioi():
     assert len(ds.names) >= 20  # most of the default names are one token in its tokenizer
     summary = validate_ioi(model, ds)["summary"]["all"]
     assert summary["mean_logit_diff"] > 3 and summary["accuracy"] == 1.0
+
+
+def test_cli_study_ioi_refuses_a_model_that_cannot_do_it(tmp_path):
+    """The reference model reads code: `attnsae study ioi` on it is one error line, and no folder is written."""
+    from conftest import assert_one_line_error, run_cli
+
+    out = tmp_path / "ioi"
+    proc = run_cli("study", "ioi", "--model", "attnsae-stdlib-2l", "--n-prompts", "8", "--no-per-head", "--out",
+                   str(out), "--no-progress", timeout=300)
+    assert_one_line_error(proc)
+    assert not out.exists()

@@ -520,6 +520,79 @@ def _print_node(node, strs: list[str], indent: int) -> None:
         print(f"{pad}  {value:+10.4f}  ({name})")
 
 
+# ----------------------------------------------------------------------------------------------- studies
+
+
+def study_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="study", metavar="STUDY", required=True, parser_class=_Parser)
+    pi = sub.add_parser("prefix-induction", help="long- vs short-prefix induction heads: synthetic sweep, real-text "
+                        "intervention, and the SAE's induction features", description="long- vs short-prefix "
+                        "induction heads (PAPER_NOTES §7): a synthetic sweep over prefix lengths for every head, the "
+                        "real-text intervention, and, with --sae, the layer's induction features by prefix length")
+    add_model_args(pi)
+    add_corpus_args(pi, split="validation", n_tokens=25_600)
+    pi.add_argument("--sae", default=None, help="an SAE of the induction layer (its induction features are split by "
+                    "prefix length and given specificity plots)")
+    pi.add_argument("--out", default="attnsae-out/prefix-induction", help="output folder (replaced whole when done)")
+    pi.add_argument("--n-seqs", type=positive, default=400, help="synthetic sequences per prefix length")
+    pi.add_argument("--seq-len", type=context_size, default=128, help="tokens per synthetic sequence")
+    pi.add_argument("--max-prefix", type=positive, default=9, help="longest copied prefix")
+    pi.add_argument("--max-pairs", type=positive, default=2000, help="real-text pairs intervened on")
+    pi.add_argument("--seed", type=non_negative, default=0)
+    add_progress_arg(pi)
+    io = sub.add_parser("ioi", help="the IOI circuit through attention SAEs: validation, patching, feature "
+                        "ablation, noising", description="indirect object identification (PAPER_NOTES §8): checks "
+                        "the model does the task, finds the circuit's layers by patching, ablates SAE features at "
+                        "each prompt's S2, and measures noising")
+    io.add_argument("--model", default="smollm2-135m", help="model (default smollm2-135m, fetched on first use; the "
+                    "reference model reads code and cannot do IOI)")
+    io.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
+    io.add_argument("--sae", nargs="*", default=[], metavar="PATH", help="SAEs on the circuit's layers (their "
+                    "features are ablated at S2 and read)")
+    io.add_argument("--out", default="attnsae-out/ioi", help="output folder (replaced whole when done)")
+    io.add_argument("--n-prompts", type=positive, default=80, help="IOI prompts (ABBA and BABA, four templates)")
+    io.add_argument("--k-layers", type=positive, default=2, help="layers the patching scan picks for noising")
+    io.add_argument("--no-per-head", dest="per_head", action="store_false", help="patch whole layers only")
+    io.add_argument("--max-features", type=positive, default=None, help="ablate at most this many S2 features per SAE")
+    io.add_argument("--seed", type=non_negative, default=0)
+    add_progress_arg(io)
+
+
+def run_study(args: argparse.Namespace) -> None:
+    import torch
+
+    from attnsae.models import load_model
+
+    out = check_out_folder(args.out)
+    if args.study == "prefix-induction":
+        from attnsae.studies.prefix_induction import run_prefix_induction
+
+        if args.sae:
+            (sae,), model = load_saes_and_model([args.sae], args.model, args.device)
+        else:
+            sae, model = None, load_model(args.model, device=args.device)
+        tokens = torch.from_numpy(load_tokens(args, model, args.n_tokens, args.progress))
+        result = run_prefix_induction(model, tokens, out, sae=sae, n_seqs=args.n_seqs, seq_len=args.seq_len,
+                                      max_prefix=args.max_prefix, seed=args.seed, max_pairs=args.max_pairs,
+                                      progress=args.progress)
+        print(result["table"])
+    else:
+        from attnsae.studies.ioi import run_ioi
+
+        saes, model = load_saes_and_model(args.sae, args.model, args.device) if args.sae else (
+            [], load_model(args.model, device=args.device))
+        result = run_ioi(model, saes or None, out,
+                         n_prompts=args.n_prompts, seed=args.seed, progress=args.progress, k_layers=args.k_layers,
+                         per_head=args.per_head, max_features=args.max_features)
+        v = result["validation"]["summary"]["all"]
+        print(f"IOI on {args.model}: mean logit(IO) - logit(S) {v['mean_logit_diff']:.2f}, accuracy "
+              f"{v['accuracy']:.0%}")
+        print(f"circuit layers (S2 patching): {result['patching']['layers']}")
+        for kind, r in result["noising"].items():
+            print(f"noising {kind}: {r['kept']['all']:.0%} of the logit difference kept")
+    print(f"\nwrote {out}")
+
+
 # ----------------------------------------------------------------------------------------------- the table
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
@@ -541,6 +614,8 @@ COMMANDS: dict[str, Command] = {
              "head) and which stages are exact on it", info_args, run_info),
     "models": ("list the models attnsae knows, or fetch and convert one (`models fetch smollm2-135m`)", models_args,
                run_models),
+    "study": ("case studies: `study prefix-induction` (long- vs short-prefix induction heads), `study ioi` (the IOI "
+              "circuit through SAEs)", study_args, run_study),
 }
 
 
