@@ -154,7 +154,7 @@ class Architecture:
                f"positions  {self.positional}"]
         thetas = sorted({b.rope_theta for b in self.blocks if b.rope_theta})
         if thetas:
-            out[-1] += "   rotary θ " + ", ".join(f"{t:g}" for t in thetas)
+            out[-1] += "   θ " + ", ".join(f"{t:g}" for t in thetas)
         windows = _runs([b.window for b in self.blocks])
         out.append("windows    " + "; ".join(f"layers {a}-{b}: {'full' if w is None else f'sliding {w}'}"
                                             if a != b else f"layer {a}: {'full' if w is None else f'sliding {w}'}"
