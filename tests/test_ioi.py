@@ -14,7 +14,8 @@ import torch
 from attnsae.errors import AttnsaeError
 from attnsae.evals.splice import splice_saes
 from attnsae.models import load_model
-from attnsae.studies.ioi import (build_ioi_dataset, corrupt, feature_ablation, noise, patch_scan, run_ioi,
+from attnsae.case_studies import run_ioi
+from attnsae.studies.ioi import (build_ioi_dataset, corrupt, feature_ablation, noise, patch_scan,
                                  run_logit_diff, single_token_names, validate_ioi, zero_at_positions)
 from attnsae.studies.ioi import patching
 from attnsae.studies.ioi.ablation import active_at, error_ablation_hooks, feature_ablation_hooks

@@ -166,7 +166,7 @@ def test_feature_reading_one_head_is_carried_by_it(ref_model):
 
 def test_study_writes_its_folder(ref_model, tmp_path):
     from attnsae.corpus import load_corpus
-    from attnsae.studies.prefix_induction import run_prefix_induction
+    from attnsae.case_studies import run_prefix_induction
 
     tokens = load_corpus(ref_model.tokenizer, "stdlib", "validation", 64, max_tokens=6 * 63, progress=False).tokens
     out = tmp_path / "study"

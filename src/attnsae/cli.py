@@ -565,7 +565,7 @@ def run_study(args: argparse.Namespace) -> None:
 
     out = check_out_folder(args.out)
     if args.study == "prefix-induction":
-        from attnsae.studies.prefix_induction import run_prefix_induction
+        from attnsae.case_studies import run_prefix_induction
 
         if args.sae:
             (sae,), model = load_saes_and_model([args.sae], args.model, args.device)
@@ -577,7 +577,7 @@ def run_study(args: argparse.Namespace) -> None:
                                       progress=args.progress)
         print(result["table"])
     else:
-        from attnsae.studies.ioi import run_ioi
+        from attnsae.case_studies import run_ioi
 
         saes, model = load_saes_and_model(args.sae, args.model, args.device) if args.sae else (
             [], load_model(args.model, device=args.device))

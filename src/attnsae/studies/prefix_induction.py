@@ -1,6 +1,6 @@
 """Why several induction heads? Long- vs short-prefix induction (PAPER_NOTES §7), in one study.
 
-:func:`run_prefix_induction` runs, in order:
+:func:`prefix_induction` runs, in order:
 
 1. the synthetic sweep for every head (:mod:`attnsae.studies.prefix_sweep`); the *induction heads* are those whose
    score reaches ``induction_threshold`` at some prefix length (within ``layer`` when given);
@@ -9,9 +9,8 @@
    (:mod:`attnsae.studies.prefix_features`), and specificity plots of the commonest ones against two proxies
    (:mod:`attnsae.studies.specificity`);
 
-and writes everything into one folder, atomically (:func:`attnsae.io.atomic_dir`): ``summary.json`` (the headline,
-also returned), ``sweep.json`` / ``sweep.png``, ``text.json`` / ``text.png``, with an SAE ``features.json`` /
-``features.png`` and ``specificity.json`` / ``specificity.png``, and ``report.md``.
+and returns the result as plain data; :func:`attnsae.case_studies.run_prefix_induction` writes it into one folder
+(:mod:`attnsae.views.prefix_report`).
 
 A head's verdict is a stated rule: on text, the share of its attention kept when the longer prefix is broken
 (``retained = after / before``); a head keeping less than ``long_cutoff`` (half) is **long-prefix**, else
@@ -20,13 +19,10 @@ A head's verdict is a stated rule: on text, the share of its attention kept when
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
 from attnsae.errors import AttnsaeError
-from attnsae.io import check_writable_dir
 from attnsae.models import check_tokens, model_name
 from attnsae.sae.checks import check_sae
 from attnsae.sae.model import SAE
@@ -86,12 +82,13 @@ def _specificity_entries(view, tokens: Tensor, classes: TokenClasses, tokenizer,
     return out
 
 
-def run_prefix_induction(model, tokens: Tensor, out: str | os.PathLike, sae: SAE | None = None,
-                         layer: int | None = None, n_seqs: int = 400, seq_len: int = 128, max_prefix: int = 9,
-                         seed: int = 0, threshold: float = 0.3, induction_threshold: float = 0.3,
-                         max_pairs: int = 2000, max_firings: int = 2000, max_features: int = 32,
-                         n_specificity: int = 4, batch_size: int = 32, progress: bool = True) -> dict:
-    """Run the study (module docstring) and write it into folder ``out``; return the headline (``summary.json``).
+def prefix_induction(model, tokens: Tensor, sae: SAE | None = None, layer: int | None = None, n_seqs: int = 400,
+                     seq_len: int = 128, max_prefix: int = 9, seed: int = 0, threshold: float = 0.3,
+                     induction_threshold: float = 0.3, max_pairs: int = 2000, max_firings: int = 2000,
+                     max_features: int = 32, n_specificity: int = 4, batch_size: int = 32,
+                     progress: bool = True) -> dict:
+    """Run the study (module docstring) and return its plain-data result: ``summary``, ``sweep``, ``text``,
+    ``features`` (None without an SAE) and ``specificity``.
 
     tokens: int64 ``[n_contexts, S]`` real text with BOS at 0 (e.g. the corpus validation split). ``sae``: an
     attention SAE of ``model`` (its layer is the studied layer unless ``layer`` says otherwise and agrees).
@@ -99,10 +96,9 @@ def run_prefix_induction(model, tokens: Tensor, out: str | os.PathLike, sae: SAE
     head; ``max_pairs``: pairs intervened on; ``max_firings`` / ``max_features``: per induction feature, and how
     many features; ``n_specificity``: features given specificity plots.
 
-    Returns ``{"model", "layer", "induction_heads": [names], "heads": {name: verdict row}, "long_prefix",
-    "short_prefix": [names], "n_induction_features", "table": str (the headline table), "files": [names]}``.
+    ``summary`` is ``{"model", "layer", "induction_heads": [names], "heads": {name: verdict row}, "long_prefix",
+    "short_prefix": [names], "n_induction_features", ...}``.
     """
-    out = check_writable_dir(out)
     tokens = check_tokens(model, tokens, min_len=4).cpu()
     if sae is not None:
         layer = check_sae(model, sae, layer)
@@ -141,13 +137,4 @@ def run_prefix_induction(model, tokens: Tensor, out: str | os.PathLike, sae: SAE
         spec = _specificity_entries(view, tokens, classes, model.tokenizer, n_specificity, progress)
         summary["n_induction_features"] = len(ind)
         summary["carriers"] = carrier_counts(view.summary)
-    return write_prefix_induction({"summary": summary, "sweep": sweep.to_dict(), "text": text, "features": features,
-                                   "specificity": spec}, out)
-
-
-def write_prefix_induction(result: dict, out: str | os.PathLike) -> dict:
-    """Write a study's plain-data ``result`` (``summary``, ``sweep``, ``text``, ``features`` or None,
-    ``specificity``) into folder ``out`` at once; returns the summary with its ``table`` and ``files`` added."""
-    from attnsae.views.prefix_report import write_report  # rendering is the views' job
-
-    return write_report(result, out)
+    return {"summary": summary, "sweep": sweep.to_dict(), "text": text, "features": features, "specificity": spec}

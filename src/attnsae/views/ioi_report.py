@@ -1,4 +1,4 @@
-"""Rendering of an IOI study result (:func:`attnsae.studies.ioi.run_ioi`'s dict): PNG plots and a Markdown report.
+"""Rendering of an IOI study result (:func:`attnsae.studies.ioi.ioi_study`'s dict): PNG plots and a Markdown report.
 
 Plots (matplotlib Agg, no pyplot, each written atomically): ``patching.png`` (per-layer and per-head change of the
 logit diff when hook_z at S2 / END comes from the ABC run), ``noising.png`` (share of the logit diff kept under
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnsae.io import atomic_path
+from attnsae.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text
 
 PAPER_KEPT = {"names_filler": 0.93, "connector": 0.43}  # GPT-2 Small, Kissane et al. (layers 5 and 6)
 CORRUPTION_NAMES = {"names_filler": "A: new names + filler", "connector": "B: ' and' replaced"}
@@ -187,3 +187,10 @@ def ioi_markdown(result: dict, plots: list[str] = ()) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{n}]({n})" for n in plots]
     return "\n".join(lines) + "\n"
+
+
+def write_ioi_report(result: dict, out: str | os.PathLike) -> None:
+    """``ioi.json``, ``report.md`` and the PNG plots of an IOI result, into folder ``out`` at once."""
+    with atomic_dir(out) as tmp:
+        atomic_write_json(result, tmp / "ioi.json")
+        atomic_write_text(ioi_markdown(result, ioi_plots(result, tmp)), tmp / "report.md")

@@ -142,8 +142,8 @@ def build_ioi_dataset(tokenizer, n_prompts: int = 80, seed: int = 0, names: Sequ
     usable = single_token_names(tokenizer, names)
     if len(usable) < MIN_NAMES:
         raise AttnsaeError(f"only {len(usable)} of {len(names)} names are single tokens in this tokenizer "
-                           f"({', '.join(usable) or 'none'}); IOI needs at least {MIN_NAMES}: use a model that reads English "
-                           "(e.g. smollm2-135m) or pass other names")
+                           f"({', '.join(usable) or 'none'}); IOI needs at least {MIN_NAMES}: use a model that reads "
+                           "English (e.g. smollm2-135m) or pass other names")
     rng = random.Random(seed)
     kinds = [(t, o) for t in templates for o in ORDERS]
     specs = []

@@ -1,4 +1,4 @@
-"""The whole IOI study (:func:`run_ioi`): validate, find the circuit's layers, ablate features, noise, read features.
+"""The whole IOI study (:func:`ioi_study`): validate, find the circuit's layers, ablate features, noise, read features.
 
 Steps, each a function of this package:
 
@@ -9,19 +9,18 @@ Steps, each a function of this package:
 4. with SAEs, for each SAE layer: :func:`feature_ablation` at S2 (error kept) and the error-term ablation;
 5. :func:`dfa_by_role` for the top features by |delta logit diff|.
 
-Everything lands in one folder, written atomically: ``ioi.json`` (all numbers), ``report.md`` and PNG plots.
+The result is plain data; :func:`attnsae.case_studies.run_ioi` writes it into one folder (``ioi.json``, ``report.md``
+and PNG plots, :mod:`attnsae.views.ioi_report`).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Mapping, Sequence
 
 import torch
 
 from attnsae.evals.splice import saes_by_layer
-from attnsae.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable_dir
 from attnsae.models import model_name
 from attnsae.sae.model import SAE
 from attnsae.studies.ioi.ablation import feature_ablation
@@ -30,11 +29,10 @@ from attnsae.studies.ioi.patching import BATCH, noise, patch_scan, pick_layers, 
 from attnsae.studies.ioi.sources import dfa_by_role
 
 
-def run_ioi(model, saes: Mapping[int, SAE] | None, out: str | os.PathLike, n_prompts: int = 80, seed: int = 0,
-            progress: bool = True, k_layers: int = 2, per_head: bool = True, top_features: int = 8,
-            max_features: int | None = None, connector: str = "alongside", names: Sequence[str] = NAMES,
-            batch_size: int = BATCH) -> dict:
-    """Run the IOI study on ``model`` and write ``ioi.json``, ``report.md`` and plots into folder ``out``.
+def ioi_study(model, saes: Mapping[int, SAE] | None, n_prompts: int = 80, seed: int = 0, progress: bool = True,
+              k_layers: int = 2, per_head: bool = True, top_features: int = 8, max_features: int | None = None,
+              connector: str = "alongside", names: Sequence[str] = NAMES, batch_size: int = BATCH) -> dict:
+    """Run the IOI study on ``model`` and return its result (plain data).
 
     Args:
         saes: ``{layer: SAE}`` on ``blocks.{layer}.attn.hook_z`` of this model, or None (no feature steps).
@@ -46,11 +44,10 @@ def run_ioi(model, saes: Mapping[int, SAE] | None, out: str | os.PathLike, n_pro
         connector: corruption B's replacement for " and".
         names: candidate names; those that are not one token in the model's tokenizer are dropped.
 
-    Returns the result dict written to ``ioi.json``: ``meta``, ``dataset``, ``validation``, ``patching`` (with
+    Returns the result dict (what ``ioi.json`` holds): ``meta``, ``dataset``, ``validation``, ``patching`` (with
     ``layers``: the picked layers and ``top_heads``), ``noising`` ({"names_filler", "connector"}), ``ablation``
-    ({layer: ...}) and ``dfa`` ({layer: [...]}). A model that cannot do IOI is refused before anything is written.
+    ({layer: ...}) and ``dfa`` ({layer: [...]}). A model that cannot do IOI is refused in one line first.
     """
-    out = check_writable_dir(out)
     by_layer = saes_by_layer(model, saes) if saes else {}
     t0 = time.time()
     tok = model.tokenizer
@@ -80,19 +77,10 @@ def run_ioi(model, saes: Mapping[int, SAE] | None, out: str | os.PathLike, n_pro
     result = {
         "meta": {"model": model_name(model), "n_prompts": n_prompts, "seed": seed, "k_layers": k_layers,
                  "connector": connector, "names": ds.names, "sae_layers": sorted(by_layer),
-                 "seconds": round(time.time() - t0, 1), "n_layers": int(model.cfg.n_layers), "n_heads": int(model.cfg.n_heads)},
+                 "seconds": round(time.time() - t0, 1), "n_layers": int(model.cfg.n_layers),
+                 "n_heads": int(model.cfg.n_heads)},
         "dataset": ds.to_dict(), "validation": validation, "patching": scan, "noising": noising,
         "ablation": ablation, "dfa": reading,
     }
-    write_ioi(result, out)
     return result
 
-
-def write_ioi(result: dict, out: str | os.PathLike) -> None:
-    """``ioi.json``, ``report.md`` and the PNG plots of a :func:`run_ioi` result, into folder ``out`` at once."""
-    from attnsae.views.ioi_report import ioi_markdown, ioi_plots
-
-    with atomic_dir(out) as tmp:
-        atomic_write_json(result, tmp / "ioi.json")
-        plots = ioi_plots(result, tmp)
-        atomic_write_text(ioi_markdown(result, plots), tmp / "report.md")
