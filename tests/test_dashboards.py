@@ -89,6 +89,19 @@ def test_bundle_features_carry_every_panel(dash):
         assert counts["dead"] == labels.count("dead") and counts["live"] + counts["dead"] == sae.cfg.d_sae
 
 
+def test_a_written_site_reads_back_feature_by_feature(dash, tmp_path):
+    from attnsae.views.dashboards import read_feature, read_vocab, write_dashboards
+
+    _, _, _, d = dash
+    write_dashboards(d.bundle, tmp_path)
+    assert read_vocab(tmp_path) == list(d.bundle["vocab"])
+    for block in d.bundle["saes"]:
+        for f in block["features"]:  # JSON round trip: what the page shows is what was computed
+            assert read_feature(tmp_path, block["name"], f["i"]) == json.loads(json.dumps(f))
+    with pytest.raises(KeyError, match="no SAE named"):
+        read_feature(tmp_path, "L99", 0)
+
+
 def _stdlib_text(path: Path) -> Path:
     lib = Path(sysconfig.get_paths()["stdlib"])
     path.write_text("".join((lib / n).read_text() for n in ("bisect.py", "heapq.py", "textwrap.py")))

@@ -88,6 +88,21 @@ def test_feature_ablation_with_error_kept_and_nothing_ablated_leaves_the_logits_
     assert res["spliced_max_abs_change"] < 1e-4 and res["n_candidates"] > 0
 
 
+def test_head_scan_in_the_top_layers_only_matches_the_full_scan_there(sharp, ds):
+    """head_layers=1: single heads are patched only in the layer where whole-layer patching moves the metric most
+    (|effect|), with the same numbers as the full grid; the other layer's heads are None and never a top head."""
+    abc = corrupt(sharp.tokenizer, ds, "abc")
+    full = patch_scan(sharp, ds, abc, progress=False)
+    part = patch_scan(sharp, ds, abc, progress=False, head_layers=1)
+    for role, r in part["roles"].items():
+        f = full["roles"][role]
+        assert r["layer"] == f["layer"]
+        top = max(range(2), key=lambda l: abs(f["layer"][l]))
+        assert r["head_layers"] == [top] and f["head_layers"] == [0, 1]
+        assert r["head"][top] == f["head"][top] and r["head"][1 - top] == [None] * 4
+        assert {h["layer"] for h in patching.top_heads(part, role)} == {top}
+
+
 def test_noising_with_the_clean_run_as_source_changes_nothing(sharp, ds):
     clean = run_logit_diff(sharp, ds)
     res = noise(sharp, ds, ds, layers=[0, 1])

@@ -553,6 +553,8 @@ def study_args(p: argparse.ArgumentParser) -> None:
     io.add_argument("--n-prompts", type=positive, default=80, help="IOI prompts (ABBA and BABA, four templates)")
     io.add_argument("--k-layers", type=positive, default=2, help="layers the patching scan picks for noising")
     io.add_argument("--no-per-head", dest="per_head", action="store_false", help="patch whole layers only")
+    io.add_argument("--head-layers", type=positive, default=6, help="patch single heads in the N layers where "
+                    "patching the whole layer matters most, at each position (the model's layer count: all)")
     io.add_argument("--max-features", type=positive, default=None, help="ablate at most this many S2 features per SAE")
     io.add_argument("--seed", type=non_negative, default=0)
     add_progress_arg(io)
@@ -583,7 +585,7 @@ def run_study(args: argparse.Namespace) -> None:
             [], load_model(args.model, device=args.device))
         result = run_ioi(model, saes or None, out,
                          n_prompts=args.n_prompts, seed=args.seed, progress=args.progress, k_layers=args.k_layers,
-                         per_head=args.per_head, max_features=args.max_features)
+                         per_head=args.per_head, head_layers=args.head_layers, max_features=args.max_features)
         v = result["validation"]["summary"]["all"]
         print(f"IOI on {args.model}: mean logit(IO) - logit(S) {v['mean_logit_diff']:.2f}, accuracy "
               f"{v['accuracy']:.0%}")

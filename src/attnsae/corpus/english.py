@@ -58,7 +58,7 @@ from attnsae.corpus import DEFAULT_VAL_FRACTION, Split, _check_split, split_of
 from attnsae.corpus.rserialize import read_lazyload_db, to_python
 from attnsae.downloads import Artifact, cache_home, fetch
 from attnsae.errors import AttnsaeError
-from attnsae.io import atomic_path, atomic_write_json
+from attnsae.io import atomic_path, atomic_write_json, dir_lock
 
 CACHE_VERSION = "english-v1"  # bump when the cleaning changes, so that old caches are rebuilt
 CHUNK_CHARS = 4000  # books are cut into documents of about this many characters, at paragraph breaks
@@ -510,17 +510,19 @@ def build_source(src: EnglishSource, progress: bool = True) -> bytes:
 
 
 def cached_source(src: EnglishSource, progress: bool = True) -> bytes:
-    """A source's cached JSON lines, checked against their recorded SHA-256; built (again) when missing or bad."""
+    """A source's cached JSON lines, checked against their recorded SHA-256; built (again) when missing or bad.
+    Another process building the same cache is waited for (:func:`~attnsae.io.dir_lock`), not raced."""
     target = corpus_dir() / f"{src.name}.jsonl"
-    try:
-        meta = json.loads(target.with_suffix(".json").read_text())
-        data = target.read_bytes()
-    except (OSError, ValueError):
+    with dir_lock(target.parent):
+        try:
+            meta = json.loads(target.with_suffix(".json").read_text())
+            data = target.read_bytes()
+        except (OSError, ValueError):
+            return build_source(src, progress)
+        if meta.get("artifact") == src.artifact.sha256 and hashlib.sha256(data).hexdigest() == meta.get("sha256"):
+            return data
+        print(f"attnsae: {target} does not match its checksum; rebuilding it", file=sys.stderr)
         return build_source(src, progress)
-    if meta.get("artifact") == src.artifact.sha256 and hashlib.sha256(data).hexdigest() == meta.get("sha256"):
-        return data
-    print(f"attnsae: {target} does not match its checksum; rebuilding it", file=sys.stderr)
-    return build_source(src, progress)
 
 
 def source_documents(name: str, progress: bool = True) -> Iterator[EnglishDocument]:

@@ -91,7 +91,8 @@ def prefix_induction(model, tokens: Tensor, sae: SAE | None = None, layer: int |
     ``features`` (None without an SAE) and ``specificity``.
 
     tokens: int64 ``[n_contexts, S]`` real text with BOS at 0 (e.g. the corpus validation split). ``sae``: an
-    attention SAE of ``model`` (its layer is the studied layer unless ``layer`` says otherwise and agrees).
+    attention SAE of ``model`` (its induction features are studied; ``layer``, when given, must agree with it).
+    The studied heads are the induction heads of every layer, or of ``layer`` only when it is given.
     ``threshold``: attention that makes a text pair; ``induction_threshold``: sweep score that makes an induction
     head; ``max_pairs``: pairs intervened on; ``max_firings`` / ``max_features``: per induction feature, and how
     many features; ``n_specificity``: features given specificity plots.
@@ -100,18 +101,19 @@ def prefix_induction(model, tokens: Tensor, sae: SAE | None = None, layer: int |
     "short_prefix": [names], "n_induction_features", ...}``.
     """
     tokens = check_tokens(model, tokens, min_len=4).cpu()
+    heads_layer = layer  # only an explicit layer restricts the studied heads; an SAE alone does not
     if sae is not None:
         layer = check_sae(model, sae, layer)
     elif layer is not None and not 0 <= layer < model.cfg.n_layers:
         raise AttnsaeError(f"layer {layer} does not exist: the model has layers 0..{model.cfg.n_layers - 1}")
     classes = TokenClasses.of(model)
     sweep = prefix_sweep(model, n_seqs, seq_len, max_prefix, seed, batch_size, classes, progress)
-    heads = induction_heads(sweep, induction_threshold, layer)
+    heads = induction_heads(sweep, induction_threshold, heads_layer)
     fallback = not heads
     if fallback:  # no head reaches the threshold: study the three best, and say so
         best = sweep.mean.amax(0)
-        if layer is not None:
-            best = torch.where(torch.arange(best.shape[0])[:, None] == layer, best, torch.tensor(-1.0))
+        if heads_layer is not None:
+            best = torch.where(torch.arange(best.shape[0])[:, None] == heads_layer, best, torch.tensor(-1.0))
         top = best.flatten().topk(min(3, best.numel())).indices
         heads = [(int(i) // best.shape[1], int(i) % best.shape[1]) for i in top]
     text = text_intervention(model, tokens, heads, classes, threshold, max_pairs, max_prefix, seed, batch_size,

@@ -41,6 +41,7 @@ has a stable address ``index.html#<sae>/<i>``, e.g. ``index.html#L1/123``.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -97,6 +98,25 @@ def write_dashboards(bundle: dict, out_dir: Path) -> Path:
     index_path = out_dir / "index.html"
     index_path.write_text(html, encoding="utf-8")
     return index_path
+
+
+def read_feature(site: str | Path, sae: str, i: int) -> dict:
+    """Feature ``i`` of the SAE named ``sae`` (e.g. "L17") read back from a written site: the FEATURE dict above."""
+    site = Path(site)
+    html = (site / "index.html").read_text(encoding="utf-8")
+    start = html.index("window.ATTNSAE_INDEX = ") + len("window.ATTNSAE_INDEX = ")
+    index = json.loads(html[start:html.index("</script>", start)].strip().rstrip(";"))
+    folders = {s["name"]: s["dir"] for s in index["saes"]}
+    if sae not in folders:
+        raise KeyError(f"no SAE named {sae!r} in {site}: it has {', '.join(folders)}")
+    text = (site / folders[sae] / f"{i // CHUNK_SIZE}.js").read_text(encoding="utf-8")
+    return json.loads(text[text.index("(") + 1:text.rindex(")")])["features"][i % CHUNK_SIZE]
+
+
+def read_vocab(site: str | Path) -> list[str]:
+    """The site's vocabulary (``vocab.js``): token id -> text."""
+    text = (Path(site) / "vocab.js").read_text(encoding="utf-8")
+    return json.loads(text[text.index("=") + 1:].strip().rstrip(";"))
 
 
 def _folder_name(name: str, taken: set[str]) -> str:

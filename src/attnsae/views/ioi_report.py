@@ -52,8 +52,8 @@ def patching_plot(patching: dict, path: str | os.PathLike) -> None:
     axes[0].set_title(f"per layer (clean {patching['clean']:.2f}, ABC {patching['corrupted']:.2f})", fontsize=9)
     axes[0].legend(fontsize=8)
     for ax, r in zip(axes[1:], roles if has_heads else []):
-        h = np.asarray(patching["roles"][r]["head"])
-        lim = max(float(np.abs(h).max()), 1e-6)
+        h = np.asarray(patching["roles"][r]["head"], dtype=float)  # a layer not scanned per head: NaN, left blank
+        lim = max(float(np.nanmax(np.abs(h))), 1e-6)
         im = ax.imshow(h.T, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
         ax.set_xlabel("layer")
         ax.set_ylabel("head")

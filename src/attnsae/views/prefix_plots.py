@@ -112,11 +112,13 @@ def feature_heads_plot(features: dict, path: str | os.PathLike, max_features: in
     ax.invert_yaxis()
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("share of the feature's DFA by head (positive part)")
-    ax.legend(fontsize=7, ncol=min(len(heads), 8), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ncol = min(len(heads), 12)
+    ax.legend(fontsize=7, ncol=ncol, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     if not feats:
         ax.text(0.5, 0.5, "no induction features", ha="center", transform=ax.transAxes)
+    rows = -(-len(heads) // max(ncol, 1))  # legend rows between the title and the axes
     ax.set_title(title or "induction features: which head carries short- and long-prefix firings", fontsize=10,
-                 pad=24)
+                 pad=10 + 14 * rows)
     _save(fig, path)
     return fig
 

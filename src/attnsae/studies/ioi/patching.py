@@ -174,12 +174,16 @@ def noise(model, clean: IOIDataset, corrupted: IOIDataset, layers: Sequence[int]
 
 def patch_scan(model, clean: IOIDataset, corrupted: IOIDataset, roles: Sequence[str] = ("S2", "END"),
                per_head: bool = True, clean_ld: Tensor | None = None, batch_size: int = BATCH,
-               progress: bool = True) -> dict:
+               progress: bool = True, head_layers: int | None = None) -> dict:
     """Noising one layer, then one head, at a time: hook_z at each ``role`` from the corrupted run.
 
-    Returns ``{role: {"layer": [n_layers], "head": [n_layers, n_heads] or None}}`` of the mean patched logit diff
-    minus the clean one (negative: that layer / head carries the signal the corruption removes), with the clean and
-    corrupted means for scale (``clean``, ``corrupted``).
+    ``head_layers``: patch single heads only in the ``head_layers`` layers whose whole-layer patching at that role
+    moves the logit diff most (|effect|); None: in every layer (``n_layers x n_heads`` runs per role).
+
+    Returns ``{role: {"layer": [n_layers], "head": [n_layers, n_heads] or None, "head_layers": [scanned layers]}}``
+    of the mean patched logit diff minus the clean one (negative: that layer / head carries the signal the
+    corruption removes; None for a head of a layer not scanned), with the clean and corrupted means for scale
+    (``clean``, ``corrupted``).
     """
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
     if clean_ld is None:
@@ -187,20 +191,22 @@ def patch_scan(model, clean: IOIDataset, corrupted: IOIDataset, roles: Sequence[
     base = float(clean_ld.mean())
     out: dict = {"clean": base, "corrupted": float(run_logit_diff(model, corrupted, batch_size=batch_size).mean()),
                  "roles": {}}
-    n_runs = len(roles) * L * (1 + (H if per_head else 0))
+    k = L if head_layers is None else max(0, min(int(head_layers), L))
+    n_runs = len(roles) * (L + (k * H if per_head else 0))
     bar = tqdm(total=n_runs, desc="IOI patching hook_z", disable=not progress)
+
+    def patched(role: str, sources: dict[int, Tensor], layer: int, heads: list[int] | None) -> float:
+        hooks = patch_hooks(model, clean, role, {layer: sources[layer]}, None if heads is None else {layer: heads})
+        bar.update()
+        return float(run_logit_diff(model, clean, hooks, batch_size).mean()) - base
+
     for role in roles:
         sources = z_at(model, corrupted, role, range(L), batch_size)
-        by_layer, by_head = torch.zeros(L), torch.zeros(L, H) if per_head else None
-        for l in range(L):
-            by_layer[l] = run_logit_diff(model, clean, patch_hooks(model, clean, role, {l: sources[l]}),
-                                         batch_size).mean() - base
-            bar.update()
-            for h in range(H if per_head else 0):
-                by_head[l, h] = run_logit_diff(model, clean, patch_hooks(model, clean, role, {l: sources[l]},
-                                                                         {l: [h]}), batch_size).mean() - base
-                bar.update()
-        out["roles"][role] = {"layer": by_layer.tolist(), "head": None if by_head is None else by_head.tolist()}
+        by_layer = [patched(role, sources, l, None) for l in range(L)]
+        scanned = sorted(torch.tensor(by_layer).abs().argsort(descending=True)[:k].tolist()) if per_head else []
+        by_head = [[patched(role, sources, l, [h]) for h in range(H)] if l in scanned else [None] * H
+                   for l in range(L)] if per_head else None
+        out["roles"][role] = {"layer": by_layer, "head": by_head, "head_layers": scanned}
     bar.close()
     return out
 
@@ -217,7 +223,8 @@ def top_heads(scan: dict, role: str, k: int = 5) -> list[dict]:
     head = scan["roles"][role]["head"]
     if head is None:
         return []
-    t = torch.tensor(head)
+    t = torch.tensor([[float("inf") if v is None else v for v in row] for row in head])  # unscanned: never top
+    k = min(k, int(t.isfinite().sum()))
     idx = torch.argsort(t.reshape(-1))[:k]
     return [{"layer": int(i) // t.shape[1], "head": int(i) % t.shape[1], "delta": float(t.reshape(-1)[i])}
             for i in idx]

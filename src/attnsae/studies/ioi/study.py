@@ -30,7 +30,8 @@ from attnsae.studies.ioi.sources import dfa_by_role
 
 
 def ioi_study(model, saes: Mapping[int, SAE] | None, n_prompts: int = 80, seed: int = 0, progress: bool = True,
-              k_layers: int = 2, per_head: bool = True, top_features: int = 8, max_features: int | None = None,
+              k_layers: int = 2, per_head: bool = True, head_layers: int | None = 6, top_features: int = 8,
+              max_features: int | None = None,
               connector: str = "alongside", names: Sequence[str] = NAMES, batch_size: int = BATCH) -> dict:
     """Run the IOI study on ``model`` and return its result (plain data).
 
@@ -38,7 +39,9 @@ def ioi_study(model, saes: Mapping[int, SAE] | None, n_prompts: int = 80, seed: 
         saes: ``{layer: SAE}`` on ``blocks.{layer}.attn.hook_z`` of this model, or None (no feature steps).
         n_prompts: IOI prompts, spread evenly over the templates x orders (ABBA, BABA).
         k_layers: how many layers the S2 patching scan picks for noising (GPT-2 Small's are 5 and 6).
-        per_head: also patch every head (n_layers x n_heads runs per position; off: per layer only).
+        per_head: also patch single heads (off: per layer only).
+        head_layers: patch single heads in the ``head_layers`` layers where whole-layer patching moves the logit
+            diff most, at each position (None: every layer, n_layers x n_heads runs per position).
         top_features: features per SAE whose DFA by source position is read.
         max_features: ablate at most this many S2-active features per SAE (the most active first; None: all).
         connector: corruption B's replacement for " and".
@@ -57,7 +60,7 @@ def ioi_study(model, saes: Mapping[int, SAE] | None, n_prompts: int = 80, seed: 
 
     abc = corrupt(tok, ds, "abc", seed + 1)
     scan = patch_scan(model, ds, abc, per_head=per_head, clean_ld=clean_ld, batch_size=batch_size,
-                      progress=progress)
+                      progress=progress, head_layers=head_layers)
     layers = pick_layers(scan, "S2", k_layers)
     scan.update(layers=layers, top_heads={r: top_heads(scan, r) for r in scan["roles"]})
 
@@ -76,6 +79,7 @@ def ioi_study(model, saes: Mapping[int, SAE] | None, n_prompts: int = 80, seed: 
 
     result = {
         "meta": {"model": model_name(model), "n_prompts": n_prompts, "seed": seed, "k_layers": k_layers,
+                 "head_layers": head_layers,
                  "connector": connector, "names": ds.names, "sae_layers": sorted(by_layer),
                  "seconds": round(time.time() - t0, 1), "n_layers": int(model.cfg.n_layers),
                  "n_heads": int(model.cfg.n_heads)},
