@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -33,10 +32,13 @@ def tokenizer():
 
 def run_cli(*args: str, timeout: float = 600, cwd=None, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess:
-    """Run ``attnsae ARGS`` in a subprocess (offline, in folder ``cwd``, with ``env`` added), returning it."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "attnsae", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=cwd)
+    """Run ``attnsae ARGS`` in a new process (offline, in folder ``cwd``, with ``env`` added), returning it: a fork
+    of a pre-warmed parent that has done the slow imports (tests/cli_runner.py), or with ``ATTNSAE_TEST_FORK=0`` a
+    plain ``python -m attnsae`` subprocess."""
+    from cli_runner import run_attnsae
+
+    base = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    return run_attnsae(list(args), base, env, cwd=cwd, timeout=timeout)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

@@ -1,9 +1,9 @@
 """The main job on the embedded default, run once: the acceptance numbers of issues 4 and 5.
 
-The run keeps every default but the budgets, cut to keep the suite under 15 minutes: 1.5 M training tokens per SAE
-(the default: 4 M), 32,768 validation tokens for the summary (65,536) and 131,072 scanned for the dashboards
-(262,144). The bars below are issue 4's at that budget (explained variance 0.77 where the default run is held to
-0.80); the README's table comes from the full default run.
+The run keeps every default but two budgets, cut to keep the suite under 15 minutes: 1.5 M training tokens per SAE
+(the default: 4 M) and 131,072 validation tokens scanned for the dashboards (262,144); the summary is measured on the
+default 65,536 validation tokens, as in the README. The bars below are issue 4's at that budget (explained variance
+0.77 where the default run is held to 0.80); the README's table comes from the full default run.
 """
 
 import json
@@ -14,7 +14,7 @@ from attnsae.sae.formats import load_sae
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow  # one quickstart (about 6 minutes on 2 cores)
-BUDGET = ("--train-tokens", "1500000", "--eval-tokens", "32768", "--dashboard-tokens", "131072")
+BUDGET = ("--train-tokens", "1500000", "--dashboard-tokens", "131072")
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def test_quickstart_saes_are_sparse_faithful_and_alive_on_validation(quickstart)
     rows = summary["validation"]["saes"]
     assert [r["layer"] for r in rows] == [0, 1]
     for r in rows:
-        assert r["n_tokens"] > 30_000
+        assert r["n_tokens"] > 50_000
         assert r["l0"] <= 40, r
         assert r["explained_variance"] >= 0.77, r  # MEASURED at 1.5 M tokens; 0.863 / 0.841 at the default 4 M
         assert r["dead_frac"] <= 0.15, r

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
 from attnsae.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text
@@ -52,12 +53,14 @@ def patching_plot(patching: dict, path: str | os.PathLike) -> None:
     axes[0].set_title(f"per layer (clean {patching['clean']:.2f}, ABC {patching['corrupted']:.2f})", fontsize=9)
     axes[0].legend(fontsize=8)
     for ax, r in zip(axes[1:], roles if has_heads else []):
-        h = np.asarray(patching["roles"][r]["head"], dtype=float)  # a layer not scanned per head: NaN, left blank
+        h = np.asarray(patching["roles"][r]["head"], dtype=float)  # a layer not scanned per head: NaN, in grey
         lim = max(float(np.nanmax(np.abs(h))), 1e-6)
-        im = ax.imshow(h.T, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#d9d9d9")
+        im = ax.imshow(h.T, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
         ax.set_xlabel("layer")
         ax.set_ylabel("head")
-        ax.set_title(f"per head, hook_z at {r}", fontsize=9)
+        scanned = "" if not np.isnan(h).any() else " (grey: layer not scanned per head)"
+        ax.set_title(f"per head, hook_z at {r}{scanned}", fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
     for i, ax in enumerate(axes):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers (and heads) are integers
