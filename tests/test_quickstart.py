@@ -13,7 +13,7 @@ import pytest
 from attnsae.sae.formats import load_sae
 from conftest import run_cli
 
-pytestmark = pytest.mark.slow  # one quickstart (about 6 minutes on 2 cores)
+pytestmark = pytest.mark.slow  # one quickstart (about 4.5 minutes on 2 cores)
 BUDGET = ("--train-tokens", "1500000", "--dashboard-tokens", "131072")
 
 
@@ -32,7 +32,7 @@ def test_quickstart_saes_are_sparse_faithful_and_alive_on_validation(quickstart)
     for r in rows:
         assert r["n_tokens"] > 50_000
         assert r["l0"] <= 40, r
-        assert r["explained_variance"] >= 0.77, r  # MEASURED at 1.5 M tokens; 0.863 / 0.841 at the default 4 M
+        assert r["explained_variance"] >= 0.77, r  # 0.815 / 0.786 at 1.5 M tokens; 0.863 / 0.841 at the default 4 M
         assert r["dead_frac"] <= 0.15, r
     assert "expl.var" in stdout and "rec.zero" in stdout
 
@@ -40,7 +40,7 @@ def test_quickstart_saes_are_sparse_faithful_and_alive_on_validation(quickstart)
 def test_quickstart_ce_loss_recovered_is_at_least_90_percent(quickstart):
     _, summary, _ = quickstart
     for r in summary["validation"]["saes"]:
-        assert r["ce_recovered_zero"] >= 0.90, r
+        assert r["ce_recovered_zero"] >= 0.90, r  # 95.0% / 91.6% at 1.5 M tokens; 96.8% / 94.2% at 4 M
         assert r["ce_clean"] < r["ce_sae"] < r["ce_zero"]
 
 
