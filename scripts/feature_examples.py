@@ -10,6 +10,7 @@ the dashboards show, for quoting in docs.
 from __future__ import annotations
 
 import argparse
+import re
 
 from attnsae.views.dashboards import read_feature, read_vocab
 
@@ -48,8 +49,16 @@ def main() -> None:
     p.add_argument("features", nargs="+", help="SAE/feature, e.g. L17/1530")
     p.add_argument("--n", type=int, default=3, help="top examples per feature")
     args = p.parse_args()
-    vocab = read_vocab(args.site)
-    print("\n\n".join(describe(args.site, name, args.n, vocab) for name in args.features))
+    for name in args.features:
+        if not re.fullmatch(r"[^/]+/\d+", name):
+            p.error(f"feature {name!r}: write SAE/index, e.g. L17/1530")
+    try:
+        vocab = read_vocab(args.site)
+        print("\n\n".join(describe(args.site, name, args.n, vocab) for name in args.features))
+    except (OSError, ValueError) as e:
+        p.error(f"{args.site} is not a dashboards folder written by `attnsae dashboard` ({e})")
+    except (KeyError, IndexError) as e:
+        p.error(f"no such feature in {args.site}: {e}")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,9 @@ def test_a_written_site_reads_back_feature_by_feature(dash, tmp_path):
             assert read_feature(tmp_path, block["name"], f["i"]) == json.loads(json.dumps(f))
     with pytest.raises(KeyError, match="no SAE named"):
         read_feature(tmp_path, "L99", 0)
+    block = d.bundle["saes"][0]
+    with pytest.raises(KeyError, match="has features 0.."):
+        read_feature(tmp_path, block["name"], len(block["features"]))
 
 
 def _stdlib_text(path: Path) -> Path:

@@ -106,10 +106,12 @@ def read_feature(site: str | Path, sae: str, i: int) -> dict:
     html = (site / "index.html").read_text(encoding="utf-8")
     start = html.index("window.ATTNSAE_INDEX = ") + len("window.ATTNSAE_INDEX = ")
     index = json.loads(html[start:html.index("</script>", start)].strip().rstrip(";"))
-    folders = {s["name"]: s["dir"] for s in index["saes"]}
-    if sae not in folders:
-        raise KeyError(f"no SAE named {sae!r} in {site}: it has {', '.join(folders)}")
-    text = (site / folders[sae] / f"{i // CHUNK_SIZE}.js").read_text(encoding="utf-8")
+    saes = {s["name"]: s for s in index["saes"]}
+    if sae not in saes:
+        raise KeyError(f"no SAE named {sae!r} in {site}: it has {', '.join(saes)}")
+    if not 0 <= i < saes[sae]["d_sae"]:
+        raise KeyError(f"SAE {sae} has features 0..{saes[sae]['d_sae'] - 1}, not {i}")
+    text = (site / saes[sae]["dir"] / f"{i // CHUNK_SIZE}.js").read_text(encoding="utf-8")
     return json.loads(text[text.index("(") + 1:text.rindex(")")])["features"][i % CHUNK_SIZE]
 
 

@@ -197,8 +197,9 @@ def patch_scan(model, clean: IOIDataset, corrupted: IOIDataset, roles: Sequence[
 
     def patched(role: str, sources: dict[int, Tensor], layer: int, heads: list[int] | None) -> float:
         hooks = patch_hooks(model, clean, role, {layer: sources[layer]}, None if heads is None else {layer: heads})
+        delta = float(run_logit_diff(model, clean, hooks, batch_size).mean()) - base
         bar.update()
-        return float(run_logit_diff(model, clean, hooks, batch_size).mean()) - base
+        return delta
 
     for role in roles:
         sources = z_at(model, corrupted, role, range(L), batch_size)

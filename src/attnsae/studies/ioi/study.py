@@ -31,8 +31,8 @@ from attnsae.studies.ioi.sources import dfa_by_role
 
 def ioi_study(model, saes: Mapping[int, SAE] | None, n_prompts: int = 80, seed: int = 0, progress: bool = True,
               k_layers: int = 2, per_head: bool = True, head_layers: int | None = 6, top_features: int = 8,
-              max_features: int | None = None,
-              connector: str = "alongside", names: Sequence[str] = NAMES, batch_size: int = BATCH) -> dict:
+              max_features: int | None = None, connector: str = "alongside", names: Sequence[str] = NAMES,
+              batch_size: int = BATCH) -> dict:
     """Run the IOI study on ``model`` and return its result (plain data).
 
     Args:
