@@ -1,6 +1,6 @@
 """Shared fixtures and helpers (tests import helpers from here and from ``tiny_archs``, never from a test module):
 the shipped reference model (loaded once) and its tokenizer, small random models, random SAEs and token contexts, CLI
-runners."""
+runners, a headless browser (``browser``: tests/browser.py)."""
 
 from __future__ import annotations
 
@@ -186,6 +186,20 @@ def saved_sae(path, layer: int = 1, d_in: int = 256, hook: str | None = None, mo
     return str(path)
 
 
+def fake_dashboards(root, saes: dict) -> str:
+    """A minimal dashboards folder for ``{layer: SAE}``: just the index.html the explorer reads (SAE names L<layer>,
+    families cycling induction / short-range / long-range by feature index)."""
+    import json
+    from pathlib import Path
+
+    index = {"families": {"names": ["induction", "short-range", "long-range"]},
+             "saes": [{"name": f"L{l}", "layer": l, "d_sae": s.cfg.d_sae, "dir": f"data/L{l}",
+                       "family": [j % 3 for j in range(s.cfg.d_sae)]} for l, s in saes.items()]}
+    Path(root).mkdir(parents=True, exist_ok=True)
+    (Path(root) / "index.html").write_text(f"<script>window.ATTNSAE_INDEX = {json.dumps(index)};</script>")
+    return str(root)
+
+
 def random_tokens(n: int = 6, pos: int = 12, seed: int = 0):
     """Random token contexts int64 [n, pos] of the 8192-token vocabulary, BOS (0) at position 0."""
     import torch
@@ -205,3 +219,22 @@ def assert_tree_closes(res, rel=1e-4):
             assert abs(node.residual()) <= rel * node.scale() + 1e-7, (node.name, node.residual(), node.scale())
     assert res.closes() and res.to_dict()["closure"]["closes"]
     return n_with_children
+
+
+# ------------------------------------------------------------------------------------------------ headless browser
+
+@pytest.fixture(scope="module")
+def _chromium():
+    """One headless Chromium per test module (tests/browser.py); skips the test without one (see require_browser)."""
+    from browser import Browser, require_browser
+
+    with Browser(require_browser()) as browser:
+        yield browser
+
+
+@pytest.fixture
+def browser(_chromium):
+    """The module's Chromium for one test: ``browser.open(url)`` gives a new recorded page (file:// or http://) in a
+    fresh context; the test's pages are closed after it."""
+    yield _chromium
+    _chromium.close_pages()

@@ -294,6 +294,14 @@ CASES: list[Case] = [
       "an SAE of a layer the model lacks"),
     C("study-ioi-sae-layer-5", "study ioi --model attnsae-stdlib-2l --sae {fx}/sae_layer5 --out {d}/out",
       "layers 0..1", "an IOI SAE of a layer the model lacks"),
+    # -- explore (each refused before the server starts)
+    C("explore-dashboard-not-a-site", "explore --sae {fx}/sae --dashboard {d}", "not a dashboards folder",
+      "--dashboard a folder with no dashboards in it"),
+    C("explore-port-out-of-range", "explore --sae {fx}/sae --port 70000", "port number 0..65535",
+      "a port past 65535"),
+    C("explore-sae-layer-5", "explore --sae {fx}/sae_layer5", "layers 0..1", "an SAE of a layer the model lacks"),
+    C("explore-two-saes-one-layer", "explore --sae {fx}/sae {fx}/sae", "two SAEs for layer 0",
+      "two SAEs of the same layer"),
 ]
 BY_ID = {c.id: c for c in CASES}
 assert len(BY_ID) == len(CASES), "case ids must be unique"

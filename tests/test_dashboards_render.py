@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from browser import Browser, Page, require_browser
+from browser import Browser, Page
 
 from attnsae.views.dashboards import CHUNK_SIZE, write_dashboards
 from attnsae.views.heads_report import write_head_report
@@ -142,12 +142,6 @@ def site(tmp_path_factory) -> tuple[Path, dict]:
     return out, bundle
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with Browser(require_browser()) as b:
-        yield b
-
-
 def _open(browser: Browser, path: Path, hash_: str = "") -> Page:
     page = browser.open(path.as_uri() + hash_)
     page.wait_for("document.querySelector('#list .row') || document.querySelector('#heads .head')")
@@ -208,7 +202,7 @@ def test_index_lists_features_offline_without_errors(site, browser, tmp_path):
     page.evaluate("document.getElementById('list').scrollTop = 1000 * 26")
     page.wait_for("[...document.querySelectorAll('#list .row .idx')].some(e => e.textContent === '1000')")
     assert page.evaluate("document.querySelectorAll('#list .row').length") < 120
-    page.screenshot(tmp_path / "overview.png")
+    page.screenshot(path=tmp_path / "overview.png")
     _assert_clean(page)
 
 
@@ -216,9 +210,8 @@ def test_search_box_opens_the_feature_panel(site, browser, tmp_path):
     out, bundle = site
     feature = bundle["saes"][1]["features"][FEATURE]
     page = _open(browser, out / "index.html")
-    page.evaluate("document.getElementById('search').focus()")
-    page.type(f"L1/{FEATURE}")
-    page.press("Enter")
+    page.fill("#search", f"L1/{FEATURE}")
+    page.press("#search", "Enter")
     page.wait_for(f"document.querySelector('article.feature[data-sae=\"L1\"][data-index=\"{FEATURE}\"]')")
     assert page.evaluate("location.hash") == f"#L1/{FEATURE}"
     count = lambda selector: page.evaluate(f"document.querySelectorAll({json.dumps(selector)}).length")
@@ -231,7 +224,7 @@ def test_search_box_opens_the_feature_panel(site, browser, tmp_path):
     assert page.evaluate("document.querySelector('.title-row .badge').textContent") == feature["family"]
     assert "criterion" in page.evaluate("document.querySelector('.title-row .badge').title")
     assert page.evaluate("document.querySelector('#list .row.selected .idx').textContent") == str(FEATURE)
-    page.screenshot(tmp_path / "feature.png")
+    page.screenshot(path=tmp_path / "feature.png")
     assert (tmp_path / "feature.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _assert_clean(page)
 
@@ -240,9 +233,8 @@ def test_bad_search_says_what_to_type(site, browser):
     out, _ = site
     page = _open(browser, out / "index.html")
     for text, needle in [("L9/3", "no SAE named"), ("99999", "has features 0–2047"), ("cat", "not a feature")]:
-        page.evaluate(f"document.getElementById('search').value = {json.dumps(text)}")
-        page.evaluate("document.getElementById('search').focus()")
-        page.press("Enter")
+        page.fill("#search", text)
+        page.press("#search", "Enter")
         assert needle in page.wait_for("document.getElementById('search-message').textContent")
     _assert_clean(page)
 
@@ -349,7 +341,7 @@ def test_head_report_links_into_the_dashboards(site, browser, tmp_path):
     assert page.evaluate("document.querySelector('#topbar h1').textContent") == report["title"]
     hrefs = page.evaluate("[...document.querySelectorAll('#heads table a')].map(a => a.getAttribute('href'))")
     assert hrefs == [f"index.html#{h['sae']}/{f['i']}" for h in report["heads"] for f in h["features"]]
-    page.screenshot(tmp_path / "heads.png")
+    page.screenshot(path=tmp_path / "heads.png")
     _assert_clean(page)
     page.evaluate(f"document.querySelector('#heads table a[href=\"index.html#L1/{FEATURE}\"]').click()")
     page.wait_for(f"document.querySelector('article.feature[data-sae=\"L1\"][data-index=\"{FEATURE}\"]')")

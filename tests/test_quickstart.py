@@ -126,19 +126,43 @@ def test_quickstart_writes_dashboards_families_and_head_report(quickstart):
     assert "| L1 |" in (site / "families.md").read_text()
 
 
-def test_quickstart_dashboards_render_offline_in_chromium(quickstart, tmp_path):
-    from browser import Browser, require_browser
+def test_quickstart_prints_an_explore_command_that_serves_its_saes(quickstart):
+    """The printed `attnsae explore ...` line, run as printed (port 0: a free one), serves the explorer on both SAEs."""
+    import shlex
+    import signal
+    import subprocess
+    import sys
 
-    require_browser()
+    import httpx
+
+    out, summary, stdout = quickstart
+    line = next(x for x in stdout.splitlines() if x.startswith("explore any prompt"))
+    command = line.split(": ", 1)[1]
+    assert command == summary["explore"] and "--dashboard" in command
+    args = shlex.split(command)
+    assert args[:2] == ["attnsae", "explore"]
+    proc = subprocess.Popen([sys.executable, "-m", "attnsae", *args[1:], "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split("open ", 1)[1].split()[0]
+        info = httpx.get(url + "api/info", timeout=30).json()
+        assert [s["layer"] for s in info["saes"]] == [0, 1] and info["dashboard"]
+        rows = httpx.post(url + "api/features", json={"prompt": "import os\nimport os"}, timeout=30).json()["rows"]
+        assert any(e["layer"] == 1 and e["family"] for row in rows for e in row)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_quickstart_dashboards_render_offline_in_chromium(quickstart, browser, tmp_path):
     out, summary, _ = quickstart
     feature = _induction_features(out)[0]
     site = out / "dashboard"
-    with Browser() as b:
-        page = b.open(f"file://{site / 'index.html'}#L1/{feature}")
-        page.wait_for("document.querySelectorAll('.ex .t.dest').length > 0", timeout=20)
-        page.screenshot(tmp_path / "feature.png")
-        heads = b.open(f"file://{site / 'heads.html'}")
-        heads.wait_for("document.querySelectorAll('a[href*=\"index.html#L\"]').length >= 100", timeout=20)
-        for p in (page, heads):
-            assert not p.errors(), p.errors()
-            assert p.requests and all(u.startswith("file://") for u in p.requests), p.requests
+    page = browser.open(f"file://{site / 'index.html'}#L1/{feature}")
+    page.wait_for("document.querySelectorAll('.ex .t.dest').length > 0", timeout=20)
+    page.screenshot(path=tmp_path / "feature.png")
+    heads = browser.open(f"file://{site / 'heads.html'}")
+    heads.wait_for("document.querySelectorAll('a[href*=\"index.html#L\"]').length >= 100", timeout=20)
+    for p in (page, heads):
+        assert not p.errors(), p.errors()
+        assert p.requests and all(u.startswith("file://") for u in p.requests), p.requests

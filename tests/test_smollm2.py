@@ -127,3 +127,31 @@ def test_an_sae_of_the_reference_model_is_refused_on_smollm2(tmp_path):
     proc = run_cli("eval", "--sae", str(path), "--model", NAME, "--n-tokens", "256", "--out", str(tmp_path / "e"))
     assert_one_line_error(proc, "trained on model")
     assert not (tmp_path / "e").exists()
+
+
+def test_the_explorer_reads_a_2048_token_prompt(smol):
+    """The Circuit Explorer on SmolLM2 at 2,048 tokens: features, a DFA click that sums back, RDFA one level down
+    (closing) and an attention row, with attention patterns captured per layer on demand (the budget
+    holds fewer layers than the SAEs need)."""
+    from fastapi.testclient import TestClient
+
+    from attnsae.serve.app import create_app
+
+    saes = [random_sae(smol, 3, d_sae=256, seed=4, architecture="topk", k=16), random_sae(smol, 6, d_sae=256, seed=5)]
+    client = TestClient(create_app(smol, saes, max_sessions=1))
+    words = "the cat sat on the mat and then the dog ran to the park with a ball ".split()
+    prompt = " ".join(words[i % len(words)] for i in range(2047))
+    feats = client.post("/api/features", json={"prompt": prompt, "k": 4}).json()
+    S = len(feats["tokens"])
+    assert S == 2048 and len(feats["rows"]) == S
+    t = S - 1
+    top = next(e for e in feats["rows"][t] if e["layer"] == 6)
+    at = {"prompt": prompt, "layer": 6, "feature": top["feature"], "position": t}
+    d = client.post("/api/dfa", json=at).json()
+    assert len(d["by_src"]) == S and d["identity_error"] < 1e-3 * max(1.0, abs(d["pre_act"]))
+    root = client.post("/api/rdfa", json={"prompt": prompt, "node": {"kind": "feature", "layer": 6, "position": t,
+                                                                     "feature": top["feature"], "coef": 1}}).json()
+    kid = client.post("/api/rdfa", json={"prompt": prompt, "node": root["children"][0]["ref"]}).json()
+    assert root["relative_residual"] < 1e-4 and kid["relative_residual"] < 1e-4
+    row = client.post("/api/attention", json={"prompt": prompt, "layer": 1, "head": 0, "dest": t}).json()["weights"]
+    assert len(row) == S and abs(sum(row) - 1) < 1e-3

@@ -597,6 +597,46 @@ def run_study(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------------------------- the table
 
+# ----------------------------------------------------------------------------------------------- explore
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def explore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sae", nargs="+", required=True, metavar="DIR", help="SAE folders (one per layer) to explore")
+    add_model_args(p, sae_default=True)
+    p.add_argument("--dashboard", default=None, metavar="DIR",
+                   help="a dashboards folder of these SAEs (`attnsae dashboard`): family labels and feature pages")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1, this machine only; anything else is reachable by others)")
+    p.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
+
+
+def _port(text: str) -> int:
+    value = _int_at_least(text, 0)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {value}")
+    return value
+
+
+def run_explore(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from attnsae.serve.app import create_app, listen, url_of
+
+    if args.dashboard is not None and not (Path(args.dashboard) / "index.html").is_file():
+        raise AttnsaeError(f"--dashboard {args.dashboard} is not a dashboards folder (no index.html): give the folder "
+                           "`attnsae dashboard` or the quickstart wrote")
+    saes, model = load_saes_and_model(args.sae, args.model, args.device)
+    app = create_app(model, saes, args.dashboard)
+    if args.host not in LOCAL_HOSTS:
+        print(f"attnsae: warning: binding {args.host}: anyone who can reach this address can use the explorer "
+              "(and your CPU); use the default 127.0.0.1 to keep it on this machine", file=sys.stderr)
+    sock = listen(args.host, args.port)
+    print(f"attnsae explorer: open {url_of(sock)}  (Ctrl+C stops it)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
 COMMANDS: dict[str, Command] = {
     "quickstart": ("the main job (reference model by default): train an SAE per layer, evaluate it, write dashboards",
@@ -611,6 +651,8 @@ COMMANDS: dict[str, Command] = {
                   dashboard_args, run_dashboard),
     "attribute": ("explain a feature on a prompt: DFA by source and head, recursive DFA, logit effect",
                   attribute_args, run_attribute),
+    "explore": ("the Circuit Explorer: a local web app to read any prompt through the SAEs (features, DFA, recursive "
+                "DFA, effects, attention, interventions)", explore_args, run_explore),
     "corpus": ("tokenise a corpus split into contexts and report what it holds", corpus_args, run_corpus),
     "info": ("load a model and report its layout (heads, KV heads, norms, positions, windows, attention direction, LM "
              "head) and which stages are exact on it", info_args, run_info),

@@ -4,11 +4,12 @@ Harvest ``hook_z`` from a corpus's train split (stdlib for the reference model, 
 per chosen layer from a single activation stream, save them (SAELens format), then evaluate each on held-out validation tokens (L0, explained
 variance, CE loss recovered, ...), print the table and plot the feature densities; finally scan validation
 tokens for the reading site (:mod:`attnsae.reading`: feature dashboards, feature families, head report) and print
-the path to open.
+the path to open, and the ``attnsae explore`` command that opens the Circuit Explorer on the new SAEs.
 """
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,7 +104,10 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         site = read_features(model, saes, val_tokens[:n_dash], out / "dashboard", names=names,
                           corpus={"source": cfg.source, "split": "validation"},
                           paths=[str(out / "saes" / s.name) for s in specs])
+    explore = explore_command([str(out / "saes" / s.name) for s in specs], cfg.model,
+                              out / "dashboard" if site else None)
     summary = {"config": asdict(cfg), "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},
+               "explore": explore,
                "validation": report.to_dict(feature_frequency=False), "dashboard": site,
                "seconds": {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)}}
     atomic_write_json(summary, out / "summary.json")
@@ -112,4 +116,11 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     print(f"\nSAEs, summary.json and density.png in {out}  ({summary['seconds']['total']:.0f}s)")
     if site:
         print(f"open {site['index']}  (heads: {site['heads_html']})")
+    print(f"explore any prompt through these SAEs: {explore}")
     return summary
+
+
+def explore_command(sae_paths: list[str], model: str | None, dashboard: Path | None) -> str:
+    """The ``attnsae explore`` command line that opens the Circuit Explorer on these SAEs."""
+    args = ["attnsae", "explore", "--sae", *sae_paths] + (["--model", model] if model else [])
+    return shlex.join(args + (["--dashboard", str(dashboard)] if dashboard else []))

@@ -69,11 +69,12 @@ def attention_mask(model, tokens: Tensor, lengths: Tensor | None) -> Tensor | No
 
 @torch.no_grad()
 def capture(model, tokens: Tensor, names: list[str], stop_at_layer: int | None = None,
-            attention_mask: Tensor | None = None) -> dict[str, Tensor]:
+            attention_mask: Tensor | None = None, return_logits: bool = False) -> dict[str, Tensor]:
     """Run the model on ``tokens`` and return the named hook activations (detached, float32).
 
     Names the model lacks (``hook_pos_embed`` in a rotary model) are skipped. The run stops before block
     ``stop_at_layer`` when given; ``attention_mask`` [batch, pos] (1: real token) hides padding from an encoder.
+    ``return_logits`` (with no ``stop_at_layer``) adds the output logits as ``"logits"`` [batch, pos, d_vocab].
     """
     hook_dict = model.hook_dict
     names = [n for n in names if n in hook_dict]
@@ -88,7 +89,11 @@ def capture(model, tokens: Tensor, names: list[str], stop_at_layer: int | None =
 
     device = next(model.parameters()).device
     stop = stop_at_layer if stop_at_layer is not None and stop_at_layer < model.cfg.n_layers else None
+    if return_logits and stop is not None:
+        raise AttnsaeError("logits need the whole model: do not stop the run early")
     extra = {} if attention_mask is None else {"attention_mask": attention_mask.to(device)}
-    model.run_with_hooks(tokens.to(device), fwd_hooks=[(n, saver(n)) for n in names], stop_at_layer=stop,
-                         return_type=None, **extra)
+    logits = model.run_with_hooks(tokens.to(device), fwd_hooks=[(n, saver(n)) for n in names], stop_at_layer=stop,
+                                  return_type="logits" if return_logits else None, **extra)
+    if return_logits:
+        out["logits"] = logits.detach().float()
     return {n: x.cpu() for n, x in out.items()}

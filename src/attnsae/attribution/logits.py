@@ -44,9 +44,10 @@ class LogitEffect:
 
 
 @torch.no_grad()
-def logit_effect_matrix(model, sae: SAE, features: Sequence[int], through_ln_final: bool = False) -> torch.Tensor:
-    """``out(W_dec[features] @ W_O_cat) @ W_U``: float32 [len(features), d_vocab] (``out``, ``through_ln_final``:
-    the module docstring)."""
+def logit_effect_matrix(model, sae: SAE, features: Sequence[int], through_ln_final: bool = False,
+                        tokens: Sequence[int] | None = None) -> torch.Tensor:
+    """``out(W_dec[features] @ W_O_cat) @ W_U``: float32 [len(features), d_vocab], or [len(features), len(tokens)]
+    with only the ``tokens`` columns of ``W_U`` (``out``, ``through_ln_final``: the module docstring)."""
     layer = check_sae(model, sae)
     features = check_features(sae, features)
     require(model, "logit_effect", layer)
@@ -57,7 +58,7 @@ def logit_effect_matrix(model, sae: SAE, features: Sequence[int], through_ln_fin
         if final.kind == "LN":
             direction = direction - direction.mean(-1, keepdim=True)
         direction = direction * g
-    return direction @ W_U
+    return direction @ (W_U if tokens is None else W_U[:, torch.as_tensor(tokens, dtype=torch.long)])
 
 
 def logit_effect_vector(model, sae: SAE, feature: int, through_ln_final: bool = False) -> torch.Tensor:

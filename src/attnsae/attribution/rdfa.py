@@ -70,6 +70,29 @@ from attnsae.sae.model import SAE
 
 
 CLOSURE_TOLERANCE = 1e-4  # the worst |residual| / scale a tree may have (fp32 rounding gives ~1e-6)
+DEFAULT_PATTERN_BYTES = 256 * 2**20  # attention patterns kept in memory (float32 [head, dest, src] per layer)
+
+
+class Patterns:
+    """``hook_pattern`` per layer, float32 [head, dest, src]: those given, then each other layer captured when first
+    asked for (a forward pass stopped after it), keeping the most recently used layers that fit in ``max_bytes``
+    (at least one)."""
+
+    def __init__(self, model, tokens: Tensor, max_bytes: int, given: dict[int, Tensor]) -> None:
+        self.model, self.tokens, self.max_bytes = model, tokens, max_bytes
+        self.cache: dict[int, Tensor] = dict(given)
+        self.captures = 0  # forward passes run for patterns after construction
+
+    def __getitem__(self, layer: int) -> Tensor:
+        if layer not in self.cache:
+            name = f"blocks.{layer}.attn.hook_pattern"
+            self.cache[layer] = capture(self.model, self.tokens[None], [name], stop_at_layer=layer + 1)[name][0]
+            self.captures += 1
+            while len(self.cache) > 1 and sum(a.numel() * 4 for a in self.cache.values()) > self.max_bytes:
+                del self.cache[next(iter(self.cache))]
+        else:
+            self.cache[layer] = self.cache.pop(layer)  # most recently used last
+        return self.cache[layer]
 
 
 @dataclass
@@ -83,8 +106,9 @@ class RDFANode:
     position: int | None = None  # feature / component: its position; head_source: the destination
     source: int | None = None  # head_source: the source position
     head: int | None = None
-    feature: int | None = None
+    feature: int | None = None  # feature: its index; head_source: the feature whose read-out it is
     activation: float | None = None  # feature: f_j at its position
+    coef: float | None = None  # feature and head_source: the κ the feature is carried with (1 at the root)
     children: list[RDFANode] = field(default_factory=list)
     remainders: dict[str, float] = field(default_factory=dict)
 
@@ -106,7 +130,7 @@ class RDFANode:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("kind", "name", "value", "layer", "position", "source", "head", "feature",
-                                           "activation") if getattr(self, k) is not None}
+                                           "activation", "coef") if getattr(self, k) is not None}
         d["remainders"] = dict(self.remainders)
         d["children"] = [c.to_dict() for c in self.children]
         return d
@@ -163,10 +187,16 @@ class RDFATracer:
 
     A model RDFA cannot decompose raises its one-line refusal, unless ``dfa_fallback``: then the tracer gives plain
     DFA, a depth-0 tree (the top ``(source, head)`` terms, the rest, the bias), and :attr:`refused` says why.
+
+    Attention patterns (``[head, dest, src]`` per layer, the one capture that grows with the prompt's length squared)
+    are captured with the rest when all of them fit in ``pattern_bytes``; otherwise each layer's is captured when
+    first needed (a forward pass stopped after that layer) and the most recently used that fit are kept
+    (:class:`Patterns`). ``keep_logits`` runs the whole model and keeps its logits (:attr:`logits` [pos, d_vocab]).
     """
 
     def __init__(self, model, sae: SAE, tokens: Tensor, upstream_saes: Sequence[SAE] | Mapping[int, SAE] = (),
-                 centre_components: bool = True, dfa_fallback: bool = False) -> None:
+                 centre_components: bool = True, dfa_fallback: bool = False, keep_logits: bool = False,
+                 pattern_bytes: int = DEFAULT_PATTERN_BYTES) -> None:
         self.layer = L = check_sae(model, sae)
         self.refused = describe(model).refusal("rdfa", L)
         if self.refused and not dfa_fallback:
@@ -191,23 +221,31 @@ class RDFATracer:
         self.n_heads = self.W[L].n_heads
         self.d_head = self.W[L].d_head
 
+        S = len(self.tokens)
+        eager = self.n_heads * S * S * 4 * len(layers) <= pattern_bytes
         names = [] if self.refused else ["hook_embed", "hook_pos_embed"]
         for l in layers:
-            names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_pattern",
-                      f"blocks.{l}.attn.hook_z"]
+            names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_z"]
+            names += [f"blocks.{l}.attn.hook_pattern"] if eager else []
             if self.W[l].in_norm is not None and not self.refused:
                 names += [f"blocks.{l}.ln1.hook_scale", f"blocks.{l}.ln1.hook_normalized"]
             if self.W[l].out_norm is not None and l < L:
                 names.append(f"blocks.{l}.ln1_post.hook_scale")
             if l < L:
                 names += [f"blocks.{l}.hook_attn_out", f"blocks.{l}.hook_mlp_out"]
-        c = {k: v[0] for k, v in capture(model, self.tokens[None], names, stop_at_layer=L + 1).items()}
-        missing = [n for n in names if n not in c and n != "hook_pos_embed"]
+        if keep_logits:
+            names.append("ln_final.hook_scale")
+        c = {k: v[0] for k, v in capture(model, self.tokens[None], names, stop_at_layer=None if keep_logits else L + 1,
+                                         return_logits=keep_logits).items()}
+        missing = [n for n in names if n not in c and n not in ("hook_pos_embed", "ln_final.hook_scale")]
         if missing:
             raise AttnsaeError(f"RDFA needs hook {missing[0]}, which this model does not expose")
-        self.S = S = len(self.tokens)
+        self.S = S
+        self.logits: Tensor | None = c.get("logits")  # [S, d_vocab] with keep_logits
+        self.final_scale: Tensor | None = c["ln_final.hook_scale"].reshape(S) if "ln_final.hook_scale" in c else None
         self.v = {l: c[f"blocks.{l}.attn.hook_v"] for l in layers}  # [S, n_kv, d_head]
-        self.A = {l: c[f"blocks.{l}.attn.hook_pattern"] for l in layers}  # [head, dest, src]
+        self.A = Patterns(model, self.tokens, pattern_bytes,
+                          {l: c[f"blocks.{l}.attn.hook_pattern"] for l in layers} if eager else {})
         self.z = {l: c[f"blocks.{l}.attn.hook_z"].reshape(S, -1) for l in layers}  # [S, d_in]
 
         self.saes: dict[int, _SAELayer] = {}
@@ -292,10 +330,11 @@ class RDFATracer:
 
     # ------------------------------------------------------------------------------------------- tracing
 
-    def trace(self, feature: int, position: int | None = None, depth: int = 2, top_k: int = 5) -> RDFAResult:
-        """The tree of ``feature`` (of the top SAE) at ``position`` (default: where its activation, else its
-        pre-activation, is largest)."""
-        L = self.layer
+    def trace(self, feature: int, position: int | None = None, depth: int = 2, top_k: int = 5,
+              layer: int | None = None) -> RDFAResult:
+        """The tree of ``feature`` of the SAE at ``layer`` (default: the top SAE) at ``position`` (default: where its
+        activation, else its pre-activation, is largest)."""
+        L = self._check_layer(self.layer if layer is None else layer)
         top = self.saes[L]
         (feature,) = check_features(top.sae, feature)
         if depth < 0 or top_k < 1:
@@ -303,51 +342,95 @@ class RDFATracer:
         if position is None:
             col = top.act[:, feature] if bool((top.act[:, feature] > 0).any()) else top.pre[:, feature]
             position = int(col.argmax())
-        if not 0 <= position < self.S:
-            raise AttnsaeError(f"position {position} is out of range: the prompt has positions 0..{self.S - 1}")
+        self._check_position(position)
         self.top_k = top_k
         if self.refused:
             depth = 0  # plain DFA: the root's (source, head) terms are leaves
-        terms = self._dfa_terms(L, position, feature)  # [S, H]
+        terms = self.dfa_terms(L, feature, position)  # [S, H]
         root = self._feature(L, position, feature, 1.0, depth, root=True, terms=terms)
         return RDFAResult(layer=L, feature=feature, position=position, tokens=self.tokens.tolist(),
                           token_strs=self.token_strs, depth=depth, top_k=top_k, root=root,
                           by_src=terms.sum(1).tolist(), by_head=terms.sum(0).tolist())
 
-    def _dfa_terms(self, l: int, t: int, j: int) -> Tensor:
-        """``A_h[t, s]·(w_{j,h} · v_{kv(h)}[s])``: [S, H] (the DFA of feature j of layer l at t)."""
-        w = self.saes[l].sae.W_enc.detach()[:, j].float().view(self.n_heads, self.d_head)  # [H, d_head]
-        vw = torch.einsum("shd,hd->sh", self.v[l][:, self.W[l].kv_of_head], w)  # [S, H]
-        return self.A[l][:, t, :].T * vw
+    def expand(self, kind: str, layer: int, position: int, feature: int, coef: float = 1.0, head: int | None = None,
+               source: int | None = None, top_k: int = 5, threshold: float = 0.0) -> RDFANode:
+        """One level of the tree below one node, its children leaves (for expanding a tree lazily, as the explorer
+        does). A feature node ``(layer, position, feature, coef)`` gets its top-k ``(source, head)`` terms; a
+        head-source node (the same plus ``head``, ``source``; ``position`` is the destination) gets its components
+        and top-k upstream features. The node's value is ``coef·pre`` (an upstream feature is active, so this is
+        ``coef·f``), and children whose |value| is under ``threshold``·|value| fold into the remainder
+        ``"below_threshold"``: children plus remainders still sum to the node."""
+        if self.refused and kind != "feature":
+            raise AttnsaeError(self.refused)
+        l = self._check_layer(layer)
+        (feature,) = check_features(self.saes[l].sae, feature)
+        self._check_position(position)
+        if top_k < 1 or not 0 <= threshold <= 1:
+            raise AttnsaeError(f"top_k must be >= 1 and threshold in [0, 1], got top_k={top_k}, threshold={threshold}")
+        self.top_k = top_k
+        if kind == "feature":
+            node = self._feature(l, position, feature, coef, 0, root=True)
+        elif kind == "head_source":
+            if head is None or not 0 <= head < self.n_heads:
+                raise AttnsaeError(f"a head-source node needs a head in 0..{self.n_heads - 1}, got {head}")
+            if source is None or not 0 <= source < self.S:
+                raise AttnsaeError(f"a head-source node needs a source in 0..{self.S - 1}, got {source}")
+            r = self.saes[l].sae.W_enc.detach()[head * self.d_head:(head + 1) * self.d_head, feature].float()
+            node = self._head_source(l, head, position, source, r, coef, 1, feature)
+        else:
+            raise AttnsaeError(f"only feature and head_source nodes expand, not {kind!r}")
+        small = [c for c in node.children if abs(c.value) < threshold * abs(node.value)]
+        if small:
+            node.children = [c for c in node.children if c not in small]
+            node.remainders["below_threshold"] = sum(c.value for c in small)
+        return node
+
+    def _check_layer(self, layer: int) -> int:
+        if layer not in self.saes:
+            raise AttnsaeError(f"layer {layer} has no SAE here: the SAEs read layers "
+                               f"{', '.join(map(str, sorted(self.saes)))}")
+        return layer
+
+    def _check_position(self, position: int) -> None:
+        if not 0 <= position < self.S:
+            raise AttnsaeError(f"position {position} is out of range: the prompt has positions 0..{self.S - 1}")
+
+    def dfa_terms(self, layer: int, feature: int, position: int) -> Tensor:
+        """``A_h[t, s]·(w_{j,h} · v_{kv(h)}[s])``: [S, H], the DFA of ``feature`` j of the SAE at ``layer`` at
+        ``position`` t; it sums to ``pre_j[t] − bias_j``."""
+        w = self.saes[layer].sae.W_enc.detach()[:, feature].float().view(self.n_heads, self.d_head)  # [H, d_head]
+        vw = torch.einsum("shd,hd->sh", self.v[layer][:, self.W[layer].kv_of_head], w)  # [S, H]
+        return self.A[layer][:, position, :].T * vw
 
     def _feature(self, l: int, t: int, j: int, kappa: float, depth: int, root: bool = False,
                  terms: Tensor | None = None) -> RDFANode:
         sl = self.saes[l]
         pre, act = float(sl.pre[t, j]), float(sl.act[t, j])
-        node = RDFANode("feature", f"blocks.{l}.attn.sae feature {j}", pre if root else kappa * act, layer=l,
-                        position=t, feature=j, activation=act)
+        node = RDFANode("feature", f"blocks.{l}.attn.sae feature {j}", kappa * pre if root else kappa * act, layer=l,
+                        position=t, feature=j, activation=act, coef=kappa)
         if not (root or depth > 0):
             return node
-        terms = (self._dfa_terms(l, t, j) if terms is None else terms) * kappa  # [S, H]
+        terms = (self.dfa_terms(l, j, t) if terms is None else terms) * kappa  # [S, H]
         flat = terms.flatten()
         k = min(self.top_k, len(flat))
         top = flat.abs().topk(k).indices
         for i in top.tolist():
             s, h = divmod(i, self.n_heads)
             r = sl.sae.W_enc.detach()[h * self.d_head:(h + 1) * self.d_head, j].float()
-            node.children.append(self._head_source(l, h, t, s, r, kappa, depth))
+            node.children.append(self._head_source(l, h, t, s, r, kappa, depth, j))
         node.remainders["other_sources_heads"] = float(flat.sum() - flat[top].sum())
         node.remainders[f"blocks.{l}.attn.sae.bias"] = kappa * float(sl.bias[j])
         if not root and act != pre:
             node.remainders[f"blocks.{l}.attn.sae.activation_gap"] = kappa * (act - pre)
         return node
 
-    def _head_source(self, l: int, h: int, t: int, s: int, r: Tensor, coef: float, depth: int) -> RDFANode:
+    def _head_source(self, l: int, h: int, t: int, s: int, r: Tensor, coef: float, depth: int,
+                     feature: int) -> RDFANode:
         W = self.W[l]
         g = int(W.kv_of_head[h])
         alpha = coef * float(self.A[l][h, t, s])
         node = RDFANode("head_source", f"blocks.{l}.attn head {h}", alpha * float(self.v[l][s, g] @ r), layer=l,
-                        position=t, source=s, head=h)
+                        position=t, source=s, head=h, feature=feature, coef=coef)
         if depth <= 0:
             return node
         u = W.W_V[g] @ r  # [d_model]

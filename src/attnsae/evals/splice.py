@@ -80,9 +80,9 @@ def splice_hook(sae: SAE, layer: int, with_error: bool = False, edit: EditFn | N
             if not isinstance(edited, Tensor) or edited.shape != out.feature_acts.shape:
                 raise AttnsaeError("an SAE edit function must return feature activations of the shape it was given "
                                    f"{tuple(out.feature_acts.shape)}")
-            new = sae.decode(edited)
-            if with_error:
-                new = new + (x - sae.decode(out.feature_acts))
+            # with the error term: x + (g(f) - f) W_dec, the same as decode(g(f)) + (x - decode(f)) but exactly x
+            # wherever the edit changed nothing
+            new = x + (edited - out.feature_acts) @ sae.W_dec if with_error else sae.decode(edited)
         new = _keep_first(new.to(z.device, z.dtype), z_cat, keep_bos)
         return new.reshape(z.shape)
 

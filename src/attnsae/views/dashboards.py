@@ -100,19 +100,30 @@ def write_dashboards(bundle: dict, out_dir: Path) -> Path:
     return index_path
 
 
+def _read_index(site: Path) -> dict:
+    """The ``window.ATTNSAE_INDEX`` literal of a written site's index.html."""
+    html = (site / "index.html").read_text(encoding="utf-8")
+    start = html.index("window.ATTNSAE_INDEX = ") + len("window.ATTNSAE_INDEX = ")
+    return json.loads(html[start:html.index("</script>", start)].strip().rstrip(";"))
+
+
 def read_feature(site: str | Path, sae: str, i: int) -> dict:
     """Feature ``i`` of the SAE named ``sae`` (e.g. "L17") read back from a written site: the FEATURE dict above."""
     site = Path(site)
-    html = (site / "index.html").read_text(encoding="utf-8")
-    start = html.index("window.ATTNSAE_INDEX = ") + len("window.ATTNSAE_INDEX = ")
-    index = json.loads(html[start:html.index("</script>", start)].strip().rstrip(";"))
-    saes = {s["name"]: s for s in index["saes"]}
+    saes = {s["name"]: s for s in _read_index(site)["saes"]}
     if sae not in saes:
         raise KeyError(f"no SAE named {sae!r} in {site}: it has {', '.join(saes)}")
     if not 0 <= i < saes[sae]["d_sae"]:
         raise KeyError(f"SAE {sae} has features 0..{saes[sae]['d_sae'] - 1}, not {i}")
     text = (site / saes[sae]["dir"] / f"{i // CHUNK_SIZE}.js").read_text(encoding="utf-8")
     return json.loads(text[text.index("(") + 1:text.rindex(")")])["features"][i % CHUNK_SIZE]
+
+
+def read_families(site: str | Path) -> dict[int, dict]:
+    """Per layer, the site's SAE of that layer: ``{layer: {"name": "L17", "families": [str] * d_sae}}``."""
+    index = _read_index(Path(site))
+    names = index["families"]["names"]
+    return {s["layer"]: {"name": s["name"], "families": [names[c] for c in s["family"]]} for s in index["saes"]}
 
 
 def read_vocab(site: str | Path) -> list[str]:

@@ -4,7 +4,8 @@
 window.attnsae = (() => {
   const SVG_NS = "http://www.w3.org/2000/svg";  // the XML namespace name of SVG, an identifier (nothing is fetched)
 
-  /* el("a", {class: "x", href: "#", onclick: f}, "text", child, [children]) -> HTMLElement */
+  /* el("a", {class: "x", href: "#", onclick: f, style: {"--w": "3px"}, dataset: {layer: 1}}, "text", child,
+        [children]) -> HTMLElement */
   function build(node, attrs, children) {
     for (const [key, value] of Object.entries(attrs || {})) {
       if (value === undefined || value === null || value === false) continue;
@@ -12,6 +13,8 @@ window.attnsae = (() => {
       else if (key === "text") node.textContent = String(value);
       else if (key === "style" && typeof value === "object") {
         for (const [prop, v] of Object.entries(value)) node.style.setProperty(prop, v);
+      } else if (key === "dataset") {
+        for (const [k, v] of Object.entries(value)) node.dataset[k] = String(v);
       } else node.setAttribute(key, value === true ? "" : String(value));
     }
     for (const child of children.flat(Infinity)) {

@@ -1,0 +1,266 @@
+"""One prompt through a model and its attention SAEs, captured once, and every question the Circuit Explorer asks
+of it: active features per token, DFA, lazy recursive DFA, logit effects, attention rows, interventions, and the
+difference between two prompts.
+
+A :class:`PromptSession` runs the model once (an :class:`~attnsae.attribution.rdfa.RDFATracer` for the deepest SAE
+layer, with every other SAE upstream and the logits kept), so a click costs no forward pass: DFA reads the captured
+values and patterns, RDFA expands one node at a time. Attention patterns, the one capture that grows with the
+prompt's length squared, are kept only while they fit in ``pattern_bytes`` (see :class:`~attnsae.attribution.rdfa.
+Patterns`); everything else is linear in the prompt's length. An intervention (scale one feature, at one position or
+all) runs the model again through :func:`attnsae.evals.splice.splice_saes` with the error terms kept, so only the
+edit changes anything.
+
+Each method returns plain JSON-ready data (dicts and lists of Python numbers); shapes: ``S`` tokens (BOS included at
+position 0), ``H`` heads, ``d_sae`` features.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from attnsae.attribution.inputs import check_features, tokenize
+from attnsae.attribution.logits import logit_effect, logit_effect_matrix
+from attnsae.attribution.rdfa import DEFAULT_PATTERN_BYTES, RDFANode, RDFATracer
+from attnsae.errors import AttnsaeError
+from attnsae.evals.splice import saes_by_layer, splice_saes
+from attnsae.models import model_name, n_ctx
+from attnsae.sae.model import SAE
+
+ORDERS = ("act", "dfa", "logit")
+
+
+def _predictions(logits: Tensor, k: int, decode) -> list[dict]:
+    """Top-``k`` next tokens of one logit row [d_vocab]: token, text, logit, probability."""
+    probs = logits.float().softmax(-1)
+    top = logits.topk(min(k, len(logits)))
+    return [{"token": int(t), "str": decode([int(t)]), "logit": float(v), "prob": float(probs[t])}
+            for v, t in zip(top.values, top.indices)]
+
+
+def check_prompt_length(model, prompt: str, prepend_bos: bool = True) -> int:
+    """The prompt's token count (with BOS), or a one-line refusal past the model's context."""
+    n = len(model.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + int(prepend_bos)
+    if n > n_ctx(model):
+        raise AttnsaeError(f"the prompt has {n} tokens but {model_name(model)} reads at most {n_ctx(model)}: "
+                           f"shorten it")
+    return n
+
+
+class PromptSession:
+    """The explorer's view of one prompt. ``saes``: a list (each at its own layer) or ``{layer: SAE}``."""
+
+    def __init__(self, model, saes: Sequence[SAE] | Mapping[int, SAE], prompt: str,
+                 pattern_bytes: int = DEFAULT_PATTERN_BYTES) -> None:
+        self.model = model
+        self.saes = saes_by_layer(model, saes)
+        if not self.saes:
+            raise AttnsaeError("no SAEs given: the explorer needs at least one SAE directory")
+        top = max(self.saes)
+        first = self.saes[top]
+        check_prompt_length(model, prompt, first.cfg.prepend_bos)
+        tokens, _ = tokenize(model, prompt, first.cfg.prepend_bos)
+        self.tokens = tokens[0]  # int64 [S]
+        self.tracer = RDFATracer(model, first, self.tokens, {l: s for l, s in self.saes.items() if l < top},
+                                 keep_logits=True, pattern_bytes=pattern_bytes)
+        self.S = len(self.tokens)
+        self.token_strs = self.tracer.token_strs
+        self.logits = self.tracer.logits  # [S, d_vocab]
+        self.decode = model.tokenizer.decode
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.saes)
+
+    def _layer(self, layer: int) -> int:
+        if layer not in self.saes:
+            raise AttnsaeError(f"layer {layer} has no SAE here: the SAEs read layers "
+                               f"{', '.join(map(str, self.layers))}")
+        return layer
+
+    def _position(self, position: int, what: str = "position") -> int:
+        if not 0 <= position < self.S:
+            raise AttnsaeError(f"{what} {position} is out of range: the prompt has positions 0..{self.S - 1}")
+        return position
+
+    def acts(self, layer: int) -> Tensor:
+        """Feature activations of the SAE at ``layer``: [S, d_sae]."""
+        return self.tracer.saes[self._layer(layer)].act
+
+    # ------------------------------------------------------------------------------------------- features
+
+    def features(self, order: str = "act", k: int = 8, layers: Sequence[int] | None = None) -> dict:
+        """Per token, the active features of each layer's SAE, ranked by ``order``:
+
+        * ``act``: the activation ``f_j[t]``;
+        * ``dfa``: |DFA total| = |pre_j[t] − bias_j|, what attention wrote into the feature;
+        * ``logit``: |the feature's direct effect on the logit of the model's top prediction at t|, i.e.
+          ``f_j[t]·(out(d_j W_O) · γ/σ_final[t]) · W_U[:, top]`` with the final norm frozen (a post-attention norm's
+          scale, in sandwich-norm models, is left out).
+
+        Each entry has all three numbers; up to ``k`` per token and layer."""
+        if order not in ORDERS:
+            raise AttnsaeError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+        layers = self.layers if layers is None else [self._layer(l) for l in layers]
+        top1 = self.logits.argmax(-1)  # [S]
+        scale = self.tracer.final_scale if self.tracer.final_scale is not None else torch.ones(self.S)
+        rows: list[list[dict]] = [[] for _ in range(self.S)]
+        for l in layers:
+            sl = self.tracer.saes[l]
+            pos, feat = sl.act.nonzero(as_tuple=True)  # the active entries, position-major
+            if len(feat) == 0:
+                continue
+            uniq, inv = feat.unique(return_inverse=True)
+            eff = logit_effect_matrix(self.model, sl.sae, uniq.tolist(), through_ln_final=True,
+                                      tokens=top1.tolist())  # [n_uniq, S]
+            act = sl.act[pos, feat]
+            scores = {"act": act, "dfa": (sl.pre[pos, feat] - sl.bias[feat]),
+                      "logit": act * eff[inv, pos] / scale[pos]}
+            key = scores[order].abs() if order != "act" else act
+            idx = key.argsort(descending=True, stable=True)
+            idx = idx[pos[idx].argsort(stable=True)]  # grouped by position, best first within each
+            counts = torch.bincount(pos, minlength=self.S).tolist()
+            cols = [feat[idx].tolist(), act[idx].tolist(), scores["dfa"][idx].tolist(), scores["logit"][idx].tolist()]
+            start = 0
+            for t, n in enumerate(counts):
+                rows[t] += [{"layer": l, "feature": f, "act": a, "dfa": d, "logit": g}
+                            for f, a, d, g in zip(*(c[start:start + min(n, k)] for c in cols))]
+                start += n
+        preds = self.logits.topk(min(3, self.logits.shape[-1]), dim=-1)
+        probs = self.logits.softmax(-1).gather(-1, preds.indices)
+        predictions = [[{"token": int(t), "str": self.decode([int(t)]), "prob": float(p)}
+                        for t, p in zip(ti, pi)] for ti, pi in zip(preds.indices, probs)]
+        return {"tokens": self.tokens.tolist(), "token_strs": self.token_strs, "layers": layers, "order": order,
+                "rows": rows, "predictions": predictions}
+
+    # ------------------------------------------------------------------------------------------- attribution
+
+    def dfa(self, layer: int, feature: int, position: int) -> dict:
+        """DFA of one feature at one position: terms [S, H] (source × head), their sums by source and by head, and
+        the identity ``pre_act = dfa_total + bias`` with its error."""
+        sl = self.tracer.saes[self._layer(layer)]
+        (feature,) = check_features(sl.sae, feature)
+        self._position(position)
+        terms = self.tracer.dfa_terms(layer, feature, position)  # [S, H]
+        total, pre, bias = float(terms.sum()), float(sl.pre[position, feature]), float(sl.bias[feature])
+        return {"layer": layer, "feature": feature, "position": position, "act": float(sl.act[position, feature]),
+                "pre_act": pre, "bias": bias, "dfa_total": total, "n_heads": terms.shape[1],
+                "token_strs": self.token_strs, "terms": terms.tolist(), "by_src": terms.sum(1).tolist(),
+                "by_head": terms.sum(0).tolist(), "identity_error": abs(pre - total - bias)}
+
+    def rdfa(self, kind: str, layer: int, position: int, feature: int, coef: float = 1.0, head: int | None = None,
+             source: int | None = None, top_k: int = 5, threshold: float = 0.0) -> dict:
+        """One node of the recursive DFA tree expanded one level (:meth:`RDFATracer.expand`): the node, its
+        children (each with the ``ref`` that expands it, when it can be), its remainders and its closure."""
+        node = self.tracer.expand(kind, layer, position, feature, coef, head, source, top_k, threshold)
+        residual = node.residual()
+        return {"node": self._node(node), "children": [self._node(c) for c in node.children],
+                "remainders": dict(node.remainders), "residual": residual,
+                "relative_residual": abs(residual) / max(node.scale(), 1e-30)}
+
+    def _node(self, n: RDFANode) -> dict:
+        d = {k: v for k, v in n.to_dict().items() if k not in ("children", "remainders")}
+        expandable = n.kind in ("feature", "head_source") and not self.tracer.refused or n.kind == "feature"
+        d["expandable"] = expandable
+        if expandable:
+            d["ref"] = {k: d[k] for k in ("kind", "layer", "position", "feature", "coef", "head", "source") if k in d}
+        return d
+
+    def effect(self, layer: int, feature: int, position: int, k: int = 10) -> dict:
+        """The feature's direct logit effect (top and bottom tokens) and the model's top-``k`` next-token
+        predictions at ``position``."""
+        sl = self.tracer.saes[self._layer(layer)]
+        (feature,) = check_features(sl.sae, feature)
+        self._position(position)
+        return {"layer": layer, "feature": feature, "position": position, "act": float(sl.act[position, feature]),
+                "logit_effect": logit_effect(self.model, sl.sae, feature, k).to_dict(),
+                "predictions": _predictions(self.logits[position], k, self.decode)}
+
+    def attention(self, layer: int, head: int, dest: int) -> dict:
+        """Row ``dest`` of head ``head``'s attention pattern at ``layer`` (any layer up to the deepest SAE's): [S]."""
+        if not 0 <= layer <= max(self.saes):
+            raise AttnsaeError(f"layer {layer} is out of range: attention is captured for layers 0..{max(self.saes)}")
+        if not 0 <= head < self.tracer.n_heads:
+            raise AttnsaeError(f"head {head} is out of range: the model has heads 0..{self.tracer.n_heads - 1}")
+        self._position(dest, "dest")
+        return {"layer": layer, "head": head, "dest": dest,
+                "weights": self.tracer.A[layer][head, dest].tolist()}
+
+    # ------------------------------------------------------------------------------------------- interventions
+
+    def _single_token(self, text: str) -> int:
+        ids = self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise AttnsaeError(f"{text!r} is {len(ids)} tokens, not one: give single-token strings for a logit "
+                               f"difference (mind the leading space)")
+        return int(ids[0])
+
+    @torch.no_grad()
+    def intervene(self, layer: int, feature: int, position: int | None = None, scale: float = 0.0,
+                  at: int | None = None, logit_tokens: Sequence[str] | None = None, k: int = 10) -> dict:
+        """Scale one feature (0 ablates) at ``position`` (None: every position) and run the model again with every
+        SAE spliced in, error terms kept; compare the logits at ``at`` (default: the last token) and the features
+        of later layers with the clean run."""
+        self._layer(layer)
+        (feature,) = check_features(self.saes[layer], feature)
+        if position is not None:
+            self._position(position)
+        at = self.S - 1 if at is None else self._position(at, "at")
+        pair = [self._single_token(t) for t in logit_tokens] if logit_tokens else None
+        after_acts: dict[int, Tensor] = {}
+
+        def edit(l: int, acts: Tensor) -> Tensor:
+            if l != layer:
+                return acts
+            acts = acts.clone()
+            acts[:, slice(None) if position is None else position, feature] *= scale
+            return acts
+
+        def observe(l: int, x: Tensor, out) -> None:
+            if l > layer:
+                after_acts[l] = out.feature_acts[0].detach().float().cpu()
+
+        with splice_saes(self.model, self.saes, with_error=True, edit=edit, observe=observe):
+            logits = self.model(self.tokens[None].to(next(self.model.parameters()).device), return_type="logits")
+        after = logits[0].detach().float().cpu()  # [S, d_vocab]
+        before = self.logits
+        downstream = []
+        for l, acts in sorted(after_acts.items()):
+            delta = acts - self.tracer.saes[l].act  # [S, d_sae]
+            flat = delta.abs().flatten()
+            for i in flat.topk(min(k, len(flat))).indices.tolist():
+                t, j = divmod(i, delta.shape[1])
+                if delta[t, j] != 0:
+                    downstream.append({"layer": l, "position": t, "feature": j,
+                                       "before": float(self.tracer.saes[l].act[t, j]), "after": float(acts[t, j]),
+                                       "delta": float(delta[t, j])})
+        downstream.sort(key=lambda d: -abs(d["delta"]))
+        diff = None
+        if pair:
+            diff = {"tokens": list(logit_tokens), "before": float(before[at, pair[0]] - before[at, pair[1]]),
+                    "after": float(after[at, pair[0]] - after[at, pair[1]])}
+        return {"layer": layer, "feature": feature, "position": position, "scale": scale, "at": at,
+                "before": _predictions(before[at], k, self.decode), "after": _predictions(after[at], k, self.decode),
+                "logit_diff": diff, "max_abs_logit_change": float((after[at] - before[at]).abs().max()),
+                "downstream": downstream[:k]}
+
+    def compare(self, other: PromptSession, k: int = 10) -> dict:
+        """Per position (up to the shorter prompt), the ``k`` largest feature differences ``other − self`` over all
+        SAE layers."""
+        n = min(self.S, other.S)
+        rows: list[list[dict]] = [[] for _ in range(n)]
+        for l in self.layers:
+            a, b = self.acts(l)[:n], other.acts(l)[:n]  # [n, d_sae]
+            delta = b - a
+            top = delta.abs().topk(min(k, delta.shape[1]), dim=1)
+            for t in range(n):
+                rows[t] += [{"layer": l, "feature": int(j), "a": float(a[t, j]), "b": float(b[t, j]),
+                             "delta": float(delta[t, j])} for v, j in zip(top.values[t], top.indices[t]) if v > 0]
+        for r in rows:
+            r.sort(key=lambda d: -abs(d["delta"]))
+            del r[k:]
+        return {"a": {"tokens": self.tokens.tolist(), "token_strs": self.token_strs},
+                "b": {"tokens": other.tokens.tolist(), "token_strs": other.token_strs}, "n_positions": n,
+                "rows": rows}

@@ -1,0 +1,244 @@
+"""The Circuit Explorer's server: a FastAPI app over one model and its attention SAEs (``attnsae explore``).
+
+The app holds no maths: every answer is a :class:`~attnsae.attribution.session.PromptSession` method's plain data
+(the API is described in :mod:`attnsae.serve.schemas` and served at ``/openapi.json``). Sessions are kept per
+prompt, the ``max_sessions`` most recently used, so clicks on a prompt cost no forward pass; one lock serialises
+the model.
+
+What it serves, and nothing else: ``/`` (the page), ``/static/<name>`` for the page's own assets (a fixed list read at
+start-up, so no path from a request reaches the file system), ``/api/...``, ``/openapi.json``, and with
+``dashboard`` the files of that dashboards folder under ``/dashboard/`` (resolved and refused outside it). Request
+bodies are bounded (413 past :data:`~attnsae.serve.schemas.MAX_BODY_BYTES`, 411 without a length) and so are
+prompts (characters, then tokens against the model's context); the page may talk only to this origin (a
+Content-Security-Policy of ``'self'``).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Mapping
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from attnsae import __version__
+from attnsae.attribution.session import PromptSession
+from attnsae.errors import AttnsaeError
+from attnsae.models import model_name, n_ctx
+from attnsae.sae.model import SAE
+from attnsae.serve import schemas as S
+
+PAGE_CSP = ("default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+            "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+DASHBOARD_CSP = "default-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"
+MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8"}
+
+
+def page_assets() -> dict[str, bytes]:
+    """The explorer's static files, read once: ``explorer*.html/.js/.css`` and the shared ``common.css/.js``, by
+    file name."""
+    folder = resources.files("attnsae.views").joinpath("assets")
+    return {f.name: f.read_bytes() for f in folder.iterdir()
+            if f.name in ("common.css", "common.js") or (f.name.startswith("explorer") and Path(f.name).suffix in MEDIA)}
+
+
+def _one_line(err: RequestValidationError) -> str:
+    """A validation error as one line: where, and what is wrong."""
+    e = err.errors()[0]
+    where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+    more = len(err.errors()) - 1
+    return f"{where}: {e.get('msg', 'invalid')}" + (f" ({more} more)" if more else "")
+
+
+def _limit_body(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def limit(request: Request, call_next: Callable):
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length")
+            if length is None:
+                return JSONResponse({"detail": "send a Content-Length: request bodies must state their size"}, 411)
+            if not length.isdigit() or int(length) > S.MAX_BODY_BYTES:
+                return JSONResponse({"detail": f"the request body is over {S.MAX_BODY_BYTES:,} bytes: send a "
+                                               f"shorter prompt"}, 413)
+        return await call_next(request)
+
+
+def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: a free one) for uvicorn to serve on; a one-line refusal when the
+    address is taken or not this machine's."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise AttnsaeError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> tuple[str, Callable[[], None]]:
+    """Serve ``app`` from a daemon thread (for tests and scripts): (its URL, a function that stops it)."""
+    sock = listen(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the explorer server did not start")
+        time.sleep(0.02)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+    return url_of(sock), stop
+
+
+def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path | None = None,
+               max_sessions: int = 4) -> FastAPI:
+    """The explorer app for ``model`` and its ``saes``; ``dashboard``: a folder written by ``attnsae dashboard``
+    for the same SAEs (family labels and links to feature pages)."""
+    from attnsae.evals.splice import saes_by_layer
+    from attnsae.views.dashboards import read_families
+
+    by_layer = saes_by_layer(model, saes)
+    if not by_layer:
+        raise AttnsaeError("give at least one SAE to explore")
+    site = Path(dashboard).resolve() if dashboard is not None else None
+    families: dict[int, dict] = {}
+    if site is not None:
+        if not (site / "index.html").is_file():
+            raise AttnsaeError(f"{dashboard} is not a dashboards folder (no index.html): give the folder "
+                               "`attnsae dashboard` or the quickstart wrote")
+        families = {l: f for l, f in read_families(site).items()
+                    if l in by_layer and len(f["families"]) == by_layer[l].cfg.d_sae}
+    assets = page_assets()
+    sessions: OrderedDict[tuple[str, ...], PromptSession] = OrderedDict()
+    lock = threading.Lock()
+
+    app = FastAPI(title="attnsae Circuit Explorer", version=__version__,
+                  description="Any prompt through attention-output SAEs: features, DFA, recursive DFA, effects, "
+                  "attention, interventions. Positions count BOS as 0.")
+    _limit_body(app)
+
+    @app.exception_handler(AttnsaeError)
+    async def refused(request: Request, exc: AttnsaeError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, 422)
+
+    def session(prompt: str) -> PromptSession:
+        """The prompt's session, made on first use (call with ``lock`` held)."""
+        key = (prompt,)
+        if key in sessions:
+            sessions.move_to_end(key)
+        else:
+            sessions[key] = PromptSession(model, by_layer, prompt)
+            while len(sessions) > max_sessions:
+                sessions.popitem(last=False)
+        return sessions[key]
+
+    def family(layer: int, feature: int) -> str | None:
+        f = families.get(layer)
+        return f["families"][feature] if f else None
+
+    # ------------------------------------------------------------------------------------------- pages
+
+    def static(name: str, csp: str = PAGE_CSP) -> Response:
+        if name not in assets:
+            return JSONResponse({"detail": f"no such file: {name}"}, 404)
+        return Response(assets[name], media_type=MEDIA[Path(name).suffix],
+                        headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
+                                 "Cache-Control": "no-cache"})
+
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        return static("explorer.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str) -> Response:
+        return static(name)
+
+    @app.get("/dashboard/{path:path}", include_in_schema=False)
+    def dashboard_file(path: str) -> Response:
+        if site is None:
+            return JSONResponse({"detail": "no dashboards: start the explorer with --dashboard DIR"}, 404)
+        target = (site / (path or "index.html")).resolve()
+        if not target.is_relative_to(site) or not target.is_file():
+            return JSONResponse({"detail": f"no such dashboard file: {path}"}, 404)
+        return FileResponse(target, headers={"Content-Security-Policy": DASHBOARD_CSP,
+                                             "X-Content-Type-Options": "nosniff"})
+
+    # ------------------------------------------------------------------------------------------- API
+
+    @app.get("/api/info")
+    def info() -> dict:
+        return {"model": model_name(model), "n_layers": int(model.cfg.n_layers), "n_heads": int(model.cfg.n_heads),
+                "d_head": int(model.cfg.d_head), "n_ctx": n_ctx(model), "max_prompt_chars": S.MAX_PROMPT_CHARS,
+                "saes": [{"layer": l, "d_sae": s.cfg.d_sae, "hook_name": s.cfg.hook_name,
+                          "architecture": s.cfg.architecture, "name": f"L{l}",
+                          "dashboard": families[l]["name"] if l in families else None}
+                         for l, s in sorted(by_layer.items())],
+                "dashboard": site is not None, "version": __version__}
+
+    @app.post("/api/features")
+    def features(body: S.FeaturesBody) -> dict:
+        with lock:
+            out = session(body.prompt).features(body.order, body.k, body.layers)
+        for row in out["rows"]:
+            for e in row:
+                e["family"] = family(e["layer"], e["feature"])
+        return out
+
+    @app.post("/api/dfa")
+    def dfa(body: S.FeatureAt) -> dict:
+        with lock:
+            return session(body.prompt).dfa(body.layer, body.feature, body.position)
+
+    @app.post("/api/rdfa")
+    def rdfa(body: S.RDFABody) -> dict:
+        n = body.node
+        with lock:
+            return session(body.prompt).rdfa(n.kind, n.layer, n.position, n.feature, n.coef, n.head, n.source,
+                                             body.top_k, body.threshold)
+
+    @app.post("/api/effect")
+    def effect(body: S.EffectBody) -> dict:
+        with lock:
+            return session(body.prompt).effect(body.layer, body.feature, body.position, body.k)
+
+    @app.post("/api/attention")
+    def attention(body: S.AttentionBody) -> dict:
+        with lock:
+            return session(body.prompt).attention(body.layer, body.head, body.dest)
+
+    @app.post("/api/intervene")
+    def intervene(body: S.InterveneBody) -> dict:
+        with lock:
+            return session(body.prompt).intervene(body.layer, body.feature, body.position, body.scale, body.at,
+                                                  body.logit_tokens, body.k)
+
+    @app.post("/api/compare")
+    def compare(body: S.CompareBody) -> dict:
+        with lock:
+            a = session(body.prompt)
+            return a.compare(session(body.other), body.k)
+
+    return app

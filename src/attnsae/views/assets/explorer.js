@@ -1,0 +1,705 @@
+/* Circuit Explorer (attnsae explore): prompt → tokens → SAE features → DFA / recursive DFA / logit effect /
+   intervention / comparison, against the local JSON API of attnsae.serve (see attnsae/serve/schemas.py).
+
+   Modules: explorer.js (state, URL, token list), explorer-panels.js (detail cards), explorer-util.js (helpers).
+   Every request goes to this page's own origin (relative URLs); data enters the DOM only as text or attributes.
+
+   Stable ids and selectors (for tests and scripts):
+     #prompt, #run, #example            the prompt textarea (Ctrl/Cmd+Enter runs), its run button, an example prompt
+     #order, #k, #hide-bos              ranking (act | dfa | logit), features per token and layer, hide the BOS row
+     #layer-filter input[data-layer]    one checkbox per SAE layer
+     #tokens                            the token list (virtualised: only visible rows exist), role="grid"
+       .row[data-position]              one token row; .pos, .tok, .pred (the model's top next-token prediction)
+       .lane[data-layer]                that layer's chips in the row
+       .chip[data-layer][data-feature][data-position][data-family]   a feature chip; aria-pressed="true" when selected
+     #token-count                       "N tokens" summary
+     #attn-layer, #attn-head            attention pattern shown as shading on .tok (attn-layer "" = off)
+     #attn-strip                        the destination and its top sources; .row.attn-dest is the destination row
+     #feature-head, #feature-name       the selected feature; a.dash-link to its dashboard page (when served)
+     #dfa-card: #dfa-heatmap (canvas, heads × sources), #dfa-tip, .by-src .bar-row, .by-head .bar-row[data-head]
+     #identity                          "pre-activation = DFA total + bias: a = b + c"; #identity-pre, #identity-dfa,
+                                        #identity-bias, #identity-error
+     #rdfa-topk, #rdfa-threshold        RDFA controls
+     #rdfa-tree .rdfa-node[data-kind][data-path]   kind: feature | head_source | component | remainder;
+                                        .expand buttons (aria-expanded on the node), .rdfa-closure lines
+     #effect (#effect-top, #effect-bottom, #effect-predictions)
+     #intervene-scale, #intervene-where (pos | all), #intervene-at (pos | last), #logit-a, #logit-b,
+     #intervene-run, #intervene-result (#logit-diff-before, #logit-diff-after, #preds-before, #preds-after, #downstream)
+     #compare-prompt, #compare-run, #compare-result (.dchip[data-layer][data-feature][data-position])
+     #error (role="alert"; #error-text, #error-close), #export (downloads the view as JSON), #info
+   State: the whole view lives in location.hash (URLSearchParams): p (prompt), q (other prompt), order, k, bos,
+   layers, f (layer/feature@position), al/ah (attention layer/head), ad (pinned attention destination), scale,
+   where, at, ta/tb (logit tokens), iv (intervention shown), cmp (comparison shown), topk, th, ex (expanded RDFA
+   paths). Keys: in the token list ↑ ↓ PgUp PgDn Home End move between rows, ← → between chips, Enter selects,
+   "a" pins the attention destination; "/" focuses the prompt; Escape dismisses the error bar. */
+
+import {$, el, put, tokenNodes, tokenText, fmt, fmtPct, api, cachedApi, clamp, ApiError} from "./explorer-util.js";
+import {createPanels} from "./explorer-panels.js";
+
+const EXAMPLE = "import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n    return os.path.join(path, sys.argv[1])\n";
+
+const DEFAULTS = {p: "", q: "", o: "act", k: 8, bos: false, ly: null, sel: null, al: null, ah: 0, ad: null,
+                  sc: 0, ip: "pos", iat: "pos", ta: "", tb: "", iv: false, cmp: false, tk: 5, th: 0, ex: []};
+
+let state = structuredClone(DEFAULTS);
+let info = null;          // GET /api/info
+let F = null;             // POST /api/features (the shown one)
+let gen = 0;              // a newer run drops older answers
+let lastHash = null;
+let shownPrompt = null;   // the prompt F answers
+
+/* ---------------- URL state ---------------- */
+
+function intOr(v, dflt, lo, hi) {
+  const n = Number.parseInt(v, 10);
+  return Number.isFinite(n) ? clamp(n, lo, hi) : dflt;
+}
+function numOr(v, dflt, lo, hi) {
+  const n = Number.parseFloat(v);
+  return Number.isFinite(n) ? clamp(n, lo, hi) : dflt;
+}
+
+function parseHash(hash) {
+  const h = new URLSearchParams(hash.replace(/^#/, ""));
+  const s = structuredClone(DEFAULTS);
+  s.p = h.get("p") || "";
+  s.q = h.get("q") || "";
+  s.o = ["act", "dfa", "logit"].includes(h.get("order")) ? h.get("order") : "act";
+  s.k = intOr(h.get("k"), 8, 1, 50);
+  s.bos = h.get("bos") === "1";
+  if (h.has("layers")) s.ly = h.get("layers").split(",").filter((x) => /^\d+$/.test(x)).map(Number);
+  const m = /^(\d+)\/(\d+)@(\d+)$/.exec(h.get("f") || "");
+  if (m) s.sel = {layer: Number(m[1]), feature: Number(m[2]), position: Number(m[3])};
+  if (/^\d+$/.test(h.get("al") || "")) { s.al = Number(h.get("al")); s.ah = intOr(h.get("ah"), 0, 0, 10000); }
+  if (/^\d+$/.test(h.get("ad") || "")) s.ad = Number(h.get("ad"));
+  s.sc = numOr(h.get("scale"), 0, -1000, 1000);
+  s.ip = h.get("where") === "all" ? "all" : "pos";
+  s.iat = h.get("at") === "last" ? "last" : "pos";
+  s.ta = h.get("ta") || "";
+  s.tb = h.get("tb") || "";
+  s.iv = h.get("iv") === "1" && !!s.sel;
+  s.cmp = h.get("cmp") === "1";
+  s.tk = intOr(h.get("topk"), 5, 1, 50);
+  s.th = numOr(h.get("th"), 0, 0, 1);
+  s.ex = (h.get("ex") || "").split(",").filter((x) => /^\d+(\.\d+)*$/.test(x));
+  return s;
+}
+
+function toHash(s) {
+  const h = new URLSearchParams();
+  if (s.p) h.set("p", s.p);
+  if (s.q) h.set("q", s.q);
+  if (s.o !== "act") h.set("order", s.o);
+  if (s.k !== 8) h.set("k", String(s.k));
+  if (s.bos) h.set("bos", "1");
+  if (s.ly) h.set("layers", s.ly.join(","));
+  if (s.sel) h.set("f", `${s.sel.layer}/${s.sel.feature}@${s.sel.position}`);
+  if (s.al !== null) { h.set("al", String(s.al)); h.set("ah", String(s.ah)); }
+  if (s.ad !== null) h.set("ad", String(s.ad));
+  if (s.sc !== 0) h.set("scale", String(s.sc));
+  if (s.ip !== "pos") h.set("where", s.ip);
+  if (s.iat !== "pos") h.set("at", s.iat);
+  if (s.ta) h.set("ta", s.ta);
+  if (s.tb) h.set("tb", s.tb);
+  if (s.iv) h.set("iv", "1");
+  if (s.cmp) h.set("cmp", "1");
+  if (s.tk !== 5) h.set("topk", String(s.tk));
+  if (s.th !== 0) h.set("th", String(s.th));
+  if (s.ex.length) h.set("ex", s.ex.join(","));
+  // encodeURIComponent, but leaving / @ , : readable (URLSearchParams reads them back unchanged)
+  const text = [...h].map(([k, v]) => k + "=" + encodeURIComponent(v).replace(/%2F/g, "/").replace(/%40/g, "@")
+    .replace(/%2C/g, ",").replace(/%3A/g, ":")).join("&");
+  return text ? "#" + text : "";
+}
+
+function writeHash(push) {
+  const hash = toHash(state);
+  if (hash === lastHash) return;
+  lastHash = hash;
+  const url = location.pathname + location.search + hash;
+  if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
+}
+
+function setState(patch, push = false) {
+  Object.assign(state, patch);
+  writeHash(push);
+}
+
+/* ---------------- errors and busy state ---------------- */
+
+function showError(e) {
+  if (e && e.name === "AbortError") return;
+  const text = e instanceof ApiError ? e.message : String((e && e.message) || e);
+  $("error-text").textContent = text;
+  $("error").hidden = false;
+}
+function hideError() { $("error").hidden = true; $("error-text").textContent = ""; }
+
+function busy(node, on) {
+  if (!node) return;
+  if (on) node.setAttribute("aria-busy", "true"); else node.removeAttribute("aria-busy");
+}
+
+/* ---------------- the token list (virtualised) ---------------- */
+
+const OVERSCAN = 6;
+let visible = [];         // positions shown, in order
+let rowH = 50;
+let cursor = {index: 0, chip: 0};  // keyboard cursor: index into `visible`, chip index in the row
+let rendered = [0, 0];
+let attn = null;          // {layer, head, dest, weights} being shown
+let hoverDest = null;
+
+const narrow = window.matchMedia("(max-width: 760px)");
+
+function layersShown() {
+  if (!F) return [];
+  return F.layers.filter((l) => !state.ly || state.ly.includes(l));
+}
+
+function rowHeight() {
+  const lanes = Math.max(1, layersShown().length);
+  return (narrow.matches ? 26 : 6) + lanes * 24;
+}
+
+function rebuildTokens({keepScroll = true} = {}) {
+  const box = $("tokens"), spacer = $("tokens-spacer");
+  if (!F) {
+    visible = [];
+    put(spacer);
+    spacer.style.setProperty("height", "0px");
+    $("token-count").textContent = "";
+    $("tokens-empty").hidden = false;
+    return;
+  }
+  $("tokens-empty").hidden = true;
+  const S = F.token_strs.length;
+  visible = [];
+  for (let i = state.bos ? 0 : 1; i < S; i++) visible.push(i);
+  rowH = rowHeight();
+  box.style.setProperty("--row-h", rowH + "px");
+  spacer.style.setProperty("height", visible.length * rowH + "px");
+  if (!keepScroll) box.scrollTop = 0;
+  cursor.index = clamp(cursor.index, 0, Math.max(0, visible.length - 1));
+  $("token-count").textContent = `${S} tokens` + (state.bos ? "" : " (BOS hidden)");
+  renderWindow(true);
+}
+
+function chipValue(e) {
+  return state.o === "dfa" ? e.dfa : state.o === "logit" ? e.logit : e.act;
+}
+
+function isSelected(layer, feature, position) {
+  const s = state.sel;
+  return !!s && s.layer === layer && s.feature === feature && s.position === position;
+}
+
+function rowEl(vi) {
+  const i = visible[vi];
+  const entries = F.rows[i] || [];
+  const preds = (F.predictions && F.predictions[i]) || [];
+  const top = preds[0];
+  const selectedRow = state.sel && state.sel.position === i;
+  const row = el("div", {class: "row" + (selectedRow ? " selected" : "") + (vi % 2 ? " odd" : ""), role: "row",
+                         "data-position": i, "aria-rowindex": vi + 1});
+  row.style.setProperty("top", vi * rowH + "px");
+  const tok = el("span", {class: "tok", role: "gridcell", title: `${JSON.stringify(F.token_strs[i])} (token id ${F.tokens[i]})`},
+                 el("span", {class: "tk"}, tokenNodes(F.token_strs[i])));
+  paintAttnCell(tok, i);
+  const lanes = el("div", {class: "lanes", role: "gridcell"});
+  let chipIndex = 0;
+  const isCursorRow = vi === cursor.index;
+  for (const layer of layersShown()) {
+    const lane = el("div", {class: "lane", "data-layer": layer});
+    for (const e of entries) {
+      if (e.layer !== layer) continue;
+      const sel = isSelected(e.layer, e.feature, i);
+      const v = chipValue(e);
+      lane.append(el("button", {
+        type: "button", class: "chip badge" + (sel ? " selected" : ""), "data-layer": e.layer, "data-feature": e.feature,
+        "data-position": i, "data-family": e.family, "data-ci": chipIndex, "aria-pressed": sel ? "true" : "false",
+        tabindex: isCursorRow && chipIndex === cursor.chip ? "0" : "-1",
+        title: `L${e.layer}/${e.feature} at ${i}\nact ${fmt(e.act)} · dfa ${fmt(e.dfa)} · logit ${fmt(e.logit)}` +
+               (e.family ? `\nfamily: ${e.family}` : "")},
+        `L${e.layer}/${e.feature}`, el("span", {class: "v num"}, fmt(v, 2))));
+      chipIndex++;
+    }
+    if (!lane.childElementCount) lane.append(el("span", {class: "none"}, `L${layer}: —`));
+    lanes.append(lane);
+  }
+  row.append(
+    el("span", {class: "pos num", role: "gridcell", title: `position ${i}: click to pin the attention destination here`}, String(i)),
+    tok,
+    el("span", {class: "pred", role: "gridcell",
+                title: preds.length ? "model's top next-token predictions:\n" +
+                  preds.map((p) => `${JSON.stringify(p.str)} ${fmtPct(p.prob, 3)}`).join("\n") : ""},
+      top ? [el("span", {class: "arrow"}, "→"), el("span", {class: "tk"}, tokenNodes(top.str)),
+             el("span", {class: "prob num"}, fmtPct(top.prob, 2))] : null),
+    lanes);
+  if (isCursorRow && chipIndex === 0) row.tabIndex = 0;
+  return row;
+}
+
+function renderWindow(force = false) {
+  if (!F) return;
+  const box = $("tokens"), spacer = $("tokens-spacer");
+  const top = box.scrollTop, h = box.clientHeight || 600;
+  const first = Math.max(0, Math.floor(top / rowH) - OVERSCAN);
+  const last = Math.min(visible.length, Math.ceil((top + h) / rowH) + OVERSCAN);
+  if (!force && first === rendered[0] && last === rendered[1]) return;
+  const hadFocus = box.contains(document.activeElement) && document.activeElement !== box;
+  rendered = [first, last];
+  const rows = [];
+  for (let vi = first; vi < last; vi++) rows.push(rowEl(vi));
+  put(spacer, ...rows);
+  if (hadFocus) focusCursor(false);
+}
+
+function cursorTarget() {
+  const row = $("tokens-spacer").querySelector(`.row[aria-rowindex="${cursor.index + 1}"]`);
+  if (!row) return null;
+  const chips = row.querySelectorAll(".chip");
+  if (!chips.length) return row;
+  cursor.chip = clamp(cursor.chip, 0, chips.length - 1);
+  return chips[cursor.chip];
+}
+
+function ensureVisible(vi) {
+  const box = $("tokens");
+  const y = vi * rowH, head = 0;
+  if (y < box.scrollTop + head) box.scrollTop = y - head;
+  else if (y + rowH > box.scrollTop + box.clientHeight) box.scrollTop = y + rowH - box.clientHeight;
+}
+
+function focusCursor(scroll = true) {
+  if (scroll) { ensureVisible(cursor.index); renderWindow(); }
+  for (const n of $("tokens-spacer").querySelectorAll("[tabindex='0']")) n.tabIndex = -1;
+  const t = cursorTarget();
+  if (t) { t.tabIndex = 0; t.focus({preventScroll: true}); }
+}
+
+function scrollToPosition(position) {
+  const vi = visible.indexOf(position);
+  if (vi < 0) return;
+  const box = $("tokens");
+  const y = vi * rowH;
+  if (y < box.scrollTop || y + rowH > box.scrollTop + box.clientHeight) box.scrollTop = Math.max(0, y - box.clientHeight / 3);
+  renderWindow(true);
+}
+
+function onTokensKey(e) {
+  if (!F || !visible.length) return;
+  if (e.target.closest && e.target.closest("input, select, textarea")) return;
+  const page = Math.max(1, Math.floor($("tokens").clientHeight / rowH) - 1);
+  let moved = true;
+  switch (e.key) {
+    case "ArrowDown": cursor.index = Math.min(visible.length - 1, cursor.index + 1); break;
+    case "ArrowUp": cursor.index = Math.max(0, cursor.index - 1); break;
+    case "PageDown": cursor.index = Math.min(visible.length - 1, cursor.index + page); break;
+    case "PageUp": cursor.index = Math.max(0, cursor.index - page); break;
+    case "Home": if (e.ctrlKey || e.metaKey) cursor.index = 0; else cursor.chip = 0; break;
+    case "End": if (e.ctrlKey || e.metaKey) cursor.index = visible.length - 1; else cursor.chip = 1e9; break;
+    case "ArrowRight": cursor.chip += 1; break;
+    case "ArrowLeft": cursor.chip = Math.max(0, cursor.chip - 1); break;
+    default: moved = false;
+  }
+  if (moved) {
+    e.preventDefault();
+    focusCursor();
+    hover(visible[cursor.index]);
+    return;
+  }
+  if (e.key === "Enter" || e.key === " ") {
+    const chip = e.target.closest && e.target.closest(".chip");
+    if (chip) { e.preventDefault(); selectChip(chip); }
+  } else if (e.key === "a") {
+    e.preventDefault();
+    pinDest(visible[cursor.index]);
+  }
+}
+
+function selectChip(chip) {
+  const sel = {layer: Number(chip.dataset.layer), feature: Number(chip.dataset.feature), position: Number(chip.dataset.position)};
+  const vi = visible.indexOf(sel.position);
+  if (vi >= 0) { cursor.index = vi; cursor.chip = Number(chip.dataset.ci) || 0; }
+  select(sel);
+}
+
+/* ---------------- attention shading ---------------- */
+
+function paintAttnCell(tok, i) {
+  const w = attn && attn.weights && i <= attn.dest ? attn.weights[i] : null;
+  if (w === null || w === undefined) { tok.classList.remove("attn"); tok.style.removeProperty("--attn"); return; }
+  const max = attn.max || 1;
+  tok.classList.add("attn");
+  tok.style.setProperty("--attn", (w / max).toFixed(3));
+  tok.dataset.attn = String(w);
+}
+
+function paintAttention() {
+  for (const row of $("tokens-spacer").querySelectorAll(".row")) {
+    const i = Number(row.dataset.position);
+    paintAttnCell(row.querySelector(".tok"), i);
+    row.classList.toggle("attn-dest", !!attn && attn.dest === i);
+  }
+  const strip = $("attn-strip");
+  if (state.al === null) { put(strip, el("span", {class: "muted"}, "attention off")); return; }
+  if (!attn) {
+    put(strip, el("span", {class: "muted"}, "hover or focus a row to see its attention"));
+    return;
+  }
+  const order = attn.weights.map((w, i) => [w, i]).filter(([, i]) => i <= attn.dest).sort((a, b) => b[0] - a[0]).slice(0, 4);
+  put(strip,
+    el("span", {}, `L${attn.layer}H${attn.head} from `),
+    el("b", {class: "num"}, String(attn.dest)), " ", el("span", {class: "tk"}, tokenNodes(F.token_strs[attn.dest])), ": ",
+    order.map(([w, i], n) => [n ? " · " : "", el("span", {class: "tk"}, tokenNodes(F.token_strs[i])),
+                               el("span", {class: "num muted"}, `@${i} ${fmt(w, 2)}`)]),
+    state.ad !== null ? el("button", {type: "button", class: "link", id: "attn-unpin", onclick: () => pinDest(null),
+                                       title: "follow the hovered row again"}, " unpin") : null);
+}
+
+let hoverTimer = 0;
+function hover(position) {
+  hoverDest = position;
+  if (state.al === null || state.ad !== null) return;
+  clearTimeout(hoverTimer);
+  hoverTimer = setTimeout(loadAttention, 40);
+}
+
+function pinDest(position) {
+  setState({ad: position}, false);
+  loadAttention();
+}
+
+function attnDest() {
+  if (state.ad !== null) return state.ad;
+  if (hoverDest !== null) return hoverDest;
+  return state.sel ? state.sel.position : null;
+}
+
+async function loadAttention() {
+  if (!F || state.al === null) { attn = null; paintAttention(); return; }
+  const dest = attnDest();
+  if (dest === null || dest >= F.token_strs.length) { attn = null; paintAttention(); return; }
+  const body = {prompt: state.p, layer: state.al, head: state.ah, dest};
+  const f = F;
+  try {
+    const r = await cachedApi("/api/attention", body);
+    if (f !== F || state.al !== body.layer || state.ah !== body.head || attnDest() !== dest) return;
+    let max = 0;
+    for (let i = 0; i <= dest; i++) max = Math.max(max, r.weights[i] || 0);
+    attn = {...r, max};
+    paintAttention();
+  } catch (e) { showError(e); }
+}
+
+function setAttention(layer, head, dest) {
+  setState({al: layer, ah: head, ad: dest}, false);
+  $("attn-layer").value = String(layer);
+  $("attn-head").value = String(head);
+  loadAttention();
+  scrollToPosition(dest);
+}
+
+/* ---------------- selection and runs ---------------- */
+
+const panels = createPanels({
+  state: () => state, info: () => info, features: () => F, error: showError, busy,
+  setState, select: (sel) => select(sel), setAttention,
+});
+
+function select(sel, push = true) {
+  if (!F || sel.position >= F.token_strs.length) return;
+  const same = state.sel && isSelected(sel.layer, sel.feature, sel.position);
+  if (same) return;
+  setState({sel, iv: false, ex: []}, push);
+  if (!state.bos && sel.position === 0) { state.bos = true; $("hide-bos").checked = false; writeHash(false); rebuildTokens(); }
+  for (const c of $("tokens-spacer").querySelectorAll(".chip")) {
+    const on = isSelected(Number(c.dataset.layer), Number(c.dataset.feature), Number(c.dataset.position));
+    c.classList.toggle("selected", on);
+    c.setAttribute("aria-pressed", on ? "true" : "false");
+  }
+  for (const r of $("tokens-spacer").querySelectorAll(".row")) r.classList.toggle("selected", Number(r.dataset.position) === sel.position);
+  scrollToPosition(sel.position);
+  if (state.al !== null && state.ad === null) loadAttention();
+  panels.show();
+}
+
+async function refresh() {
+  const g = ++gen;
+  if (!state.p) {
+    F = null; attn = null;
+    rebuildTokens();
+    panels.clear();
+    return;
+  }
+  const card = $("tokens-card");
+  busy(card, true);
+  let r;
+  try {
+    r = await cachedApi("/api/features", {prompt: state.p, order: state.o, k: state.k});
+  } catch (e) {
+    if (g === gen) {
+      showError(e);
+      F = null; shownPrompt = null; attn = null;
+      rebuildTokens(); paintAttention(); panels.clear(); panels.resetCompare(); busy(card, false);
+    }
+    return;
+  }
+  if (g !== gen) return;
+  busy(card, false);
+  const newPrompt = !F || shownPrompt !== state.p;
+  F = r;
+  shownPrompt = state.p;
+  attn = null;
+  if (state.sel && state.sel.position >= F.token_strs.length) setState({sel: null, iv: false, ex: []});
+  if (state.ad !== null && state.ad >= F.token_strs.length) setState({ad: null});
+  if (state.sel && state.sel.position === 0) { state.bos = true; $("hide-bos").checked = false; }
+  rebuildTokens({keepScroll: !newPrompt});
+  if (state.sel) {
+    const vi = visible.indexOf(state.sel.position);
+    if (vi >= 0) {
+      cursor.index = vi;
+      const chips = (F.rows[state.sel.position] || []).filter((e) => layersShown().includes(e.layer));
+      const layerOrder = layersShown();
+      chips.sort((a, b) => layerOrder.indexOf(a.layer) - layerOrder.indexOf(b.layer));
+      cursor.chip = Math.max(0, chips.findIndex((e) => e.layer === state.sel.layer && e.feature === state.sel.feature));
+    }
+    scrollToPosition(state.sel.position);
+  }
+  loadAttention();
+  const work = [panels.show()];
+  if (state.cmp && state.q) work.push(panels.runCompare()); else panels.resetCompare();
+  await Promise.all(work);
+}
+
+function run() {
+  const p = $("prompt").value;
+  if (!p) { showError(new Error("Type a prompt first.")); $("prompt").focus(); return; }
+  hideError();
+  const changed = p !== state.p;
+  setState(changed ? {p, sel: null, iv: false, ex: [], ad: null} : {p}, changed);
+  if (changed) cursor = {index: 0, chip: 0};
+  refresh();
+}
+
+/* ---------------- controls ---------------- */
+
+function readControlsIntoDom() {
+  $("prompt").value = state.p;
+  $("compare-prompt").value = state.q;
+  $("order").value = state.o;
+  $("k").value = String(state.k);
+  $("hide-bos").checked = !state.bos;
+  for (const box of $("layer-filter").querySelectorAll("input[data-layer]")) {
+    box.checked = !state.ly || state.ly.includes(Number(box.dataset.layer));
+  }
+  $("attn-layer").value = state.al === null ? "" : String(state.al);
+  $("attn-head").value = String(state.ah);
+  $("attn-head").disabled = state.al === null;
+  $("intervene-scale").value = String(state.sc);
+  $("intervene-where").value = state.ip;
+  $("intervene-at").value = state.iat;
+  $("logit-a").value = state.ta;
+  $("logit-b").value = state.tb;
+  $("rdfa-topk").value = String(state.tk);
+  $("rdfa-threshold").value = String(state.th);
+}
+
+function buildFromInfo() {
+  const saes = [...info.saes].sort((a, b) => a.layer - b.layer);
+  $("info").textContent = `${info.model} · ${info.n_layers} layers × ${info.n_heads} heads · n_ctx ${info.n_ctx} · SAEs: ` +
+    saes.map((s) => `L${s.layer} (${s.architecture}, ${s.d_sae})`).join(", ");
+  $("info").title = saes.map((s) => `${s.name}: ${s.hook_name}, d_sae ${s.d_sae}, ${s.architecture}`).join("\n") +
+    (info.version ? `\nattnsae ${info.version}` : "");
+  const filter = $("layer-filter");
+  put(filter, el("span", {class: "muted"}, "layers"), saes.map((s) => el("label", {class: "check"},
+    el("input", {type: "checkbox", "data-layer": s.layer, checked: true}), `L${s.layer}`)));
+  const al = $("attn-layer");
+  put(al, el("option", {value: ""}, "attention off"),
+    [...Array(info.n_layers).keys()].map((l) => el("option", {value: l}, `attn L${l}`)));
+  put($("attn-head"), [...Array(info.n_heads).keys()].map((h) => el("option", {value: h}, `H${h}`)));
+  const link = $("dashboard-link");
+  link.hidden = !info.dashboard;
+  $("prompt").maxLength = info.max_prompt_chars || 100000;
+  $("prompt").placeholder = `Some text for ${info.model} (up to ${info.n_ctx - 1} tokens after BOS)`;
+}
+
+function bind() {
+  $("prompt-form").addEventListener("submit", (e) => { e.preventDefault(); run(); });
+  $("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); run(); }
+  });
+  $("example").addEventListener("click", () => { $("prompt").value = EXAMPLE; run(); });
+  $("order").addEventListener("change", (e) => { setState({o: e.target.value}); refresh(); });
+  $("k").addEventListener("change", (e) => {
+    const k = intOr(e.target.value, 8, 1, 50);
+    e.target.value = String(k);
+    setState({k}); refresh();
+  });
+  $("hide-bos").addEventListener("change", (e) => {
+    setState({bos: !e.target.checked});
+    const pos = visible[cursor.index];
+    rebuildTokens();
+    const vi = visible.indexOf(pos);
+    cursor.index = vi >= 0 ? vi : 0;
+    renderWindow(true);
+  });
+  $("layer-filter").addEventListener("change", () => {
+    const all = [...$("layer-filter").querySelectorAll("input[data-layer]")];
+    const on = all.filter((b) => b.checked).map((b) => Number(b.dataset.layer));
+    setState({ly: on.length === all.length ? null : on});
+    rebuildTokens();
+  });
+  $("attn-layer").addEventListener("change", (e) => {
+    const v = e.target.value;
+    setState({al: v === "" ? null : Number(v)});
+    $("attn-head").disabled = v === "";
+    attn = null;
+    loadAttention();
+  });
+  $("attn-head").addEventListener("change", (e) => { setState({ah: Number(e.target.value)}); attn = null; loadAttention(); });
+
+  const box = $("tokens");
+  let pending = false;
+  box.addEventListener("scroll", () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => { pending = false; renderWindow(); });
+  });
+  box.addEventListener("click", (e) => {
+    const chip = e.target.closest(".chip");
+    if (chip) { selectChip(chip); return; }
+    const pos = e.target.closest(".pos");
+    if (pos) pinDest(Number(pos.closest(".row").dataset.position));
+  });
+  box.addEventListener("mouseover", (e) => {
+    const row = e.target.closest(".row");
+    if (row) hover(Number(row.dataset.position));
+  });
+  box.addEventListener("focusin", (e) => {
+    const row = e.target.closest(".row");
+    if (!row) return;
+    const vi = Number(row.getAttribute("aria-rowindex")) - 1;
+    cursor.index = vi;
+    const chip = e.target.closest(".chip");
+    if (chip) cursor.chip = Number(chip.dataset.ci) || 0;
+    hover(Number(row.dataset.position));
+  });
+  box.addEventListener("keydown", onTokensKey);
+  let pointer = false;  // focus from a click moves the cursor to the clicked row, without scrolling
+  box.addEventListener("mousedown", (e) => {
+    pointer = true;
+    const row = e.target.closest(".row");
+    if (row) cursor.index = Number(row.getAttribute("aria-rowindex")) - 1;
+    setTimeout(() => { pointer = false; }, 0);
+  });
+  box.addEventListener("focus", () => { if (F && visible.length) focusCursor(!pointer); });
+
+  $("rdfa-topk").addEventListener("change", (e) => {
+    const tk = intOr(e.target.value, 5, 1, 50);
+    e.target.value = String(tk);
+    setState({tk, ex: []}); panels.loadRdfa();
+  });
+  $("rdfa-threshold").addEventListener("change", (e) => {
+    const th = numOr(e.target.value, 0, 0, 1);
+    e.target.value = String(th);
+    setState({th, ex: []}); panels.loadRdfa();
+  });
+  $("rdfa-collapse").addEventListener("click", () => { setState({ex: []}); panels.loadRdfa(); });
+
+  const ivInputs = () => setState({
+    sc: numOr($("intervene-scale").value, 0, -1000, 1000), ip: $("intervene-where").value, iat: $("intervene-at").value,
+    ta: $("logit-a").value, tb: $("logit-b").value});
+  for (const id of ["intervene-scale", "intervene-where", "intervene-at", "logit-a", "logit-b"]) {
+    $(id).addEventListener("change", ivInputs);
+  }
+  for (const b of document.querySelectorAll("[data-scale]")) {
+    b.addEventListener("click", () => { $("intervene-scale").value = b.dataset.scale; ivInputs(); panels.runIntervene(); });
+  }
+  $("intervene-form").addEventListener("submit", (e) => { e.preventDefault(); ivInputs(); panels.runIntervene(); });
+
+  $("compare-form").addEventListener("submit", (e) => { e.preventDefault(); runCompare(); });
+  $("compare-prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); runCompare(); }
+  });
+
+  $("error-close").addEventListener("click", hideError);
+  $("export").addEventListener("click", exportJson);
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !$("error").hidden) hideError();
+    if (e.key === "/" && !/^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName)) {
+      e.preventDefault(); $("prompt").focus();
+    }
+  });
+  window.addEventListener("resize", () => { if (F) { const r = rowHeight(); if (r !== rowH) rebuildTokens(); else renderWindow(true); } panels.redraw(); });
+  window.addEventListener("hashchange", onUrl);
+  window.addEventListener("popstate", onUrl);
+}
+
+function runCompare() {
+  const q = $("compare-prompt").value;
+  if (!q) { showError(new Error("Type a second prompt to compare with.")); return; }
+  if (!state.p) { showError(new Error("Run the first prompt first.")); return; }
+  if ($("prompt").value !== state.p) { showError(new Error("The prompt box was edited: press Run first, then compare.")); return; }
+  setState({q, cmp: true});
+  panels.runCompare();
+}
+
+function onUrl() {
+  if (location.hash === lastHash || (location.hash === "" && lastHash === "")) return;
+  lastHash = location.hash;
+  const next = parseHash(location.hash);
+  const rerun = next.p !== state.p || next.o !== state.o || next.k !== state.k;
+  state = next;
+  hideError();
+  if (rerun || !F) { refresh(); return; }
+  readControlsIntoDom();
+  rebuildTokens();
+  if (state.sel) scrollToPosition(state.sel.position);
+  attn = null;
+  loadAttention();
+  panels.show();
+  if (state.cmp && state.q) panels.runCompare(); else panels.resetCompare();
+}
+
+/* ---------------- export ---------------- */
+
+function exportJson() {
+  const data = {
+    exported: new Date().toISOString(), url: location.href, state: structuredClone(state), info,
+    responses: {features: F, ...panels.shown(), attention: attn},
+  };
+  const blob = new Blob([JSON.stringify(data, null, 1)], {type: "application/json"});
+  const url = URL.createObjectURL(blob);
+  const s = state.sel;
+  const a = el("a", {href: url, download: s ? `circuit-L${s.layer}-${s.feature}-at${s.position}.json` : "circuit-explorer.json"});
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+/* ---------------- start ---------------- */
+
+async function init() {
+  bind();
+  state = parseHash(location.hash);
+  lastHash = location.hash;
+  readControlsIntoDom();
+  rebuildTokens();
+  panels.clear();
+  try {
+    info = await api("/api/info");
+  } catch (e) {
+    showError(e);
+    $("info").textContent = "not connected";
+    return;
+  }
+  buildFromInfo();
+  readControlsIntoDom();
+  paintAttention();
+  await refresh();
+}
+
+init();

@@ -1,0 +1,174 @@
+"""The Circuit Explorer's page (views/assets/explorer*.{html,js,css}) in headless Chromium against the real server
+(attnsae.serve.app on the reference model with two random SAEs, served by uvicorn in a thread): prompt → feature
+chips → DFA heatmap and identity → RDFA expansion → ablation moves the logits → the URL restores the view; keyboard,
+attention shading, comparison, export, the error bar and the narrow layout. Every page must log no error and request
+nothing outside the server's origin. Skips without a browser unless ATTNSAE_REQUIRE_BROWSER=1 (tests/browser.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from browser import require_browser
+from conftest import fake_dashboards, random_sae
+
+PROMPT = ("import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n"
+          "    return os.path.join(path, sys.argv[1])\n")
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    """The explorer on 127.0.0.1:<free port> with random SAEs on layers 0 and 1 and a minimal dashboards folder
+    (family labels, so chips carry data-family and link to /dashboard/)."""
+    require_browser()  # skip before loading the model when there is no browser
+    from attnsae.serve.app import create_app, serve_in_thread
+
+    ref_model = request.getfixturevalue("ref_model")
+
+    saes = {0: random_sae(ref_model, 0, d_sae=96, seed=1, architecture="topk", k=12),
+            1: random_sae(ref_model, 1, d_sae=128, seed=2)}
+    site = fake_dashboards(tmp_path_factory.mktemp("explorer_dash"), saes)
+    url, stop = serve_in_thread(create_app(ref_model, saes, dashboard=site))
+    yield url.rstrip("/")
+    stop()
+
+
+def assert_clean(page, base: str, allow_http_errors: int = 0) -> None:
+    """No console error, warning or exception (besides `allow_http_errors` failed loads the test caused on purpose),
+    and every request went to the server's own origin."""
+    errors = [m for m in page.errors() if "Failed to load resource" not in m["text"]]
+    failed = [m for m in page.errors() if "Failed to load resource" in m["text"]]
+    assert errors == [], errors
+    assert len(failed) == allow_http_errors, failed
+    assert page.requests and all(u == base or u.startswith(base + "/") for u in page.requests), page.requests
+
+
+def run_prompt(browser, base: str, prompt: str = PROMPT):
+    page = browser.open(base + "/")
+    page.wait_for_selector("#attn-head option", state="attached")  # /api/info answered
+    page.fill("#prompt", prompt)
+    page.press("#prompt", "Control+Enter")
+    page.wait_for_selector("#tokens .chip")
+    return page
+
+
+def numbers(page, *ids: str) -> list[float]:
+    return [float(page.text_content(i).replace("−", "-")) for i in ids]
+
+
+def test_prompt_dfa_rdfa_ablation_and_the_url_restores_the_view(browser, server):
+    page = run_prompt(browser, server)
+    # one row per token (BOS hidden), but only the visible ones exist: the list is virtualised
+    n_tokens = page.evaluate("document.querySelectorAll('#tokens .row').length")
+    assert 5 < n_tokens < 45, n_tokens
+    assert page.text_content("#token-count").startswith("46 tokens")
+    assert page.locator('#tokens .row[data-position="0"]').count() == 0  # BOS hidden by default
+    row = page.locator('#tokens .row[data-position="9"]')
+    assert "main" in row.locator(".tok").text_content() and row.locator(".pred").text_content().startswith("→")
+    chip = row.locator('.chip[data-layer="0"]').first
+    assert re.fullmatch(r"L0/\d+\S*\s*[\d.−e]+", chip.text_content().strip()) and chip.get_attribute("data-family")
+    feature = chip.get_attribute("data-feature")
+
+    chip.click()  # → DFA, RDFA, effect
+    page.wait_for_selector("#dfa-heatmap")
+    assert page.text_content("#feature-name") == f"L0/{feature}"
+    assert page.get_attribute("#feature-head a.dash-link", "href") == f"/dashboard/index.html#L0/{feature}"
+    assert page.evaluate("document.getElementById('dfa-heatmap').width") > 100
+    assert "pre-activation = DFA total + bias" in page.text_content("#identity")
+    pre, dfa, bias = numbers(page, "#identity-pre", "#identity-dfa", "#identity-bias")
+    assert abs(pre - dfa - bias) < 1e-3 * max(1.0, abs(pre)) and "✓" in page.text_content("#identity-error")
+    assert page.locator("#dfa-card .by-head .bar-row").count() == 8
+
+    page.wait_for_selector("#rdfa-tree .rdfa-node.root .rdfa-closure")
+    first = page.locator('#rdfa-tree .rdfa-node[data-kind="head_source"]').first
+    first.locator(".expand").click()  # one level: the head-source term split into residual components
+    page.wait_for_selector('#rdfa-tree .rdfa-node[data-kind="head_source"][aria-expanded="true"] '
+                           '.rdfa-node[data-kind="component"]')
+    assert first.locator(".rdfa-closure").count() == 1
+
+    # two logit tokens picked from the effect card's predictions (click: A, shift-click: B), then zero-ablate
+    page.wait_for_selector("#effect-predictions button.pick")
+    picks = page.locator("#effect-predictions button.pick")
+    picks.nth(0).click()
+    picks.nth(1).click(modifiers=["Shift"])
+    assert page.input_value("#logit-a") and page.input_value("#logit-b")
+    page.fill("#intervene-scale", "0")
+    page.click("#intervene-run")
+    page.wait_for_selector("#logit-diff-after")
+    before, after = numbers(page, "#logit-diff-before", "#logit-diff-after")
+    assert before != after
+    assert page.locator("#preds-before li").count() == 10 and page.locator("#downstream tbody tr").count() > 0
+
+    # the URL holds the view: a fresh page from it shows the same selection, expansion and intervention
+    url = page.url
+    assert f"f=0/{feature}@9" in url and "iv=1" in url
+    assert_clean(page, server)
+    again = browser.open(url)
+    again.wait_for_selector('#tokens .chip[aria-pressed="true"]')
+    sel = again.locator('#tokens .chip[aria-pressed="true"]')
+    assert (sel.get_attribute("data-layer"), sel.get_attribute("data-feature"), sel.get_attribute("data-position")) \
+        == ("0", feature, "9")
+    assert again.text_content("#feature-name") == f"L0/{feature}"
+    again.wait_for_selector('#rdfa-tree .rdfa-node[aria-expanded="true"] .rdfa-node[data-kind="component"]')
+    again.wait_for_selector("#logit-diff-after")
+    assert numbers(again, "#logit-diff-before", "#logit-diff-after") == [before, after]
+    assert again.input_value("#prompt") == PROMPT
+    assert_clean(again, server)
+
+
+def test_keyboard_attention_compare_export_errors_and_narrow_layout(browser, server):
+    page = run_prompt(browser, server)
+    # keyboard: focus the list, move down and right, Enter selects that chip
+    page.focus("#tokens")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#feature-name")
+    focused = page.evaluate("[document.activeElement.dataset.position, document.activeElement.dataset.ci]")
+    assert focused == ["2", "1"]
+    assert page.get_attribute('#tokens .chip[data-position="2"][data-ci="1"]', "aria-pressed") == "true"
+
+    # attention: layer 1 head 3, hovering a row shades its sources and names the top ones
+    page.select_option("#attn-layer", "1")
+    page.select_option("#attn-head", "3")
+    page.hover('#tokens .row[data-position="6"] .tok')
+    page.wait_for_selector('#tokens .row.attn-dest[data-position="6"]')
+    shaded = page.evaluate("[...document.querySelectorAll('#tokens .tok.attn')]"
+                           ".map(t => +t.closest('.row').dataset.position)")
+    assert shaded and max(shaded) == 6
+    assert page.text_content("#attn-strip").startswith("L1H3 from 6")
+    assert "al=1" in page.url and "ah=3" in page.url
+
+    # compare with a corrupted prompt
+    page.fill("#compare-prompt", PROMPT.replace("path", "file"))
+    page.click("#compare-run")
+    page.wait_for_selector("#compare-result tr.tok-diff .dchip")
+    assert "cmp=1" in page.url
+
+    # export: the state and the answers shown, as a download (no request)
+    n_requests = len(page.requests)
+    with page.expect_download() as download:
+        page.click("#export")
+    data = json.loads(open(download.value.path(), encoding="utf-8").read())
+    assert data["state"]["p"] == PROMPT and data["state"]["sel"]["position"] == 2
+    assert {"features", "dfa", "rdfa", "effect", "compare", "attention"} <= set(data["responses"])
+    assert len(page.requests) == n_requests
+
+    # narrow: the cards stack under the token list
+    page.set_viewport_size({"width": 420, "height": 800})
+    left, right = page.locator("#left").bounding_box(), page.locator("#right").bounding_box()
+    assert right["y"] >= left["y"] + left["height"] - 1 and right["width"] <= 420
+    assert page.evaluate("document.documentElement.scrollWidth") <= 420
+
+    # a prompt past the model's context: the server's one line in the error bar
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.fill("#prompt", "x " * 300)
+    page.click("#run")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.get_attribute("#error", "role") == "alert"
+    assert "256" in page.text_content("#error-text")
+    page.click("#error-close")
+    assert page.is_hidden("#error")
+    assert_clean(page, server, allow_http_errors=1)
