@@ -5,7 +5,8 @@ from conftest import assert_one_line_error, run_cli
 
 
 # the subcommands the README and docs promise, in the order `attnsae --help` lists them
-COMMAND_NAMES = ["quickstart", "train", "cache", "eval", "dashboard", "attribute", "corpus", "info", "models", "study"]
+COMMAND_NAMES = ["quickstart", "train", "cache", "eval", "dashboard", "attribute", "explore", "corpus", "info", "models",
+                 "study"]
 
 
 def test_every_subcommand_has_help(capsys):

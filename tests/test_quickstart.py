@@ -1,7 +1,7 @@
 """The main job on the embedded default, run once: the acceptance numbers of issues 4 and 5.
 
 The run keeps every default but two budgets, cut to keep the suite under 15 minutes: 1.5 M training tokens per SAE
-(the default: 4 M) and 131,072 validation tokens scanned for the dashboards (262,144); the summary is measured on the
+(the default: 4 M) and 65,536 validation tokens scanned for the dashboards (262,144); the summary is measured on the
 default 65,536 validation tokens, as in the README. The bars below are issue 4's at that budget (explained variance
 0.77 where the default run is held to 0.80); the README's table comes from the full default run.
 """
@@ -14,7 +14,7 @@ from attnsae.sae.formats import load_sae
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow  # one quickstart (about 4.5 minutes on 2 cores)
-BUDGET = ("--train-tokens", "1500000", "--dashboard-tokens", "131072")
+BUDGET = ("--train-tokens", "1500000", "--dashboard-tokens", "65536")
 
 
 @pytest.fixture(scope="session")
