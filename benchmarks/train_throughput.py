@@ -12,7 +12,10 @@ decoder-gradient projection, Adam, renormalisation, firing statistics) and repor
   such products per step (encoder forward, decoder forward, and the W_enc, W_dec and activation gradients:
   ``10 * batch * d_in * d_sae``); TopK needs only the encoder's forward (``2 * batch * d_in * d_sae``), the rest
   being O(batch * k * d_in);
-* for TopK, the same step with the dense reference path (``sparse_kernel=False``) for comparison.
+* for TopK, the same step with the dense reference path (``sparse_kernel=False``) for comparison;
+* ReLU again at a trained-like L0 (``--relu-l0``, default 32: each latent's encoder bias set so that it fires on
+  ``l0 / d_sae`` of the synthetic tokens), where the step takes the sparse kernels (:func:`attnsae.sae.kernels.
+  relu_forward`), against the same step forced dense.
 """
 
 from __future__ import annotations
@@ -60,15 +63,23 @@ def matmul_rate(batch: int, d_in: int, d_sae: int, device: str, reps: int = 5) -
     return 2 * batch * d_in * d_sae * reps / (time.perf_counter() - t)
 
 
-def step_time(spec: SAESpec, d_in: int, batch: int, device: str, steps: int, sparse_kernel: bool = True) -> float:
+def step_time(spec: SAESpec, d_in: int, batch: int, device: str, steps: int, sparse_kernel: bool = True,
+              l0: int | None = None) -> float:
+    """Seconds per training step; ``l0``: set the encoder biases so that about ``l0`` latents fire per token."""
     cfg = TrainConfig(total_tokens=10**12, batch_size=batch, buffer_size=batch, log_every=10**9,
                       sparse_kernel=sparse_kernel, dead_window=10**9, resample_times=0, progress=False)
     specs = [spec]
     saes = [sae.to(device) for sae in new_saes(specs, d_in, cfg.seed, {})]
+    source = SyntheticSource(d_in, batch, device)
+    if l0 is not None:
+        with torch.no_grad():
+            for sae in saes:
+                pre = (source.pool[0] - sae.b_dec) @ sae.W_enc  # [batch, d_sae]
+                sae.b_enc.copy_(-pre.quantile(1 - l0 / sae.d_sae, dim=0))
     opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr, betas=tuple(cfg.betas)) for s in saes]
     firing = [FiringStats(*(torch.zeros(s.d_sae, dtype=torch.long, device=device) for _ in range(3))) for s in specs]
     state = TrainState()
-    it = SyntheticSource(d_in, batch, device).batches()
+    it = source.batches()
 
     def one_step() -> None:
         step(cfg, specs, saes, opts, firing, state, next(it))
@@ -90,6 +101,7 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--relu-l0", type=int, default=32, help="trained-like L0 for the sparse ReLU row")
     args = ap.parse_args()
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     head = f"{'shape':>10} {'arch':>12} {'tokens/s':>10} {'step ms':>8} {'roofline':>9} {'vs dense':>9}"
@@ -110,6 +122,12 @@ def main() -> None:
                 extra = f"{t_dense / t:>8.2f}x"
             label = f"{arch}" + (f" k={args.k}" if arch == "topk" else "")
             print(f"{name:>10} {label:>12} {batch / t:>10,.0f} {t * 1e3:>8.1f} {frac:>9.1%} {extra:>9}")
+        spec = SAESpec(layer=0, architecture="relu", d_sae=d_sae)
+        t = step_time(spec, d_in, batch, args.device, args.steps, l0=args.relu_l0)
+        t_dense = step_time(spec, d_in, batch, args.device, args.steps, sparse_kernel=False, l0=args.relu_l0)
+        frac = 10 * batch * d_in * d_sae / t / rate
+        print(f"{name:>10} {f'relu L0~{args.relu_l0}':>12} {batch / t:>10,.0f} {t * 1e3:>8.1f} {frac:>9.1%} "
+              f"{t_dense / t:>8.2f}x")
 
 
 if __name__ == "__main__":

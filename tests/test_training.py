@@ -101,6 +101,38 @@ def test_topk_loss_same_with_and_without_kernel():
     assert torch.equal(a.fired, b.fired)
 
 
+def test_sparse_relu_path_gives_the_dense_losses_and_gradients():
+    """A ReLU batch with few active latents goes through the TopK kernels (k = its busiest row's count): the same
+    loss terms, reconstruction, firing counts and gradients as the dense ReLU; a dense batch takes the dense path."""
+    torch.manual_seed(2)
+    sae = SAE(SAEConfig(d_in=16, d_sae=512, architecture="relu"))
+    x = torch.randn(40, 16)
+    with torch.no_grad():  # about 0.5% of the latents fire on a token, as in a trained SAE
+        sae.b_enc.fill_(-float(((x - sae.b_dec) @ sae.W_enc).quantile(0.995)))
+    spec = SAESpec(layer=0, d_sae=512, l1_coeff=0.3)
+    sparse = kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    assert sparse[2] is not None and 1 <= sparse[1].shape[1] <= 0.05 * 512
+    runs = []
+    for use_kernel in (True, False):
+        sae.zero_grad(set_to_none=True)
+        out = sae_loss(sae, spec, x, None, 1.0, sparse_kernel=use_kernel)
+        out.loss.backward()
+        runs.append((out, [p.grad.clone() for p in sae.parameters()]))
+    (a, ga), (b, gb) = runs
+    assert a.l0 > 0 and torch.equal(a.fired, b.fired) and torch.equal(a.l0, b.l0)
+    for name in ("mse", "l1"):
+        torch.testing.assert_close(a.parts[name], b.parts[name])
+    torch.testing.assert_close(a.x_hat, b.x_hat)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        sae.b_enc.fill_(1.0)  # most latents fire: the dense forward, the SAE's own
+    x_hat, f, idx, _ = kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    assert idx is None and f.shape == (40, 512)
+    torch.testing.assert_close(x_hat, sae(x).x_hat)
+    torch.testing.assert_close(f, sae(x).feature_acts)
+
+
 def test_training_reduces_loss_and_keeps_decoder_unit_norm(tmp_path):
     cfg = TrainConfig(total_tokens=64 * 150, batch_size=64, lr=3e-3, warmup_steps=10, log_every=10,
                       ckpt_every=1000, resample_every=10**9, progress=False)

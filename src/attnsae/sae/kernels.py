@@ -1,4 +1,4 @@
-"""The fast path for TopK SAEs: forward and backward that touch only the k active latents.
+"""The fast path for TopK SAEs (and sparse ReLU batches): forward and backward that touch only the k active latents.
 
 With ``idx [batch, k]`` chosen from dense pre-activations computed without autograd, the two sparse products of a
 TopK SAE are
@@ -11,7 +11,8 @@ TopK SAE are
 
 So a training step costs one dense ``[batch, d_in] x [d_in, d_sae]`` product (the encoder's forward) plus O(batch *
 k * d_in) work, instead of five dense products. ``dense_reference`` is the plain-torch equivalent the tests compare
-against.
+against. A trained ReLU SAE is sparse too: :func:`relu_forward` takes the same path with ``k`` the busiest row's
+active count, and gives the dense ReLU's values and gradients.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import Tensor
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 GATHER_CHUNK = 512  # rows of the batch per gathered [chunk, k, d_in] block in sparse_decode's backward
 DENSE_GRAD_MAX_D_SAE = 4096  # up to this width one dense [batch, d_in] x [d_in, d_sae] product is faster (CPU)
+RELU_MAX_DENSITY = 0.05  # a ReLU batch takes the sparse path while its busiest row has at most this share active
 
 
 def _csr(idx: Tensor, values: Tensor, n_cols: int) -> Tensor:
@@ -107,6 +109,30 @@ def topk_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: 
     acts = F.relu(GatherPre.apply(xc, W_enc, b_enc, idx, pre))
     x_hat = SparseDecode.apply(idx, acts, W_dec) + b_dec
     return x_hat, acts, idx, pre
+
+
+def relu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
+                 apply_b_dec_to_input: bool = True,
+                 max_density: float = RELU_MAX_DENSITY) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """ReLU SAE forward, through the same sparse kernels when the batch is sparse enough. x: ``[batch, d_in]``.
+
+    With ``k`` the most latents active on any row, every row's active latents are among its top-``k``
+    pre-activations and the others of those ``k`` are ``<= 0``: ReLU makes them 0 and passes them no gradient, so
+    values and gradients are the dense ReLU SAE's. Returns ``(x_hat, acts [batch, k], idx [batch, k], pre)`` as
+    :func:`topk_forward` when ``k <= max_density * d_sae``, else the dense forward ``(x_hat, f [batch, d_sae], None,
+    pre)``; the encoder product is computed once either way.
+    """
+    xc = x - b_dec if apply_b_dec_to_input else x
+    pre = torch.addmm(b_enc, xc, W_enc)  # [batch, d_sae], with autograd in case the batch is dense
+    with torch.no_grad():
+        k = int((pre > 0).sum(-1).max())
+    if k > max_density * W_enc.shape[1]:
+        f = F.relu(pre)
+        return f @ W_dec + b_dec, f, None, pre
+    pre = pre.detach()
+    idx = pre.topk(max(k, 1), dim=-1, sorted=False).indices
+    acts = F.relu(GatherPre.apply(xc, W_enc, b_enc, idx, pre))
+    return SparseDecode.apply(idx, acts, W_dec) + b_dec, acts, idx, pre
 
 
 def latents_forward(xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, idx: Tensor, pre: Tensor) -> Tensor:

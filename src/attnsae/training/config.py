@@ -101,7 +101,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_rule(ge=0))
     log_every: int = field(default=50, metadata=_rule(ge=1))
     ckpt_every: int = field(default=500, metadata=_rule(ge=1))
-    sparse_kernel: bool = True  # TopK through attnsae.sae.kernels (sparse backward)
+    sparse_kernel: bool = True  # TopK, and ReLU batches sparse enough, through attnsae.sae.kernels (sparse backward)
     wandb_project: str | None = None
     # where, and how to treat an existing run there
     out: str = "attnsae-out/train"

@@ -35,14 +35,20 @@ def sae_loss(sae: SAE, spec: SAESpec, x: Tensor, dead: Tensor | None, sparsity_s
              sparse_kernel: bool = True) -> StepOutput:
     """Loss of one SAE on ``x [batch, d_in]``; ``dead [d_sae]`` bool marks the latents AuxK may use (topk)."""
     arch = sae.cfg.architecture
+    sparse = None
     if arch == "topk" and sparse_kernel:
-        x_hat, acts, idx, pre = kernels.topk_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.k,
-                                                     sae.cfg.apply_b_dec_to_input)
-        on = acts > 0
+        sparse = kernels.topk_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.k,
+                                      sae.cfg.apply_b_dec_to_input)
+    elif arch == "relu" and sparse_kernel:
+        sparse = kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.apply_b_dec_to_input)
+    if sparse is not None and sparse[2] is not None:
+        x_hat, f, idx, pre = sparse  # f: the active values [batch, k] at idx
+        on = f > 0
         fired = torch.bincount(idx[on], minlength=sae.d_sae)
         l0 = on.sum(-1).float().mean()
     else:
-        x_hat, f, pre = sae(x)
+        # dense: a ReLU batch too busy for the kernels (f [batch, d_sae] from relu_forward), or the SAE's forward
+        x_hat, f, pre = (sparse[0], sparse[1], sparse[3]) if sparse is not None else sae(x)
         fired = (f > 0).sum(0)
         l0 = (f > 0).sum(-1).float().mean()
     err = x - x_hat
