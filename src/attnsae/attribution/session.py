@@ -162,7 +162,8 @@ class PromptSession:
 
     def _node(self, n: RDFANode) -> dict:
         d = {k: v for k, v in n.to_dict().items() if k not in ("children", "remainders")}
-        expandable = n.kind in ("feature", "head_source") and not self.tracer.refused or n.kind == "feature"
+        # a feature always lists its (source, head) terms; a head-source term splits further unless RDFA is refused
+        expandable = n.kind == "feature" or (n.kind == "head_source" and not self.tracer.refused)
         d["expandable"] = expandable
         if expandable:
             d["ref"] = {k: d[k] for k in ("kind", "layer", "position", "feature", "coef", "head", "source") if k in d}
