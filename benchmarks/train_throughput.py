@@ -77,7 +77,7 @@ def step_time(spec: SAESpec, d_in: int, batch: int, device: str, steps: int, spa
                 pre = (source.pool[0] - sae.b_dec) @ sae.W_enc  # [batch, d_sae]
                 sae.b_enc.copy_(-pre.quantile(1 - l0 / sae.d_sae, dim=0))
     opts = [torch.optim.Adam(s.parameters(), lr=cfg.lr, betas=tuple(cfg.betas)) for s in saes]
-    firing = [FiringStats(*(torch.zeros(s.d_sae, dtype=torch.long, device=device) for _ in range(3))) for s in specs]
+    firing = [FiringStats.zeros(s.d_sae) for s in specs]  # on the CPU, as the trainer keeps them
     state = TrainState()
     it = source.batches()
 

@@ -238,3 +238,55 @@ def browser(_chromium):
     fresh context; the test's pages are closed after it."""
     yield _chromium
     _chromium.close_pages()
+
+
+# ----------------------------------------------------------------------------------------------- background runs
+# The quickstart test's run (about 4 minutes on 2 cores) starts when collection ends, in its own process, and runs
+# beside the other tests, most of which wait on subprocesses, the browser or Python rather than on both cores;
+# tests/test_quickstart.py's fixture collects it (background_run("quickstart")).
+
+BACKGROUND: dict[str, tuple] = {}
+
+
+def start_background(name: str, args: list[str], out) -> None:
+    """Start ``attnsae ARGS`` (a plain subprocess, offline) as background run ``name`` writing into ``out``."""
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    log = open(os.path.join(out, f".{name}.log"), "w+")
+    err = open(os.path.join(out, f".{name}.err"), "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "attnsae", *args], stdout=log, stderr=err, env=env,
+                            stdin=subprocess.DEVNULL)
+    BACKGROUND[name] = (proc, log, err)
+
+
+def background_run(name: str, timeout: float) -> subprocess.CompletedProcess:
+    """Wait for background run ``name`` and return it as a finished process (stdout and stderr as text)."""
+    proc, log, err = BACKGROUND[name]
+    proc.wait(timeout=timeout)
+    log.seek(0)
+    err.seek(0)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read(), err.read())
+
+
+def pytest_collection_finish(session) -> None:
+    """After selection (``-m``, ``-k``): start the quickstart run if any of its tests will run."""
+    if any(item.path.name == "test_quickstart.py" for item in session.items):
+        import tempfile
+
+        from test_quickstart import BUDGET
+
+        out = tempfile.mkdtemp(prefix="attnsae-quickstart-")
+        start_background("quickstart", ["quickstart", "--out", out, *BUDGET], out)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    import shutil
+
+    for proc, log, err in BACKGROUND.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        err.close()
+        shutil.rmtree(os.path.dirname(log.name), ignore_errors=True)

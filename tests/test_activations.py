@@ -22,12 +22,19 @@ def contexts():
 
 
 def test_harvest_z_matches_run_with_cache_and_stops_early(tiny_model, contexts):
+    """harvest_z (fused attention, :mod:`attnsae.fast_attention`) gives the bridge's own hook_z to fp32 rounding."""
+    from attnsae.fast_attention import sdpa_attention
+
     tokens = torch.from_numpy(contexts[:3])
     _, cache = tiny_model.run_with_cache(tokens)
+    with sdpa_attention(tiny_model) as n:
+        assert n == 2  # both GPT-2 attention layers take the fused path
+    assert "_reconstruct_attention" not in vars(tiny_model.blocks[0].attn)  # and are restored after it
     for layers in ([0], [1], [0, 1]):
         out = harvest_z(tiny_model, tokens, layers, drop_bos=True)
         for l in layers:
-            assert torch.equal(out[l], cache[f"blocks.{l}.attn.hook_z"][:, 1:].reshape(-1, 32))
+            torch.testing.assert_close(out[l], cache[f"blocks.{l}.attn.hook_z"][:, 1:].reshape(-1, 32),
+                                       rtol=1e-5, atol=1e-6)
     full = harvest_z(tiny_model, tokens, [0], drop_bos=False)[0]
     assert full.shape == (3 * 16, 32)
 

@@ -156,6 +156,10 @@ CASES: list[Case] = [
     C("train-resume-and-overwrite", "train --out {d}/r --resume --overwrite", "contradict",
       "--resume with --overwrite"),
     C("train-unknown-flag", "train --out {d}/r --learning-rate 1", "unrecognized arguments", "an unknown flag"),
+    C("train-module-parallel-one-process", "train --out {d}/r --module-parallel 2", ("needs 2", "torchrun"),
+      "--module-parallel 2 on one process (not under torchrun)"),
+    C("train-module-parallel-0", "train --out {d}/r --module-parallel 0", "module_parallel must be >= 1",
+      "--module-parallel 0"),
     # -- train: config files
     C("train-yaml-lr-abc", "train --out {d}/r --config {d}/cfg.yaml", "lr must be a number", "YAML lr: abc",
       config("lr: abc\n")),

@@ -72,7 +72,7 @@ def test_relu_loss_is_the_papers():
 
 def test_sparse_topk_kernel_matches_dense_reference():
     torch.manual_seed(0)
-    for d_in, d_sae, k in ((16, 64, 4), (32, 5000, 8)):  # both backward paths of SparseDecode
+    for d_in, d_sae, k in ((16, 64, 4), (32, 5000, 8)):
         ps = [torch.randn(d_in, d_sae), torch.randn(d_sae), torch.randn(d_sae, d_in), torch.randn(d_in)]
         ps = [p.requires_grad_() for p in ps]
         x, g = torch.randn(33, d_in), torch.randn(33, d_in)
@@ -101,17 +101,23 @@ def test_topk_loss_same_with_and_without_kernel():
     assert torch.equal(a.fired, b.fired)
 
 
-def test_sparse_relu_path_gives_the_dense_losses_and_gradients():
-    """A ReLU batch with few active latents goes through the TopK kernels (k = its busiest row's count): the same
-    loss terms, reconstruction, firing counts and gradients as the dense ReLU; a dense batch takes the dense path."""
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_sparse_relu_and_jumprelu_paths_give_the_dense_losses_and_gradients(arch):
+    """A batch with few active latents goes through the TopK kernels (k = its busiest row's count of latents with a
+    gradient): the same loss terms, reconstruction, firing counts and gradients as the dense SAE (for JumpReLU the
+    threshold's too, from latents inside the estimator's window that do not fire); a dense batch takes the dense
+    path."""
     torch.manual_seed(2)
-    sae = SAE(SAEConfig(d_in=16, d_sae=512, architecture="relu"))
+    cfg = SAEConfig(d_in=16, d_sae=512, architecture=arch, jumprelu_init_threshold=0.05, jumprelu_bandwidth=0.1)
+    sae = SAE(cfg)
     x = torch.randn(40, 16)
     with torch.no_grad():  # about 0.5% of the latents fire on a token, as in a trained SAE
         sae.b_enc.fill_(-float(((x - sae.b_dec) @ sae.W_enc).quantile(0.995)))
-    spec = SAESpec(layer=0, d_sae=512, l1_coeff=0.3)
-    sparse = kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
-    assert sparse[2] is not None and 1 <= sparse[1].shape[1] <= 0.05 * 512
+    spec = SAESpec(layer=0, architecture=arch, d_sae=512, l1_coeff=0.3, l0_coeff=0.2)
+    forward = (lambda: kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)) if arch == "relu" else (
+        lambda: kernels.jumprelu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, 0.1))
+    sparse = forward()
+    assert sparse[2] is not None and 40 <= len(sparse[1]) <= 0.05 * 40 * 512
     runs = []
     for use_kernel in (True, False):
         sae.zero_grad(set_to_none=True)
@@ -120,14 +126,18 @@ def test_sparse_relu_path_gives_the_dense_losses_and_gradients():
         runs.append((out, [p.grad.clone() for p in sae.parameters()]))
     (a, ga), (b, gb) = runs
     assert a.l0 > 0 and torch.equal(a.fired, b.fired) and torch.equal(a.l0, b.l0)
-    for name in ("mse", "l1"):
+    for name in b.parts:
         torch.testing.assert_close(a.parts[name], b.parts[name])
     torch.testing.assert_close(a.x_hat, b.x_hat)
     for u, v in zip(ga, gb):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+    if arch == "jumprelu":  # latents in the window that did not fire moved the threshold
+        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        near = ((pre > 0) & (pre <= 0.05)).any(0)
+        assert near.any() and (sae.log_threshold.grad[near & (a.fired == 0)] != 0).any()
     with torch.no_grad():
         sae.b_enc.fill_(1.0)  # most latents fire: the dense forward, the SAE's own
-    x_hat, f, idx, _ = kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    x_hat, f, idx, _ = forward()
     assert idx is None and f.shape == (40, 512)
     torch.testing.assert_close(x_hat, sae(x).x_hat)
     torch.testing.assert_close(f, sae(x).feature_acts)

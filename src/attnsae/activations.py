@@ -1,7 +1,8 @@
 """Activations: harvest ``z_cat`` (``blocks.{L}.attn.hook_z`` with heads concatenated) and serve shuffled batches.
 
 * :func:`harvest_z` runs one forward pass that stops after the last layer needed and returns
-  ``{layer: z_cat [tokens, n_heads*d_head]}``.
+  ``{layer: z_cat [tokens, n_heads*d_head]}`` (attention through SDPA where the bridge allows it:
+  :mod:`attnsae.fast_attention`).
 * :class:`ModelActivations` streams batches ``{layer: [batch, d_in]}`` straight from a model. Its shuffle buffer is a
   *chunk shuffle*: ``buffer_size`` activations (from consecutive, randomly ordered contexts) are harvested, permuted
   and served, then the next chunk. Batch ``i`` is a pure function of ``(seed, i)``, so a resumed run sees exactly
@@ -24,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnsae.errors import AttnsaeError
+from attnsae.fast_attention import sdpa_attention
 from attnsae.io import atomic_write_json
 
 ACT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -69,7 +71,8 @@ def harvest_z(model, tokens: torch.Tensor, layers: list[int], drop_bos: bool = F
 
     fwd_hooks = [(hook_z_name(l), saver(l)) for l in layers]
     try:
-        model.run_with_hooks(tokens.to(_model_device(model)), fwd_hooks=fwd_hooks)
+        with sdpa_attention(model):  # only hook_z is read: fused attention where the bridge allows it
+            model.run_with_hooks(tokens.to(_model_device(model)), fwd_hooks=fwd_hooks)
     except StopForward:
         pass
     return out
@@ -124,10 +127,14 @@ class ModelActivations:
     Chunk ``c`` holds the contexts ``order[c*K:(c+1)*K]`` of its epoch (``K = buffer_size // tokens per
     context``); its activations are permuted with ``rng(seed, c)`` and cut into ``batch_size`` batches (a remainder
     smaller than a batch is dropped). Contexts cycle through epochs, each in a new order.
+
+    With ``comm`` (data-parallel training, :class:`attnsae.training.distributed.Comm`), replica ``d`` of ``D``
+    harvests only the model batches ``j`` of a chunk with ``j % D == d``, and ``comm.gather_rows`` brings the others'
+    back: every replica then holds the chunk one process would have harvested, so the batches do not depend on ``D``.
     """
 
-    def __init__(self, model, tokens: np.ndarray, cfg: StreamConfig, progress: bool = False) -> None:
-        self.model, self.cfg = model, cfg
+    def __init__(self, model, tokens: np.ndarray, cfg: StreamConfig, progress: bool = False, comm=None) -> None:
+        self.model, self.cfg, self.comm = model, cfg, comm
         self.layers = check_layers(model, cfg.layers)
         self.d_in = d_in_of(model)
         self.tokens = tokens
@@ -150,11 +157,23 @@ class ModelActivations:
         parts: dict[int, list[torch.Tensor]] = {l: [] for l in self.layers}
         mb = self.cfg.model_batch_size
         dtype = ACT_DTYPES[self.cfg.act_dtype]
-        for j in range(0, len(rows), mb):
-            batch = torch.from_numpy(self.tokens[np.sort(rows[j:j + mb])])
+        starts = range(0, len(rows), mb)  # model batch j holds rows[starts[j]:starts[j] + mb]
+        d, D = (self.comm.data_rank, self.comm.data_world) if self.comm else (0, 1)
+        for j in range(d, len(starts), D):
+            batch = torch.from_numpy(self.tokens[np.sort(rows[starts[j]:starts[j] + mb])])
             for l, z in harvest_z(self.model, batch, self.layers, self.cfg.drop_bos).items():
                 parts[l].append(z.to("cpu", dtype))
-        acts = {l: torch.cat(p) for l, p in parts.items()}
+        if D == 1:
+            acts = {l: torch.cat(p) for l, p in parts.items()}
+        else:  # put every replica's model batches back in the order one process harvests them
+            n_act = [len(rows[s:s + mb]) * (self.tokens.shape[1] - int(self.cfg.drop_bos)) for s in starts]
+            mine = [n_act[r::D] for r in range(D)]
+            acts = {}
+            for l, p in parts.items():
+                local = torch.cat(p) if p else torch.empty(0, self.d_in, dtype=dtype)
+                shares = [share.split(sizes) for share, sizes in
+                          zip(self.comm.gather_rows(local, [sum(m) for m in mine]), mine)]
+                acts[l] = torch.cat([shares[j % D][j // D] for j in range(len(starts))])
         perm = torch.from_numpy(np.random.default_rng([self.cfg.seed, 13, c]).permutation(len(acts[self.layers[0]])))
         return {l: a[perm] for l, a in acts.items()}
 

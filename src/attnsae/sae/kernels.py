@@ -1,18 +1,20 @@
 """The fast path for TopK SAEs (and sparse ReLU batches): forward and backward that touch only the k active latents.
 
-With ``idx [batch, k]`` chosen from dense pre-activations computed without autograd, the two sparse products of a
-TopK SAE are
+With the active entries :class:`Active` (``rows``, ``cols``) chosen from dense pre-activations computed without
+autograd (a TopK SAE's top k a row; a ReLU or JumpReLU batch's entries with a gradient, any number a row), the two
+sparse products are
 
-* ``gather_pre``: ``vals = pre.gather(idx)`` whose backward sends ``grad_vals`` to ``W_enc`` / ``b_enc`` / the
-  input through a CSR matrix ``S [batch, d_sae]`` with k entries a row (``grad_W_enc = (S^T @ xc)^T``);
-* ``sparse_decode``: ``x_hat = sum_j acts[:, j] * W_dec[idx[:, j]] + b_dec`` (``F.embedding_bag`` forward) whose
-  backward is ``grad_W_dec = S^T @ grad_out`` (CSR) and ``grad_acts[b, j] = W_dec[idx[b, j]] . grad_out[b]``
-  (gathered in row chunks to bound memory; for small ``d_sae`` one dense product and a gather is faster).
+* ``GatherPre``: ``vals = pre[rows, cols]`` whose backward sends ``grad_vals`` to ``W_enc`` / ``b_enc`` / the
+  input through the sparse matrix ``S [batch, d_sae]`` of those entries (``grad_W_enc = (S^T @ xc)^T``);
+* ``SparseDecode``: ``x_hat = sum over a row's entries of acts * W_dec[cols] + b_dec`` (``F.embedding_bag``
+  forward) whose backward is ``grad_W_dec = S^T @ grad_out`` and ``grad_acts = W_dec[cols] . grad_out[rows]``
+  (``torch.sparse.sampled_addmm``: the product computed at the active entries only).
 
 So a training step costs one dense ``[batch, d_in] x [d_in, d_sae]`` product (the encoder's forward) plus O(batch *
 k * d_in) work, instead of five dense products. ``dense_reference`` is the plain-torch equivalent the tests compare
-against. A trained ReLU SAE is sparse too: :func:`relu_forward` takes the same path with ``k`` the busiest row's
-active count, and gives the dense ReLU's values and gradients.
+against. Trained ReLU and JumpReLU SAEs are sparse too: :func:`relu_forward` and :func:`jumprelu_forward` take the
+same path with ``k`` the busiest row's count of latents that can carry a gradient, and give the dense SAE's values and
+gradients.
 """
 
 from __future__ import annotations
@@ -24,75 +26,90 @@ import torch.nn.functional as F
 from torch import Tensor
 
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-GATHER_CHUNK = 512  # rows of the batch per gathered [chunk, k, d_in] block in sparse_decode's backward
-DENSE_GRAD_MAX_D_SAE = 4096  # up to this width one dense [batch, d_in] x [d_in, d_sae] product is faster (CPU)
-RELU_MAX_DENSITY = 0.05  # a ReLU batch takes the sparse path while its busiest row has at most this share active
+RELU_MAX_DENSITY = 0.05  # a ReLU/JumpReLU batch takes the sparse path while at most this share of entries is active
 
 
-def _csr(idx: Tensor, values: Tensor, n_cols: int) -> Tensor:
-    """CSR matrix ``[batch, n_cols]`` with ``values[b, j]`` at column ``idx[b, j]`` (k entries per row)."""
-    B, k = idx.shape
-    crow = torch.arange(0, B * k + 1, k, device=idx.device)
-    return torch.sparse_csr_tensor(crow, idx.reshape(-1), values.reshape(-1), (B, n_cols), check_invariants=False)
+class Active:
+    """Where a batch's active latents are, row-major: ``rows``/``cols`` int64 ``[nnz]`` (row ``b`` owns entries
+    ``crow[b]:crow[b + 1]``), for ``n_rows`` rows of ``n_cols`` latents. Rows may hold different counts."""
 
+    def __init__(self, rows: Tensor, cols: Tensor, crow: Tensor, n_rows: int, n_cols: int) -> None:
+        self.rows, self.cols, self.crow, self.n_rows, self.n_cols = rows, cols, crow, n_rows, n_cols
 
-def _csr_t_mm(idx: Tensor, values: Tensor, n_cols: int, dense: Tensor) -> Tensor:
-    """``S^T @ dense`` for ``S = _csr(idx, values)``: ``[n_cols, dense.shape[1]]``.
+    @classmethod
+    def of_mask(cls, mask: Tensor) -> Active:
+        """The ``True`` entries of ``mask [batch, n_cols]`` (one pass: ``nonzero``)."""
+        rows, cols = mask.nonzero().unbind(1)
+        crow = torch.zeros(mask.shape[0] + 1, dtype=torch.long, device=mask.device)
+        crow[1:] = torch.bincount(rows, minlength=mask.shape[0]).cumsum(0)
+        return cls(rows, cols, crow, *mask.shape)
 
-    ``S^T`` is built as a COO matrix (row ``idx[b, j]``, column ``b``): converting the CSR ``S`` to a transposed CSR
-    sorts its ``batch * k`` entries, which took 3-6x longer on CPU than the whole product through COO.
-    """
-    B, k = idx.shape
-    rows = torch.arange(B, device=idx.device).repeat_interleave(k)
-    st = torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows]), values.reshape(-1), (n_cols, B),
-                                 check_invariants=False)
-    return torch.sparse.mm(st, dense)
+    @classmethod
+    def of_topk(cls, idx: Tensor, n_cols: int) -> Active:
+        """``k`` latents a row, ``idx [batch, k]``."""
+        B, k = idx.shape
+        rows = torch.arange(B, device=idx.device).repeat_interleave(k)
+        return cls(rows, idx.reshape(-1), torch.arange(0, B * k + 1, k, device=idx.device), B, n_cols)
+
+    def csr(self, values: Tensor) -> Tensor:
+        """The sparse ``[n_rows, n_cols]`` matrix with ``values [nnz]`` at the active entries."""
+        return torch.sparse_csr_tensor(self.crow, self.cols, values, (self.n_rows, self.n_cols),
+                                       check_invariants=False)
+
+    def t_mm(self, values: Tensor, dense: Tensor) -> Tensor:
+        """``S^T @ dense`` for ``S = csr(values)``: ``[n_cols, dense.shape[1]]``.
+
+        ``S^T`` is built as a COO matrix (row ``cols``, column ``rows``): converting the CSR ``S`` to a transposed CSR
+        sorts its entries, which took 3-6x longer on CPU than the whole product through COO.
+        """
+        st = torch.sparse_coo_tensor(torch.stack([self.cols, self.rows]), values, (self.n_cols, self.n_rows),
+                                     check_invariants=False)
+        return torch.sparse.mm(st, dense)
 
 
 class GatherPre(torch.autograd.Function):
-    """``vals [batch, k] = (xc @ W_enc + b_enc).gather(-1, idx)``, with ``pre`` precomputed (no recompute)."""
+    """``vals [nnz] = (xc @ W_enc + b_enc)[rows, cols]``, with ``pre`` precomputed (no recompute)."""
 
     @staticmethod
-    def forward(ctx, xc: Tensor, W_enc: Tensor, b_enc: Tensor, idx: Tensor, pre: Tensor) -> Tensor:
-        ctx.save_for_backward(xc, W_enc, idx)
-        return pre.gather(-1, idx)
+    def forward(ctx, xc: Tensor, W_enc: Tensor, b_enc: Tensor, at: Active, pre: Tensor) -> Tensor:
+        ctx.save_for_backward(xc, W_enc)
+        ctx.at = at
+        return pre[at.rows, at.cols]
 
     @staticmethod
     def backward(ctx, grad_vals: Tensor):
-        xc, W_enc, idx = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
+        xc, W_enc = ctx.saved_tensors
+        at: Active = ctx.at
         grad_xc = grad_W = grad_b = None
         if ctx.needs_input_grad[1]:
-            grad_W = _csr_t_mm(idx, grad_vals, d_sae, xc).t()  # [d_in, d_sae]
+            grad_W = at.t_mm(grad_vals, xc).t()  # [d_in, d_sae]
         if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(d_sae, dtype=grad_vals.dtype, device=grad_vals.device)
-            grad_b.index_add_(0, idx.reshape(-1), grad_vals.reshape(-1))
+            grad_b = torch.zeros(at.n_cols, dtype=grad_vals.dtype, device=grad_vals.device)
+            grad_b.index_add_(0, at.cols, grad_vals)
         if ctx.needs_input_grad[0]:
-            grad_xc = torch.mm(_csr(idx, grad_vals, d_sae), W_enc.t())  # [batch, d_in]
+            grad_xc = torch.mm(at.csr(grad_vals), W_enc.t())  # [batch, d_in]
         return grad_xc, grad_W, grad_b, None, None
 
 
 class SparseDecode(torch.autograd.Function):
-    """``x_hat [batch, d_in] = sum_j acts[:, j] * W_dec[idx[:, j]]`` (no bias)."""
+    """``x_hat [batch, d_in] = sum over a row's entries of acts * W_dec[cols]`` (no bias)."""
 
     @staticmethod
-    def forward(ctx, idx: Tensor, acts: Tensor, W_dec: Tensor) -> Tensor:
-        ctx.save_for_backward(idx, acts, W_dec)
-        return F.embedding_bag(idx, W_dec, per_sample_weights=acts, mode="sum")
+    def forward(ctx, at: Active, acts: Tensor, W_dec: Tensor) -> Tensor:
+        ctx.save_for_backward(acts, W_dec)
+        ctx.at = at
+        return F.embedding_bag(at.cols, W_dec, at.crow[:-1], per_sample_weights=acts, mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        idx, acts, W_dec = ctx.saved_tensors
+        acts, W_dec = ctx.saved_tensors
+        at: Active = ctx.at
         grad_acts = grad_W = None
         if ctx.needs_input_grad[2]:
-            grad_W = _csr_t_mm(idx, acts, W_dec.shape[0], grad_out)  # [d_sae, d_in]
-        if ctx.needs_input_grad[1] and W_dec.shape[0] <= DENSE_GRAD_MAX_D_SAE:
-            grad_acts = (grad_out @ W_dec.t()).gather(-1, idx)
-        elif ctx.needs_input_grad[1]:
-            grad_acts = torch.empty_like(acts)
-            for s in range(0, len(idx), GATHER_CHUNK):
-                rows = W_dec[idx[s:s + GATHER_CHUNK]]  # [chunk, k, d_in]
-                grad_acts[s:s + GATHER_CHUNK] = torch.bmm(rows, grad_out[s:s + GATHER_CHUNK, :, None])[..., 0]
+            grad_W = at.t_mm(acts, grad_out)  # [d_sae, d_in]
+        if ctx.needs_input_grad[1]:  # (grad_out @ W_dec^T) at the active entries only
+            zeros = at.csr(torch.zeros_like(acts))
+            grad_acts = torch.sparse.sampled_addmm(zeros, grad_out, W_dec.t(), beta=0.0).values()
         return None, grad_acts, grad_W
 
 
@@ -106,40 +123,69 @@ def topk_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: 
     with torch.no_grad():
         pre = torch.addmm(b_enc, xc, W_enc)
         idx = pre.topk(k, dim=-1, sorted=False).indices
-    acts = F.relu(GatherPre.apply(xc, W_enc, b_enc, idx, pre))
-    x_hat = SparseDecode.apply(idx, acts, W_dec) + b_dec
-    return x_hat, acts, idx, pre
+    at = Active.of_topk(idx, W_enc.shape[1])
+    acts = F.relu(GatherPre.apply(xc, W_enc, b_enc, at, pre))
+    x_hat = SparseDecode.apply(at, acts, W_dec) + b_dec
+    return x_hat, acts.view(idx.shape), idx, pre
 
 
 def relu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
                  apply_b_dec_to_input: bool = True,
                  max_density: float = RELU_MAX_DENSITY) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """ReLU SAE forward, through the same sparse kernels when the batch is sparse enough. x: ``[batch, d_in]``.
+    """ReLU SAE forward, through the sparse kernels when the batch is sparse enough. x: ``[batch, d_in]``.
 
-    With ``k`` the most latents active on any row, every row's active latents are among its top-``k``
-    pre-activations and the others of those ``k`` are ``<= 0``: ReLU makes them 0 and passes them no gradient, so
-    values and gradients are the dense ReLU SAE's. Returns ``(x_hat, acts [batch, k], idx [batch, k], pre)`` as
-    :func:`topk_forward` when ``k <= max_density * d_sae``, else the dense forward ``(x_hat, f [batch, d_sae], None,
-    pre)``; the encoder product is computed once either way.
+    Only the active latents (``pre > 0``) carry values and gradients, so the kernels over exactly those give the
+    dense ReLU SAE's values and gradients. Returns ``(x_hat, acts [nnz], cols [nnz], pre)`` (the active entries,
+    row-major; ``pre [batch, d_sae]`` detached) when at most ``max_density`` of the entries are active, else the
+    dense forward ``(x_hat, f [batch, d_sae], None, pre)``; the encoder product is computed once either way.
     """
     xc = x - b_dec if apply_b_dec_to_input else x
     pre = torch.addmm(b_enc, xc, W_enc)  # [batch, d_sae], with autograd in case the batch is dense
     with torch.no_grad():
-        k = int((pre > 0).sum(-1).max())
-    if k > max_density * W_enc.shape[1]:
+        on = pre > 0
+        dense = int(torch.count_nonzero(on)) > max_density * on.numel()
+    if dense:
         f = F.relu(pre)
         return f @ W_dec + b_dec, f, None, pre
     pre = pre.detach()
-    idx = pre.topk(max(k, 1), dim=-1, sorted=False).indices
-    acts = F.relu(GatherPre.apply(xc, W_enc, b_enc, idx, pre))
-    return SparseDecode.apply(idx, acts, W_dec) + b_dec, acts, idx, pre
+    at = Active.of_mask(on)
+    acts = GatherPre.apply(xc, W_enc, b_enc, at, pre)  # > 0 already
+    return SparseDecode.apply(at, acts, W_dec) + b_dec, acts, at.cols, pre
+
+
+def jumprelu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, threshold: Tensor,
+                     bandwidth: float, apply_b_dec_to_input: bool = True,
+                     max_density: float = RELU_MAX_DENSITY) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """JumpReLU SAE forward, through the sparse kernels when the batch is sparse enough. x: ``[batch, d_in]``,
+    threshold ``[d_sae]`` (with its autograd: the straight-through estimator reaches it).
+
+    A latent carries a gradient when it is active (``pre > threshold``) or inside the estimator's window
+    (``(pre - threshold) / bandwidth > -1/2``, which includes active), so the kernels over those entries give the
+    dense JumpReLU SAE's values and gradients. Returns ``(x_hat, acts [nnz], cols [nnz], pre [nnz])`` (those
+    entries, row-major; ``pre`` gathered there) when at most ``max_density`` of the entries are in the window, else
+    the dense ``(x_hat, f [batch, d_sae], None, pre [batch, d_sae])``.
+    """
+    from attnsae.sae.model import JumpReLU
+
+    xc = x - b_dec if apply_b_dec_to_input else x
+    pre = torch.addmm(b_enc, xc, W_enc)
+    with torch.no_grad():
+        window = ((pre - threshold) / bandwidth) > -0.5  # exactly as the estimator computes it
+        dense = int(torch.count_nonzero(window)) > max_density * window.numel()
+    if dense:
+        f = JumpReLU.apply(pre, threshold, bandwidth)
+        return f @ W_dec + b_dec, f, None, pre
+    at = Active.of_mask(window)
+    vals = GatherPre.apply(xc, W_enc, b_enc, at, pre.detach())
+    acts = JumpReLU.apply(vals, threshold[at.cols], bandwidth)
+    return SparseDecode.apply(at, acts, W_dec) + b_dec, acts, at.cols, vals
 
 
 def latents_forward(xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, idx: Tensor, pre: Tensor) -> Tensor:
     """Decode from chosen latents ``idx [batch, k]`` with gradients to the encoder and decoder (AuxK uses this):
     ``sum_j relu(pre[b, idx[b, j]]) * W_dec[idx[b, j]]`` -> ``[batch, d_in]``."""
-    acts = F.relu(GatherPre.apply(xc, W_enc, b_enc, idx, pre))
-    return SparseDecode.apply(idx, acts, W_dec)
+    at = Active.of_topk(idx, W_enc.shape[1])
+    return SparseDecode.apply(at, F.relu(GatherPre.apply(xc, W_enc, b_enc, at, pre)), W_dec)
 
 
 def dense_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int,

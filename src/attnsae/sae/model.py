@@ -104,11 +104,17 @@ def rectangle(x: Tensor) -> Tensor:
     return ((x > -0.5) & (x < 0.5)).to(x.dtype)
 
 
+def _threshold_grad(grad: Tensor, threshold: Tensor) -> Tensor:
+    """The threshold's gradient from per-element terms ``grad [..., d]``: summed over rows for a threshold ``[d]``,
+    as is for one gathered per element (``[..., d]``, the sparse kernels')."""
+    return grad if grad.shape == threshold.shape else grad.reshape(-1, threshold.shape[-1]).sum(0)
+
+
 class Heaviside(torch.autograd.Function):
     """``1[pre > threshold]`` with the JumpReLU paper's straight-through estimator for the threshold (its L0 loss).
 
     ``d/dthreshold := -(1 / bandwidth) * rectangle((pre - threshold) / bandwidth)``; no gradient to ``pre``.
-    pre: [..., d_sae], threshold: [d_sae].
+    pre: [..., d_sae], threshold: [d_sae] (or per element, pre's shape).
     """
 
     @staticmethod
@@ -121,7 +127,7 @@ class Heaviside(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[None, Tensor, None]:
         pre, threshold = ctx.saved_tensors
         grad_threshold = -(1.0 / ctx.bandwidth) * rectangle((pre - threshold) / ctx.bandwidth) * grad_out
-        return None, grad_threshold.reshape(-1, threshold.shape[-1]).sum(0), None
+        return None, _threshold_grad(grad_threshold, threshold), None
 
 
 class JumpReLU(torch.autograd.Function):
@@ -129,7 +135,8 @@ class JumpReLU(torch.autograd.Function):
 
     Rajamanoharan et al. 2024 ("Jumping Ahead"): the pseudo-derivative
     ``df/dthreshold := -(threshold / bandwidth) * rectangle((pre - threshold) / bandwidth)``;
-    ``df/dpre = 1[pre > threshold]`` (no estimator on the input). pre: [..., d_sae], threshold: [d_sae].
+    ``df/dpre = 1[pre > threshold]`` (no estimator on the input). pre: [..., d_sae], threshold: [d_sae] (or per
+    element, pre's shape).
     """
 
     @staticmethod
@@ -144,8 +151,7 @@ class JumpReLU(torch.autograd.Function):
         bandwidth = ctx.bandwidth
         grad_pre = grad_out * (pre > threshold).to(grad_out.dtype)
         grad_threshold = -(threshold / bandwidth) * rectangle((pre - threshold) / bandwidth) * grad_out
-        grad_threshold = grad_threshold.reshape(-1, threshold.shape[-1]).sum(0)  # [d_sae]
-        return grad_pre, grad_threshold, None
+        return grad_pre, _threshold_grad(grad_threshold, threshold), None
 
 
 def sparse_decode(top_indices: Tensor, top_acts: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:

@@ -47,18 +47,23 @@ class TrainState:
     resamples: list[dict] = field(default_factory=list)
 
 
-def save_checkpoint(path: Path, state: TrainState, saes: list[SAE], opts: list[torch.optim.Optimizer],
+def save_checkpoint(path: Path, state: TrainState, saes: list[SAE | dict], opts: list[torch.optim.Optimizer | dict],
                     firing: list[FiringStats], settings: dict[str, Any]) -> None:
-    """Write the whole training state to ``path`` atomically (a kill leaves the previous checkpoint)."""
-    obj = {"state": asdict(state), "saes": [s.state_dict() for s in saes], "opts": [o.state_dict() for o in opts],
+    """Write the whole training state to ``path`` atomically (a kill leaves the previous checkpoint); ``saes`` and
+    ``opts`` may be given as their state dicts."""
+    def sd(o):
+        return o if isinstance(o, dict) else o.state_dict()
+
+    obj = {"state": asdict(state), "saes": [sd(s) for s in saes], "opts": [sd(o) for o in opts],
            "firing": [asdict(f) for f in firing], "settings": settings}
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path: Path, saes: list[SAE], opts: list[torch.optim.Optimizer],
-                    settings: dict[str, Any]) -> tuple[TrainState, list[FiringStats]]:
-    """Restore ``saes`` and ``opts`` in place from ``path``; refuse a checkpoint of other settings."""
+def load_checkpoint(path: Path, saes: list[SAE], opts: list[torch.optim.Optimizer], settings: dict[str, Any],
+                    indices: list[int] | None = None) -> tuple[TrainState, list[FiringStats]]:
+    """Restore ``saes`` and ``opts`` in place from ``path`` (the run's SAEs ``indices``, default all); refuse a
+    checkpoint of other settings."""
     try:
         ck = torch.load(path, weights_only=False)
         ck["state"], ck["settings"]
@@ -69,8 +74,8 @@ def load_checkpoint(path: Path, saes: list[SAE], opts: list[torch.optim.Optimize
         diff = sorted(k for k in set(settings) | set(ck["settings"]) if settings.get(k) != ck["settings"].get(k))
         raise AttnsaeError(f"checkpoint {path} was made with other settings ({', '.join(diff[:5])} differ); resume "
                            "with the same settings, or start over with --overwrite or another --out")
-    for sae, sd in zip(saes, ck["saes"]):
-        sae.load_state_dict(sd)
-    for opt, sd in zip(opts, ck["opts"]):
-        opt.load_state_dict(sd)
-    return TrainState(**ck["state"]), [FiringStats(**f) for f in ck["firing"]]
+    indices = range(len(saes)) if indices is None else indices
+    for sae, opt, i in zip(saes, opts, indices):
+        sae.load_state_dict(ck["saes"][i])
+        opt.load_state_dict(ck["opts"][i])
+    return TrainState(**ck["state"]), [FiringStats(**ck["firing"][i]) for i in indices]

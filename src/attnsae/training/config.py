@@ -27,7 +27,7 @@ SPARSITY_FIELD = {"relu": "l1_coeffs", "topk": "ks", "jumprelu": "l0_coeffs"}  #
 SPEC_KEY = {"relu": "l1_coeff", "topk": "k", "jumprelu": "l0_coeff"}
 # settings that steer the process, not the result: they may change between a run and its --resume (a run folder
 # may also move: `out` is where, not what)
-RUN_CONTROL = ("resume", "overwrite", "progress", "threads", "device", "wandb_project", "out")
+RUN_CONTROL = ("resume", "overwrite", "progress", "threads", "device", "wandb_project", "out", "module_parallel")
 
 
 def _rule(**kw: Any) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_rule(ge=0))
     log_every: int = field(default=50, metadata=_rule(ge=1))
     ckpt_every: int = field(default=500, metadata=_rule(ge=1))
-    sparse_kernel: bool = True  # TopK, and ReLU batches sparse enough, through attnsae.sae.kernels (sparse backward)
+    sparse_kernel: bool = True  # TopK, and ReLU/JumpReLU batches sparse enough: attnsae.sae.kernels (sparse backward)
     wandb_project: str | None = None
     # where, and how to treat an existing run there
     out: str = "attnsae-out/train"
@@ -109,6 +109,9 @@ class TrainConfig:
     overwrite: bool = False
     threads: int | None = field(default=None, metadata=_rule(ge=1))
     progress: bool = True
+    # under torchrun: the processes form module_parallel groups, each owning a block of the layers (the processes of
+    # a group share its SAEs, data parallel); see attnsae.training.distributed
+    module_parallel: int = field(default=1, metadata=_rule(ge=1))
 
     def __post_init__(self) -> None:
         self.validate()

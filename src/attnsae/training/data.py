@@ -19,22 +19,28 @@ def load_tokens(cfg: TrainConfig, model) -> np.ndarray:
     return corpus.tokens
 
 
-def make_source(cfg: TrainConfig, model) -> tuple[ModelActivations | CachedActivations, str]:
+def make_source(cfg: TrainConfig, model, layers: list[int] | None = None,
+                comm=None) -> tuple[ModelActivations | CachedActivations, str]:
     """The run's activation source (the cache if ``cfg.cache``, else a model stream) and a fingerprint of its data:
-    what ``--resume`` compares, so a run never continues on other data."""
+    what ``--resume`` compares, so a run never continues on other data.
+
+    ``layers`` (default ``cfg.layers``): the layers served, a module-parallel rank's own; ``comm``: the data-parallel
+    replicas that share the harvest (see :class:`~attnsae.activations.ModelActivations`). Neither changes the batches.
+    """
+    layers = layers or cfg.layers
     if cfg.cache:
-        source = CachedActivations(cfg.cache, cfg.layers, cfg.batch_size, cfg.seed, model_name=model_name(model),
+        source = CachedActivations(cfg.cache, layers, cfg.batch_size, cfg.seed, model_name=model_name(model),
                                    d_in=d_in_of(model))
         digest = hashlib.sha1((source.root / "manifest.json").read_bytes()).hexdigest()
         return source, f"cache:{digest}"
     tokens = load_tokens(cfg, model)
-    stream = StreamConfig(layers=cfg.layers, batch_size=cfg.batch_size, buffer_size=cfg.buffer_size,
+    stream = StreamConfig(layers=layers, batch_size=cfg.batch_size, buffer_size=cfg.buffer_size,
                           drop_bos=cfg.drop_bos, act_dtype=cfg.act_dtype, model_batch_size=cfg.model_batch_size,
                           seed=cfg.seed)
     h = hashlib.sha1(model_name(model).encode())
     h.update(str(tokens.shape).encode())
     h.update(np.ascontiguousarray(tokens).tobytes())
-    return ModelActivations(model, tokens, stream), f"tokens:{h.hexdigest()}"
+    return ModelActivations(model, tokens, stream, comm=comm), f"tokens:{h.hexdigest()}"
 
 
 def build_cache(cfg: TrainConfig, model, out_dir: str) -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +32,26 @@ class StepOutput:
     l0: Tensor  # scalar: mean active latents per token
 
 
+Reduce = Callable[[Tensor], Tensor]
+
+
+def local(t: Tensor) -> Tensor:
+    return t
+
+
+def variance(x: Tensor, mean: Reduce = local) -> Tensor:
+    """Total variance of the rows of ``x [batch, d]`` about their mean: scalar. ``mean`` averages a tensor over the
+    data-parallel replicas (:meth:`attnsae.training.distributed.Comm.mean`), so each replica's ``x`` being a share
+    of one global batch gives that batch's variance."""
+    return mean((x - mean(x.mean(0))).pow(2).sum(-1).mean())
+
+
 def sae_loss(sae: SAE, spec: SAESpec, x: Tensor, dead: Tensor | None, sparsity_scale: float = 1.0,
-             sparse_kernel: bool = True) -> StepOutput:
-    """Loss of one SAE on ``x [batch, d_in]``; ``dead [d_sae]`` bool marks the latents AuxK may use (topk)."""
+             sparse_kernel: bool = True, mean: Reduce = local) -> StepOutput:
+    """Loss of one SAE on ``x [batch, d_in]``; ``dead [d_sae]`` bool marks the latents AuxK may use (topk).
+
+    Every term is a mean over the rows of ``x`` except AuxK's normaliser, a batch statistic: ``mean`` (see
+    :func:`variance`) makes it the global batch's when ``x`` is one data-parallel replica's share."""
     arch = sae.cfg.architecture
     sparse = None
     if arch == "topk" and sparse_kernel:
@@ -41,30 +59,38 @@ def sae_loss(sae: SAE, spec: SAESpec, x: Tensor, dead: Tensor | None, sparsity_s
                                       sae.cfg.apply_b_dec_to_input)
     elif arch == "relu" and sparse_kernel:
         sparse = kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.apply_b_dec_to_input)
+    elif arch == "jumprelu" and sparse_kernel:
+        sparse = kernels.jumprelu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold,
+                                          sae.cfg.jumprelu_bandwidth, sae.cfg.apply_b_dec_to_input)
+    cols = None
     if sparse is not None and sparse[2] is not None:
-        x_hat, f, idx, pre = sparse  # f: the active values [batch, k] at idx
+        x_hat, f, cols, pre = sparse  # f: the values at the entries cols (topk: [batch, k]; else [nnz]; pre too)
         on = f > 0
-        fired = torch.bincount(idx[on], minlength=sae.d_sae)
-        l0 = on.sum(-1).float().mean()
+        fired = torch.bincount(cols[on], minlength=sae.d_sae)
+        l0 = on.sum() / len(x)
     else:
-        # dense: a ReLU batch too busy for the kernels (f [batch, d_sae] from relu_forward), or the SAE's forward
+        # dense: a batch too busy for the kernels (f [batch, d_sae] from relu/jumprelu_forward), or the SAE's forward
         x_hat, f, pre = (sparse[0], sparse[1], sparse[3]) if sparse is not None else sae(x)
         fired = (f > 0).sum(0)
         l0 = (f > 0).sum(-1).float().mean()
     err = x - x_hat
     parts = {"mse": err.pow(2).sum(-1).mean()}
     if arch == "relu":
-        parts["l1"] = spec.l1_coeff * sparsity_scale * f.abs().sum(-1).mean()
+        l1 = f.abs().sum() / len(x) if cols is not None else f.abs().sum(-1).mean()
+        parts["l1"] = spec.l1_coeff * sparsity_scale * l1
     elif arch == "topk":
-        parts["auxk"] = (spec.aux_coeff * auxk_loss(sae, x, pre, err, dead, spec.aux_k) if dead is not None
+        parts["auxk"] = (spec.aux_coeff * auxk_loss(sae, x, pre, err, dead, spec.aux_k, mean) if dead is not None
                          else parts["mse"] * 0)
     else:
-        l0_soft = Heaviside.apply(pre, sae.threshold, sae.cfg.jumprelu_bandwidth).sum(-1).mean()
+        threshold = sae.threshold if cols is None else sae.threshold[cols]
+        soft = Heaviside.apply(pre, threshold, sae.cfg.jumprelu_bandwidth)
+        l0_soft = soft.sum() / len(x) if cols is not None else soft.sum(-1).mean()
         parts["l0"] = spec.l0_coeff * sparsity_scale * l0_soft
     return StepOutput(sum(parts.values()), parts, x_hat, fired, l0)
 
 
-def auxk_loss(sae: SAE, x: Tensor, pre: Tensor, err: Tensor, dead: Tensor, aux_k: int | None) -> Tensor:
+def auxk_loss(sae: SAE, x: Tensor, pre: Tensor, err: Tensor, dead: Tensor, aux_k: int | None,
+              mean: Reduce = local) -> Tensor:
     """AuxK: reconstruct the (detached) residual ``err [batch, d_in]`` from the top ``aux_k`` dead latents only,
     normalised by the residual's variance (Gao et al. 2024). Zero when no latent is dead."""
     n_dead = int(dead.sum())
@@ -80,4 +106,4 @@ def auxk_loss(sae: SAE, x: Tensor, pre: Tensor, err: Tensor, dead: Tensor, aux_k
             idx = torch.where(dead, pre, torch.full_like(pre, -torch.inf)).topk(k, dim=-1, sorted=False).indices
         e_hat = kernels.latents_forward(xc, sae.W_enc, sae.b_enc, sae.W_dec, idx, pre.detach())
     e = err.detach()
-    return (e_hat - e).pow(2).sum(-1).mean() / e.sub(e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    return (e_hat - e).pow(2).sum(-1).mean() / variance(e, mean).clamp_min(1e-12)

@@ -37,7 +37,7 @@ def resample_dead(sae: SAE, opt: torch.optim.Optimizer, dead: Tensor, inputs: Te
     p = resample_probabilities(sae, inputs)
     if float(p.sum()) <= 0:
         return 0
-    pick = torch.multinomial(p, len(idx), replacement=len(idx) > len(p), generator=generator)
+    pick = torch.multinomial(p.cpu(), len(idx), replacement=len(idx) > len(p), generator=generator).to(inputs.device)
     x = inputs[pick] - sae.b_dec if sae.cfg.apply_b_dec_to_input else inputs[pick]
     direction = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [n_dead, d_in]
     live = ~dead

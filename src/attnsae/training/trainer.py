@@ -16,13 +16,16 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
-from dataclasses import asdict
+import zlib
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -33,9 +36,10 @@ from attnsae.models import load_model, model_name
 from attnsae.sae.formats import save_sae
 from attnsae.sae.model import SAE, SAEConfig
 from attnsae.training.checkpoint import FiringStats, TrainState, load_checkpoint, save_checkpoint
+from attnsae.training import distributed
 from attnsae.training.config import SAESpec, TrainConfig
 from attnsae.training.data import make_source
-from attnsae.training.losses import sae_loss
+from attnsae.training.losses import sae_loss, variance
 from attnsae.training.resample import resample_dead
 
 RUN_FILES = ("run_config.json", "checkpoint.pt", "metrics.jsonl")
@@ -45,10 +49,26 @@ def train(cfg: TrainConfig) -> tuple[list[SAE], list[SAESpec]]:
     """Load the model, build the activation source, fit every SAE of ``cfg`` and save them into ``cfg.out``.
 
     Nothing is written before every check has passed: the output folder must be new or empty unless ``resume``
-    (continue the run there, same settings and data) or ``overwrite`` (start it over).
+    (continue the run there, same settings and data) or ``overwrite`` (start it over). Under ``torchrun`` each
+    process trains its share (:mod:`attnsae.training.distributed`) and returns the SAEs it owns.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    comm, device = distributed.init(cfg.module_parallel, cfg.device)
+    try:
+        saes, specs = _train(cfg, comm, device)
+    except AttnsaeError:
+        raise
+    except Exception as e:
+        if comm.distributed and distributed.is_comm_error(e):
+            raise distributed.lost_rank(comm, e) from None
+        raise
+    distributed.close(comm)
+    return saes, specs
+
+
+def _train(cfg: TrainConfig, comm: distributed.Comm, device: str) -> tuple[list[SAE], list[SAESpec]]:
+    distributed.check_batch(comm, cfg.batch_size)
     out = check_writable_dir(cfg.out)
     existing = [f for f in RUN_FILES if (out / f).exists()]
     if existing and not (cfg.resume or cfg.overwrite):
@@ -56,12 +76,13 @@ def train(cfg: TrainConfig) -> tuple[list[SAE], list[SAESpec]]:
                            "--overwrite to start over")
     if cfg.cache:
         read_manifest(cfg.cache)  # a wrong cache path fails before the (slow) model load
-    model = load_model(cfg.model, device=cfg.device)
+    model = load_model(cfg.model, device=device)
     check_layers(model, cfg.layers)
-    source, fingerprint = make_source(cfg, model)
+    source, fingerprint = make_source(cfg, model, comm.own_layers(cfg.layers), comm)
     specs = cfg.specs(source.d_in)
     settings = {**cfg.result_settings(), "data": fingerprint, "d_in": source.d_in}
-    if cfg.overwrite:
+    comm.barrier()  # every rank has seen the folder as it was before rank 0 clears it
+    if cfg.overwrite and comm.rank == 0:
         for f in RUN_FILES:
             (out / f).unlink(missing_ok=True)
         for s in specs:
@@ -69,17 +90,18 @@ def train(cfg: TrainConfig) -> tuple[list[SAE], list[SAESpec]]:
     meta = {"model_name": model_name(model), "context_size": cfg.context_size, "prepend_bos": cfg.prepend_bos,
             "extra": {"dataset_path": cfg.source, "drop_bos": cfg.drop_bos}}
     existed = out.exists()
+    comm.barrier()
     try:
-        saes = fit(cfg, specs, source, out, settings, sae_meta=meta)
+        saes = fit(cfg, specs, source, out, settings, sae_meta=meta, comm=comm)
     except BaseException:  # a run that dies before its first checkpoint leaves nothing behind
-        if not (out / "checkpoint.pt").exists():
+        if comm.rank == 0 and not (out / "checkpoint.pt").exists():
             if existed:
                 for f in RUN_FILES:
                     (out / f).unlink(missing_ok=True)
             else:
                 shutil.rmtree(out, ignore_errors=True)
         raise
-    return saes, specs
+    return (saes, [s for s in specs if s.layer in source.layers]) if comm.leader else ([], [])
 
 
 def new_saes(specs: list[SAESpec], d_in: int, seed: int, meta: dict[str, Any]) -> list[SAE]:
@@ -89,108 +111,213 @@ def new_saes(specs: list[SAESpec], d_in: int, seed: int, meta: dict[str, Any]) -
 
 
 def fit(cfg: TrainConfig, specs: list[SAESpec], source: ActivationSource, out: str | Path,
-        settings: dict[str, Any] | None = None, sae_meta: dict[str, Any] | None = None) -> list[SAE]:
+        settings: dict[str, Any] | None = None, sae_meta: dict[str, Any] | None = None,
+        comm: distributed.Comm | None = None) -> list[SAE]:
     """Train ``specs`` on batches ``{layer: [batch, d_in]}`` from ``source``; resume from ``out`` with
-    ``cfg.resume``. ``settings`` (default: ``cfg.result_settings()``) must match a checkpoint to resume it."""
+    ``cfg.resume``. ``settings`` (default: ``cfg.result_settings()``) must match a checkpoint to resume it.
+
+    With ``comm``, this process trains the specs of ``source.layers`` on its rows of each batch; returns those SAEs.
+    """
+    comm = comm or distributed.Comm(device=torch.device(cfg.device))
     out = make_dir(out)
-    for s in specs:
-        if s.layer not in source.layers:
-            raise AttnsaeError(f"unknown layer {s.layer}: the activation source has layers {source.layers}")
+    mine = [i for i, s in enumerate(specs) if s.layer in source.layers]
+    if comm.modules == 1 and len(mine) < len(specs):
+        bad = next(s.layer for s in specs if s.layer not in source.layers)
+        raise AttnsaeError(f"unknown layer {bad}: the activation source has layers {source.layers}")
     settings = settings if settings is not None else {**cfg.result_settings(), "d_in": source.d_in}
-    saes = new_saes(specs, source.d_in, cfg.seed, sae_meta or {})
+    every, every_spec = new_saes(specs, source.d_in, cfg.seed, sae_meta or {}), specs  # the same draws at any layout
+    specs, saes = [specs[i] for i in mine], [every[i].to(comm.device) for i in mine]
     opts = [torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas)) for sae in saes]
     state, firing = TrainState(), [FiringStats.zeros(s.d_sae) for s in specs]
     ckpt, metrics = out / "checkpoint.pt", out / "metrics.jsonl"
-    if cfg.resume and ckpt.exists():
-        state, firing = load_checkpoint(ckpt, saes, opts, settings)
-        keep_metrics(metrics, state.step)
-    else:
-        metrics.write_text("")
-    atomic_write_json({**cfg.to_dict(), "data": settings.get("data"), "d_in": source.d_in}, out / "run_config.json")
+    root = comm.rank == 0
+    resuming = cfg.resume and ckpt.exists()
+    if resuming:
+        state, firing = load_checkpoint(ckpt, saes, opts, settings, mine)
+    if root:
+        if resuming:
+            keep_metrics(metrics, state.step)
+        else:
+            metrics.write_text("")
+        atomic_write_json({**cfg.to_dict(), "data": settings.get("data"), "d_in": source.d_in}, out / "run_config.json")
+    checkpoint = Checkpointer(ckpt, comm, mine, [s.name for s in every_spec], settings)
 
-    wandb_run = _wandb_init(cfg, specs) if cfg.wandb_project else None
+    wandb_run = _wandb_init(cfg, specs) if cfg.wandb_project and root else None
     resample_at = set(cfg.resample_steps())
     window_open = {s - cfg.resample_window for s in resample_at}
     batches = source.batches(state.batch_index)
-    bar = tqdm(total=cfg.total_steps, initial=state.step, unit="step", disable=not cfg.progress, dynamic_ncols=True,
-               desc="training SAEs")
+    bar = tqdm(total=cfg.total_steps, initial=state.step, unit="step", disable=not (cfg.progress and root),
+               dynamic_ncols=True, desc="training SAEs")
     t0, tok0 = time.perf_counter(), state.tokens_seen
-    with open(metrics, "a") as mf:
+    with open(metrics, "a") if root else contextlib.nullcontext() as mf:
         while state.step < cfg.total_steps:
             if state.step in window_open:
                 for fs in firing:
                     fs.window_fires.zero_()
                 state.window_tokens = 0
             if state.step in resample_at and state.step > 0:
-                resample(cfg, specs, saes, opts, firing, state, batches)
+                resample(cfg, specs, saes, opts, firing, state, batches, comm)
             batch = next(batches)
             state.batch_index += 1
-            records = step(cfg, specs, saes, opts, firing, state, batch)
+            records = step(cfg, specs, saes, opts, firing, state, batch, comm)
             state.step += 1
             state.tokens_seen += cfg.batch_size
             state.window_tokens += cfg.batch_size
             tps = (state.tokens_seen - tok0) / max(1e-9, time.perf_counter() - t0)
             if records:
-                log(records, tps, mf, bar, wandb_run, state.step)
+                gathered = comm.gather_to_root(records if comm.leader else [])
+                if root:
+                    log([r for rs in gathered for r in rs], tps, mf, bar, wandb_run, state.step)
             bar.update(1)
             if state.step % cfg.ckpt_every == 0 and state.step < cfg.total_steps:
-                save_checkpoint(ckpt, state, saes, opts, firing, settings)
+                checkpoint(state, saes, opts, firing)
     bar.close()
-    save_checkpoint(ckpt, state, saes, opts, firing, settings)
-    for sae, spec, fs in zip(saes, specs, firing):
-        save_sae(sae, out / spec.name)
-        freq = fs.total_fires.double() / max(1, state.tokens_seen)  # training firing frequency
-        with atomic_path(out / spec.name / "feature_frequency.json") as tmp:
-            tmp.write_text(json.dumps([round(float(v), 8) for v in freq]))
+    checkpoint(state, saes, opts, firing)
+    if comm.leader:
+        for sae, spec, fs in zip(saes, specs, firing):
+            save_sae(sae, out / spec.name)
+            freq = fs.total_fires.double() / max(1, state.tokens_seen)  # training firing frequency
+            with atomic_path(out / spec.name / "feature_frequency.json") as tmp:
+                tmp.write_text(json.dumps([round(float(v), 8) for v in freq]))
+    comm.barrier()  # every SAE is on disk when any rank returns
     if wandb_run:
         wandb_run.finish()
     return saes
 
 
+class Checkpointer:
+    """Writes ``checkpoint.pt`` atomically from rank 0 with every SAE of the run, in spec order: each module group's
+    first rank sends its SAEs' states (on the CPU) and resampling records, so the file is the same at any layout and
+    any layout resumes it."""
+
+    def __init__(self, path: Path, comm: distributed.Comm, mine: list[int], names: list[str],
+                 settings: dict[str, Any]) -> None:
+        self.path, self.comm, self.mine, self.names, self.settings = path, comm, mine, names, settings
+
+    def __call__(self, state: TrainState, saes: list[SAE], opts: list[torch.optim.Optimizer],
+                 firing: list[FiringStats]) -> None:
+        if not self.comm.distributed:
+            save_checkpoint(self.path, state, saes, opts, firing, self.settings)
+            return
+        part = None
+        if self.comm.leader:
+            part = (self.mine, [_cpu(s.state_dict()) for s in saes], [_cpu(o.state_dict()) for o in opts], firing,
+                    state.resamples)
+        parts = self.comm.gather_to_root(part)
+        if parts is not None:
+            slots: list[Any] = [None] * len(self.names)
+            records = {}
+            for p in filter(None, parts):
+                for j, i in enumerate(p[0]):
+                    slots[i] = (p[1][j], p[2][j], p[3][j])
+                records.update({(r["step"], self.names.index(r["sae"])): r for r in p[4]})
+            merged = replace(state, resamples=[records[k] for k in sorted(records)])  # as one process orders them
+            save_checkpoint(self.path, merged, [s[0] for s in slots], [s[1] for s in slots], [s[2] for s in slots],
+                            self.settings)
+        self.comm.barrier()
+
+
+def _cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it moved to the CPU (state dicts nest dicts and lists)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
 def step(cfg: TrainConfig, specs: list[SAESpec], saes: list[SAE], opts: list[torch.optim.Optimizer],
-         firing: list[FiringStats], state: TrainState, batch: dict[int, torch.Tensor]) -> list[dict[str, Any]]:
-    """One optimiser step of every SAE; returns the metric records due at this step."""
+         firing: list[FiringStats], state: TrainState, batch: dict[int, torch.Tensor],
+         comm: distributed.Comm | None = None) -> list[dict[str, Any]]:
+    """One optimiser step of every SAE on this rank's rows of ``batch``; returns the metric records due now.
+
+    Data parallel: the gradients, firing counts, losses and L0 of every SAE travel in one all-reduce, so each replica
+    steps with the global batch's gradient."""
+    comm = comm or distributed.Comm()
     lr = cfg.lr * cfg.lr_factor(state.step)
     logging = (state.step + 1) % cfg.log_every == 0 or state.step + 1 == cfg.total_steps
-    records = []
+    rows = comm.rows(cfg.batch_size)
+    xs, outs = [], []
     for sae, spec, opt, fs in zip(saes, specs, opts, firing):
-        x = batch[spec.layer]
+        x = batch[spec.layer][rows].to(sae.device)
         for g in opt.param_groups:
             g["lr"] = lr
-        dead = fs.dead(state.step, cfg.dead_window) if spec.architecture == "topk" else None
-        out = sae_loss(sae, spec, x, dead, cfg.l1_factor(state.step), cfg.sparse_kernel)
-        if not torch.isfinite(out.loss):
+        dead = fs.dead(state.step, cfg.dead_window).to(sae.device) if spec.architecture == "topk" else None
+        out = sae_loss(sae, spec, x, dead, cfg.l1_factor(state.step), cfg.sparse_kernel, comm.mean)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        xs.append(x)
+        outs.append(out)
+    losses, fired = _reduce(comm, saes, outs)
+    records = []
+    for sae, spec, opt, fs, x, out, loss, n_fired in zip(saes, specs, opts, firing, xs, outs, losses, fired):
+        if not torch.isfinite(loss):
             bad = "activations" if not torch.isfinite(x).all() else "loss"
             raise AttnsaeError(f"non-finite {bad} at step {state.step} (SAE {spec.name}); check the model's "
                                "activations or lower the lr; the last checkpoint is intact")
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         sae.set_decoder_norm_to_unit_norm()
-        fs.update(out.fired, state.step)
+        fs.update(n_fired, state.step)
         if logging:
             with torch.no_grad():
-                var = (x - x.mean(0)).pow(2).sum(-1).mean()
+                mse = comm.mean(out.parts["mse"].detach())
                 records.append({"sae": spec.name, "step": state.step + 1, "tokens": (state.step + 1) * cfg.batch_size,
-                                "loss": out.loss.item(), **{k: v.item() for k, v in out.parts.items()},
-                                "l0": out.l0.item(), "explained_variance": (1 - out.parts["mse"] / var).item(),
+                                "loss": loss.item(), **{k: comm.mean(v.detach()).item() for k, v in out.parts.items()},
+                                "l0": comm.mean(out.l0).item(),
+                                "explained_variance": (1 - mse / variance(x, comm.mean)).item(),
                                 "dead_frac": fs.dead(state.step + 1, cfg.dead_window).float().mean().item(),
                                 "lr": lr})
     return records
 
 
+def _reduce(comm: distributed.Comm, saes: list[SAE], outs: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Average the gradients and sum the firing counts over the data-parallel replicas, in one all-reduce; returns
+    each SAE's global loss (scalar) and firing counts (int64 [d_sae], on the CPU)."""
+    if comm.data_world == 1:
+        return [o.loss.detach() for o in outs], [o.fired.cpu() for o in outs]
+    params = [p for sae in saes for p in sae.parameters()]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    parts = [p.grad.reshape(-1) for p in params]
+    parts += [torch.stack([o.loss.detach() for o in outs])] + [o.fired.to(parts[0].dtype) for o in outs]
+    flat = comm.sum_(torch.cat(parts))
+    D = comm.data_world
+    at = 0
+    for p in params:
+        p.grad.copy_(flat[at:at + p.numel()].view_as(p)).div_(D)
+        at += p.numel()
+    losses = list(flat[at:at + len(outs)] / D)
+    at += len(outs)
+    fired = []
+    for o in outs:
+        fired.append(flat[at:at + len(o.fired)].round().long().cpu())
+        at += len(o.fired)
+    return losses, fired
+
+
 def resample(cfg: TrainConfig, specs: list[SAESpec], saes: list[SAE], opts: list[torch.optim.Optimizer],
-             firing: list[FiringStats], state: TrainState, batches: Iterator[dict[int, torch.Tensor]]) -> None:
-    """Resample every SAE's features that fired at most ``dead_cutoff`` of the window's tokens."""
+             firing: list[FiringStats], state: TrainState, batches: Iterator[dict[int, torch.Tensor]],
+             comm: distributed.Comm | None = None) -> None:
+    """Resample every SAE's features that fired at most ``dead_cutoff`` of the window's tokens; decided by each
+    group's first rank on the global batches, and broadcast to its replicas."""
+    comm = comm or distributed.Comm()
     data = [next(batches) for _ in range(cfg.resample_batches)]
     state.batch_index += cfg.resample_batches
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
     for sae, spec, opt, fs in zip(saes, specs, opts, firing):
         dead = fs.window_fires.double() / max(1, state.window_tokens) <= cfg.dead_cutoff
-        n = resample_dead(sae, opt, dead, torch.cat([d[spec.layer] for d in data]), g)
+        n = torch.zeros((), dtype=torch.long)
+        if comm.leader:  # each SAE's own draws, whichever rank trains it
+            seed = np.random.SeedSequence([cfg.seed, state.step, zlib.crc32(spec.name.encode())]).generate_state(1)
+            inputs = torch.cat([d[spec.layer] for d in data]).to(sae.device)
+            n += resample_dead(sae, opt, dead.to(sae.device), inputs, torch.Generator().manual_seed(int(seed[0])))
+        moments = [opt.state[p][k] for p in sae.parameters() if p in opt.state for k in ("exp_avg", "exp_avg_sq")]
+        comm.broadcast_([*sae.parameters(), *moments, n])
         fs.last_fired[dead] = state.step
-        state.resamples.append({"sae": spec.name, "step": state.step, "resampled": n})
+        state.resamples.append({"sae": spec.name, "step": state.step, "resampled": int(n)})
 
 
 def log(records: list[dict[str, Any]], tokens_per_s: float, file, bar, wandb_run, step: int) -> None:
