@@ -22,19 +22,29 @@ def contexts():
 
 
 def test_harvest_z_matches_run_with_cache_and_stops_early(tiny_model, contexts):
-    """harvest_z (fused attention, :mod:`attnsae.fast_attention`) gives the bridge's own hook_z to fp32 rounding."""
-    from attnsae.fast_attention import sdpa_attention
+    """harvest_z runs the fused attention (:mod:`attnsae.fast_attention`, nothing reads the pattern) and gives the
+    hook_z of the bridge's own attention (run_with_cache hooks the pattern, so it takes the bridge's path) to fp32
+    rounding; with hooks on the patterns, harvest_z gives exactly the bridge's."""
+    from attnsae.fast_attention import install
 
     tokens = torch.from_numpy(contexts[:3])
+    assert install(tiny_model) == 2  # both GPT-2 attention layers (load_model installed it already)
     _, cache = tiny_model.run_with_cache(tokens)
-    with sdpa_attention(tiny_model) as n:
-        assert n == 2  # both GPT-2 attention layers take the fused path
-    assert "_reconstruct_attention" not in vars(tiny_model.blocks[0].attn)  # and are restored after it
     for layers in ([0], [1], [0, 1]):
         out = harvest_z(tiny_model, tokens, layers, drop_bos=True)
         for l in layers:
-            torch.testing.assert_close(out[l], cache[f"blocks.{l}.attn.hook_z"][:, 1:].reshape(-1, 32),
-                                       rtol=1e-5, atol=1e-6)
+            ref = cache[f"blocks.{l}.attn.hook_z"][:, 1:].reshape(-1, 32)
+            torch.testing.assert_close(out[l], ref, rtol=1e-5, atol=1e-6)
+    fused = harvest_z(tiny_model, tokens, [1])[1]
+    calls = []
+    hooks = [b.attn.hook_pattern.register_forward_hook(lambda *a: calls.append(1)) for b in tiny_model.blocks]
+    try:  # hooks on the patterns: the bridge's own attention, which fills them
+        hooked = harvest_z(tiny_model, tokens, [1])[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == 2 and torch.equal(hooked, cache["blocks.1.attn.hook_z"].reshape(-1, 32))
+    torch.testing.assert_close(fused, hooked, rtol=1e-5, atol=1e-6)
     full = harvest_z(tiny_model, tokens, [0], drop_bos=False)[0]
     assert full.shape == (3 * 16, 32)
 

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnsae.errors import AttnsaeError
-from attnsae.fast_attention import sdpa_attention
+from attnsae.fast_attention import install
 from attnsae.io import atomic_write_json
 
 ACT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -71,8 +71,8 @@ def harvest_z(model, tokens: torch.Tensor, layers: list[int], drop_bos: bool = F
 
     fwd_hooks = [(hook_z_name(l), saver(l)) for l in layers]
     try:
-        with sdpa_attention(model):  # only hook_z is read: fused attention where the bridge allows it
-            model.run_with_hooks(tokens.to(_model_device(model)), fwd_hooks=fwd_hooks)
+        install(model)  # only hook_z is read: fused attention where the bridge allows it (load_model did it already)
+        model.run_with_hooks(tokens.to(_model_device(model)), fwd_hooks=fwd_hooks)
     except StopForward:
         pass
     return out

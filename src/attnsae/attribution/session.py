@@ -26,6 +26,7 @@ from attnsae.attribution.logits import logit_effect, logit_effect_matrix
 from attnsae.attribution.rdfa import DEFAULT_PATTERN_BYTES, RDFANode, RDFATracer
 from attnsae.errors import AttnsaeError
 from attnsae.evals.splice import saes_by_layer, splice_saes
+from attnsae.fast_attention import bridge_attention
 from attnsae.models import model_name, n_ctx
 from attnsae.sae.model import SAE
 
@@ -63,8 +64,10 @@ class PromptSession:
         check_prompt_length(model, prompt, first.cfg.prepend_bos)
         tokens, _ = tokenize(model, prompt, first.cfg.prepend_bos)
         self.tokens = tokens[0]  # int64 [S]
-        self.tracer = RDFATracer(model, first, self.tokens, {l: s for l, s in self.saes.items() if l < top},
-                                 keep_logits=True, pattern_bytes=pattern_bytes)
+        with bridge_attention(model):  # the bridge's own attention in every forward of the session (interventions
+            # too), whether or not the patterns are captured with the rest: the session's numbers agree bit for bit
+            self.tracer = RDFATracer(model, first, self.tokens, {l: s for l, s in self.saes.items() if l < top},
+                                     keep_logits=True, pattern_bytes=pattern_bytes)
         self.S = len(self.tokens)
         self.token_strs = self.tracer.token_strs
         self.logits = self.tracer.logits  # [S, d_vocab]
@@ -223,7 +226,8 @@ class PromptSession:
             if l > layer:
                 after_acts[l] = out.feature_acts[0].detach().float().cpu()
 
-        with splice_saes(self.model, self.saes, with_error=True, edit=edit, observe=observe):
+        with bridge_attention(self.model), splice_saes(self.model, self.saes, with_error=True, edit=edit,
+                                                        observe=observe):
             logits = self.model(self.tokens[None].to(next(self.model.parameters()).device), return_type="logits")
         after = logits[0].detach().float().cpu()  # [S, d_vocab]
         before = self.logits
