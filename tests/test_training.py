@@ -103,8 +103,8 @@ def test_topk_loss_same_with_and_without_kernel():
 
 @pytest.mark.parametrize("arch", ["relu", "jumprelu"])
 def test_sparse_relu_and_jumprelu_paths_give_the_dense_losses_and_gradients(arch):
-    """A batch with few active latents goes through the TopK kernels (k = its busiest row's count of latents with a
-    gradient): the same loss terms, reconstruction, firing counts and gradients as the dense SAE (for JumpReLU the
+    """A batch with few active latents goes through the sparse kernels (over exactly the entries with a gradient): the
+    same loss terms, reconstruction, firing counts and gradients as the dense SAE (for JumpReLU the
     threshold's too, from latents inside the estimator's window that do not fire); a dense batch takes the dense
     path."""
     torch.manual_seed(2)

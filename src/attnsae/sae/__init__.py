@@ -1,4 +1,4 @@
-"""The SAE stage: the module (``model``), its fast TopK path (``kernels``), file formats and model-fit checks.
+"""The SAE stage: the module (``model``), its sparse training path (``kernels``), file formats and model-fit checks.
 
 ``ARCHITECTURES`` lives here, free of torch, so that configs can be validated before torch is imported.
 """

@@ -1,4 +1,5 @@
-"""The fast path for TopK SAEs (and sparse ReLU batches): forward and backward that touch only the k active latents.
+"""The sparse path for SAE training: forward and backward that touch only the active latents (TopK; ReLU and
+JumpReLU batches sparse enough).
 
 With the active entries :class:`Active` (``rows``, ``cols``) chosen from dense pre-activations computed without
 autograd (a TopK SAE's top k a row; a ReLU or JumpReLU batch's entries with a gradient, any number a row), the two
@@ -10,11 +11,11 @@ sparse products are
   forward) whose backward is ``grad_W_dec = S^T @ grad_out`` and ``grad_acts = W_dec[cols] . grad_out[rows]``
   (``torch.sparse.sampled_addmm``: the product computed at the active entries only).
 
-So a training step costs one dense ``[batch, d_in] x [d_in, d_sae]`` product (the encoder's forward) plus O(batch *
-k * d_in) work, instead of five dense products. ``dense_reference`` is the plain-torch equivalent the tests compare
+So a training step costs one dense ``[batch, d_in] x [d_in, d_sae]`` product (the encoder's forward) plus O(nnz *
+d_in) work (nnz: the active entries), instead of five dense products. ``dense_reference`` is the plain-torch equivalent the tests compare
 against. Trained ReLU and JumpReLU SAEs are sparse too: :func:`relu_forward` and :func:`jumprelu_forward` take the
-same path with ``k`` the busiest row's count of latents that can carry a gradient, and give the dense SAE's values and
-gradients.
+same path over exactly the entries that can carry a gradient (any number a row) once at most ``SPARSE_MAX_DENSITY``
+of a batch's entries are such, and give the dense SAE's values and gradients.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnsae.sae.model import JumpReLU
+
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-RELU_MAX_DENSITY = 0.05  # a ReLU/JumpReLU batch takes the sparse path while at most this share of entries is active
+SPARSE_MAX_DENSITY = 0.05  # a ReLU/JumpReLU batch takes the sparse path while at most this share of entries is active
 
 
 class Active:
@@ -131,7 +134,7 @@ def topk_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: 
 
 def relu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
                  apply_b_dec_to_input: bool = True,
-                 max_density: float = RELU_MAX_DENSITY) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+                 max_density: float = SPARSE_MAX_DENSITY) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """ReLU SAE forward, through the sparse kernels when the batch is sparse enough. x: ``[batch, d_in]``.
 
     Only the active latents (``pre > 0``) carry values and gradients, so the kernels over exactly those give the
@@ -155,7 +158,7 @@ def relu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: 
 
 def jumprelu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, threshold: Tensor,
                      bandwidth: float, apply_b_dec_to_input: bool = True,
-                     max_density: float = RELU_MAX_DENSITY) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+                     max_density: float = SPARSE_MAX_DENSITY) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """JumpReLU SAE forward, through the sparse kernels when the batch is sparse enough. x: ``[batch, d_in]``,
     threshold ``[d_sae]`` (with its autograd: the straight-through estimator reaches it).
 
@@ -165,8 +168,6 @@ def jumprelu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_d
     entries, row-major; ``pre`` gathered there) when at most ``max_density`` of the entries are in the window, else
     the dense ``(x_hat, f [batch, d_sae], None, pre [batch, d_sae])``.
     """
-    from attnsae.sae.model import JumpReLU
-
     xc = x - b_dec if apply_b_dec_to_input else x
     pre = torch.addmm(b_enc, xc, W_enc)
     with torch.no_grad():

@@ -125,7 +125,8 @@ def fit(cfg: TrainConfig, specs: list[SAESpec], source: ActivationSource, out: s
         bad = next(s.layer for s in specs if s.layer not in source.layers)
         raise AttnsaeError(f"unknown layer {bad}: the activation source has layers {source.layers}")
     settings = settings if settings is not None else {**cfg.result_settings(), "d_in": source.d_in}
-    every, every_spec = new_saes(specs, source.d_in, cfg.seed, sae_meta or {}), specs  # the same draws at any layout
+    names = [s.name for s in specs]  # every SAE of the run, in the checkpoint's order
+    every = new_saes(specs, source.d_in, cfg.seed, sae_meta or {})  # all of them: the same draws at any layout
     specs, saes = [specs[i] for i in mine], [every[i].to(comm.device) for i in mine]
     opts = [torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas)) for sae in saes]
     state, firing = TrainState(), [FiringStats.zeros(s.d_sae) for s in specs]
@@ -140,7 +141,7 @@ def fit(cfg: TrainConfig, specs: list[SAESpec], source: ActivationSource, out: s
         else:
             metrics.write_text("")
         atomic_write_json({**cfg.to_dict(), "data": settings.get("data"), "d_in": source.d_in}, out / "run_config.json")
-    checkpoint = Checkpointer(ckpt, comm, mine, [s.name for s in every_spec], settings)
+    checkpoint = Checkpointer(ckpt, comm, mine, names, settings)
 
     wandb_run = _wandb_init(cfg, specs) if cfg.wandb_project and root else None
     resample_at = set(cfg.resample_steps())
