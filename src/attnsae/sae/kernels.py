@@ -13,9 +13,9 @@ sparse products are
 
 So a training step costs one dense ``[batch, d_in] x [d_in, d_sae]`` product (the encoder's forward) plus
 O(nnz * d_in) work (nnz: the active entries), instead of five dense products. ``dense_reference`` is the plain-torch
-equivalent the tests compare against. Trained ReLU and JumpReLU SAEs are sparse too: :func:`relu_forward` and :func:`jumprelu_forward` take the
-same path over exactly the entries that can carry a gradient (any number a row) once at most ``SPARSE_MAX_DENSITY``
-of a batch's entries are such, and give the dense SAE's values and gradients.
+equivalent the tests compare against. Trained ReLU and JumpReLU SAEs are sparse too: :func:`relu_forward` and
+:func:`jumprelu_forward` take the same path over exactly the entries that can carry a gradient (any number a row)
+once at most ``SPARSE_MAX_DENSITY`` of a batch's entries are such, and give the dense SAE's values and gradients.
 """
 
 from __future__ import annotations
