@@ -30,6 +30,27 @@ folder with corrupt weights (see `make_shared_inputs`).
 """
 
 
+FOOTER = """
+## Signals, concurrent runs and interrupted overwrites
+
+These are not one-line refusals of a bad argument, so they are tests of their own (`tests/test_data_safety.py`):
+
+- **SIGTERM or Ctrl+C** during any command: the cleanup of an error runs, then one line and exit 143 (130). During
+  `train`: `attnsae: stopped by SIGTERM; the checkpoint at step N in OUT is kept; rerun the same command with
+  --resume to continue from it`, and `--resume` finishes the run. During `cache`: nothing is left behind.
+- **SIGKILL** during `cache` (or a dashboard or study): its temporary folder stays, hidden beside the destination;
+  the rerun succeeds and removes it.
+- **A second `train`** into a folder whose run is going on: `attnsae: error: another `attnsae train` is running in
+  OUT; wait for it to end, or choose another --out`; the first run finishes with its metrics intact.
+- **`train --overwrite` killed before its first checkpoint:** the previous run waits in `OUT/.attnsae-previous-run`;
+  the next `train` into OUT puts it back byte for byte (`attnsae: note: an earlier --overwrite in OUT was stopped
+  before its first checkpoint; the previous run is back in place`). Once the new run has a checkpoint, the previous
+  one is deleted, and files of the user's in OUT stay.
+- **A value that is not a number** (the explained variance of constant activations, 0/0) is written as `null` in
+  `metrics.jsonl` and every JSON file, never `NaN` or `-Infinity`.
+"""
+
+
 def show_args(args: tuple[str, ...]) -> str:
     shown = [f"<{len(a)}-character prompt>" if "\n" in a else a for a in args]
     return "attnsae " + " ".join(shown)
@@ -60,7 +81,7 @@ def main() -> None:
                 status = str(o.proc.returncode)
             rows.append(f"| `{case.id}` | {case.command} | {cell(case.what)}: `{cell(show_args(case.args))}` | "
                         f"{cell(message)} | {status} |")
-    catalogue.DOC.write_text(HEADER + "\n".join(rows) + "\n")
+    catalogue.DOC.write_text(HEADER + "\n".join(rows) + "\n" + FOOTER)
     print(f"wrote {catalogue.DOC} ({len(rows)} cases)")
 
 

@@ -188,13 +188,16 @@ def saved_sae(path, layer: int = 1, d_in: int = 256, hook: str | None = None, mo
 
 def fake_dashboards(root, saes: dict) -> str:
     """A minimal dashboards folder for ``{layer: SAE}``: just the index.html the explorer reads (SAE names L<layer>,
-    families cycling induction / short-range / long-range by feature index)."""
+    their fingerprints, families cycling induction / short-range / long-range by feature index)."""
     import json
     from pathlib import Path
 
+    from attnsae.sae.checks import fingerprint
+
     index = {"families": {"names": ["induction", "short-range", "long-range"]},
              "saes": [{"name": f"L{l}", "layer": l, "d_sae": s.cfg.d_sae, "dir": f"data/L{l}",
-                       "family": [j % 3 for j in range(s.cfg.d_sae)]} for l, s in saes.items()]}
+                       "fingerprint": fingerprint(s), "family": [j % 3 for j in range(s.cfg.d_sae)]}
+                      for l, s in saes.items()]}
     Path(root).mkdir(parents=True, exist_ok=True)
     (Path(root) / "index.html").write_text(f"<script>window.ATTNSAE_INDEX = {json.dumps(index)};</script>")
     return str(root)
@@ -248,13 +251,14 @@ def browser(_chromium):
 BACKGROUND: dict[str, tuple] = {}
 
 
-def start_background(name: str, args: list[str], out) -> None:
-    """Start ``attnsae ARGS`` (a plain subprocess, offline) as background run ``name`` writing into ``out``."""
+def start_background(name: str, args: list[str], root) -> None:
+    """Start ``attnsae ARGS`` (a plain subprocess, offline) as background run ``name``; its output logs go into
+    folder ``root`` (beside its ``--out``, which must be new)."""
     import sys
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
-    log = open(os.path.join(out, f".{name}.log"), "w+")
-    err = open(os.path.join(out, f".{name}.err"), "w+")
+    log = open(os.path.join(root, f"{name}.log"), "w+")
+    err = open(os.path.join(root, f"{name}.err"), "w+")
     proc = subprocess.Popen([sys.executable, "-m", "attnsae", *args], stdout=log, stderr=err, env=env,
                             stdin=subprocess.DEVNULL)
     BACKGROUND[name] = (proc, log, err)
@@ -276,8 +280,8 @@ def pytest_collection_finish(session) -> None:
 
         from test_quickstart import BUDGET
 
-        out = tempfile.mkdtemp(prefix="attnsae-quickstart-")
-        start_background("quickstart", ["quickstart", "--out", out, *BUDGET], out)
+        root = tempfile.mkdtemp(prefix="attnsae-quickstart-")
+        start_background("quickstart", ["quickstart", "--out", os.path.join(root, "out"), *BUDGET], root)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

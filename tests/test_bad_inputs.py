@@ -59,13 +59,17 @@ def non_empty_dir(d: Path, fx: Path) -> None:
 
 
 def old_eval_out(d: Path, fx: Path) -> None:
-    """An earlier result in ``{d}/out``, which a failed run must leave as it is."""
+    """An earlier eval's result in ``{d}/out`` (with its marker), which a failed run must leave as it is."""
     (d / "out").mkdir()
     (d / "out" / "eval.json").write_text('{"old": true}')
+    (d / "out" / ".attnsae.json").write_text('{"written_by": "attnsae eval"}')
 
 
 def old_npy(d: Path, fx: Path) -> None:
-    (d / "old.npy").write_bytes(b"old tokens")
+    """``{d}/old.npy``: an array of the user's."""
+    import numpy as np
+
+    np.save(d / "old.npy", np.ones((2, 3), dtype=np.float32))
 
 
 def csv_file(d: Path, fx: Path) -> None:
@@ -77,6 +81,74 @@ def copy_run(d: Path, fx: Path) -> None:
     shutil.copytree(fx / "run", d / "run")
 
 
+def marked(command: str, **extra) -> Callable[[Path, Path], None]:
+    """``{d}/out``: a folder that ``attnsae {command}`` wrote (its marker), with one file."""
+    def setup(d: Path, fx: Path) -> None:
+        (d / "out").mkdir()
+        (d / "out" / ".attnsae.json").write_text(json.dumps({"written_by": f"attnsae {command}", **extra}))
+        (d / "out" / "index.html").write_text("<p>an earlier output</p>")
+
+    return setup
+
+
+def run_in_quickstart_folder(recorded: str | None) -> Callable[[Path, Path], None]:
+    """``{d}/q/saes``: a finished training run, in a folder with no marker (``recorded`` None) or a quickstart's
+    marker recording another run's digest."""
+    def setup(d: Path, fx: Path) -> None:
+        shutil.copytree(fx / "run", d / "q" / "saes")
+        if recorded is not None:
+            (d / "q" / ".attnsae.json").write_text(json.dumps({"written_by": "attnsae quickstart",
+                                                                "run_sha256": recorded}))
+
+    return setup
+
+
+def eval_out_with_notes(d: Path, fx: Path) -> None:
+    """``{d}/out``: an earlier eval's folder (its marker lists eval.json) into which the user put notes.txt."""
+    marked("eval", entries=["eval.json"])(d, fx)
+    (d / "out" / "index.html").rename(d / "out" / "eval.json")
+    (d / "out" / "notes.txt").write_text("my notes")
+
+
+def fifo(name: str) -> Callable[[Path, Path], None]:
+    def setup(d: Path, fx: Path) -> None:
+        os.mkfifo(d / name)  # a read would wait forever for a writer
+
+    return setup
+
+
+def sae_folder_with_user_files(d: Path, fx: Path) -> None:
+    """A finished run in ``{d}/run`` whose SAE folder holds a dashboard the user wrote there."""
+    copy_run(d, fx)
+    (d / "run" / "layer0_relu_64_l1_2" / "dash").mkdir()
+    (d / "run" / "layer0_relu_64_l1_2" / "dash" / "index.html").write_text("<p>mine</p>")
+
+
+def metrics_folder(d: Path, fx: Path) -> None:
+    """A finished run in ``{d}/run`` whose metrics.jsonl is a folder."""
+    copy_run(d, fx)
+    (d / "run" / "metrics.jsonl").unlink()
+    (d / "run" / "metrics.jsonl").mkdir()
+
+
+def text_file(d: Path, fx: Path) -> None:
+    (d / "f.txt").write_text("def f(x):\n    return x + 1\n" * 200)
+
+
+def notes_file(d: Path, fx: Path) -> None:
+    (d / "notes.txt").write_text("my notes")
+
+
+def dangling_link(d: Path, fx: Path) -> None:
+    os.symlink(d / "nowhere", d / "link")
+
+
+def taken_sae_folder(d: Path, fx: Path) -> None:
+    """``{d}/r/layer0_relu_64_l1_2/``: a folder of the name :data:`TRAIN`'s SAE takes, in a folder with no run."""
+    (d / "r" / "layer0_relu_64_l1_2").mkdir(parents=True)
+    (d / "r" / "layer0_relu_64_l1_2" / "keep.txt").write_text("mine")
+
+
 def config(text: str) -> Callable[[Path, Path], None]:
     def setup(d: Path, fx: Path) -> None:
         (d / "cfg.yaml").write_text(text)
@@ -84,17 +156,37 @@ def config(text: str) -> Callable[[Path, Path], None]:
     return setup
 
 
-def tiny_disk(d: Path, fx: Path) -> None:
+def tiny_disk(d: Path, fx: Path, size: str = "64k") -> None:
     """``{d}/full``: a 64 KiB tmpfs (needs root); skipped where it cannot be mounted."""
     (d / "full").mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d / "full")], capture_output=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d / "full")],
+                          capture_output=True)
     if proc.returncode != 0:
         (d / "full").rmdir()
         raise Unavailable("cannot mount a tmpfs here (not root?)")
     MOUNTS.append(d / "full")
 
 
+def tinier_disk(d: Path, fx: Path) -> None:
+    """``{d}/full``: a 16 KiB tmpfs: room for eval.json, not for density.png beside it."""
+    tiny_disk(d, fx, "16k")
+
+
 MOUNTS: list[Path] = []
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """YAML whose ``layers`` expands, through nested aliases, to ``9**levels`` strings (anchors held by another
+    setting, so nothing but the expansion stops it)."""
+    names = "abcdefghijklmnop"[:levels]
+    parts = ["&a [" + ",".join(["lol"] * 9) + "]"]
+    parts += [f"&{n} [" + ",".join([f"*{p}"] * 9) + "]" for p, n in zip(names, names[1:])]
+    return f"module_parallel: [{', '.join(parts)}]\nlayers: *{names[-1]}\n"
+
+
+def big_config(d: Path, fx: Path) -> None:
+    """``{d}/cfg.yaml``: 2 MiB, one line (a value pasted by mistake)."""
+    (d / "cfg.yaml").write_text("lr: " + "x" * (2 << 20) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- the table
@@ -199,11 +291,11 @@ CASES: list[Case] = [
     C("cache-out-missing", "cache --layers 0", "--cache-out", "no --cache-out"),
     C("cache-lr-neg", "cache --cache-out {d}/c --lr -1", "lr must be > 0", "a bad training setting"),
     # -- corpus
-    C("corpus-save-folder", "corpus --save {d}/dir", "is a folder", "--save an existing folder", some_dir),
+    C("corpus-save-folder", "corpus --save {d}/dir", "already exists", "--save an existing folder", some_dir),
     C("corpus-save-under-file", "corpus --save {d}/blocker/t.npy", "cannot create output folder",
       "--save under a file (unwritable)", blocker),
-    C("corpus-empty-folder", "corpus --source {fx}/empty_corpus --save {d}/old.npy", "gave no full context",
-      "an empty corpus folder (an existing --save file stays)", old_npy),
+    C("corpus-empty-folder", "corpus --source {fx}/empty_corpus --save {d}/t.npy", "gave no full context",
+      "an empty corpus folder (no --save file is written)"),
     C("corpus-non-utf8", "corpus --source {fx}/latin1_corpus", ("gave no full context", "1 skipped"),
       "a corpus whose only file is not UTF-8"),
     C("corpus-unsupported-file", "corpus --source {d}/data.csv", "unsupported corpus file", "a .csv corpus",
@@ -244,7 +336,7 @@ CASES: list[Case] = [
     C("dashboard-device-bogus", f"dashboard {SAE} --out {{d}}/out --device bogus", "unknown device 'bogus'",
       "--device bogus"),
     C("dashboard-cfg-not-json", "dashboard --sae {fx}/sae_badjson --out {d}/out", "could not read SAE config",
-      "cfg.json that is not JSON (an earlier output stays)", old_eval_out),
+      "cfg.json that is not JSON (an earlier output stays)", marked("dashboard")),
     C("dashboard-layer-5", "dashboard --sae {fx}/sae_layer5 --out {d}/out", "layers 0..1",
       "an SAE of a layer the model lacks"),
     C("dashboard-out-under-file", f"dashboard {SAE} --out {{d}}/blocker/out", "cannot create output folder",
@@ -298,6 +390,88 @@ CASES: list[Case] = [
       "an SAE of a layer the model lacks"),
     C("study-ioi-sae-layer-5", "study ioi --model attnsae-stdlib-2l --sae {fx}/sae_layer5 --out {d}/out",
       "layers 0..1", "an IOI SAE of a layer the model lacks"),
+    # -- output folders and inputs: nothing attnsae did not write is replaced (issue 24)
+    C("dashboard-out-foreign-folder", f"dashboard {SAE} --out {{d}}/dir", "attnsae did not write",
+      "--out a folder holding the user's own files", non_empty_dir),
+    C("dashboard-out-is-the-sae", f"dashboard {SAE} --out {{fx}}/sae", "is the input",
+      "--out the SAE folder being read"),
+    C("dashboard-out-holds-the-sae", f"dashboard {SAE} --out {{fx}}", "holds the input",
+      "--out a folder holding the SAE being read (a training run)"),
+    C("dashboard-out-dangling-link", f"dashboard {SAE} --out {{d}}/link", "symbolic link",
+      "--out a symbolic link to nothing", dangling_link),
+    C("dashboard-out-mount-point", f"dashboard {SAE} --out {{d}}/full", "is a mount point",
+      "--out a mount point (it cannot be replaced by a rename)", tiny_disk),
+    C("dashboard-n-top-too-big", (*f"dashboard {SAE} --out {{d}}/out --n-top 100000000".split(), *FAST),
+      ("would need about", "lower --n-top"), "an --n-top whose tables exceed the machine's memory"),
+    C("eval-out-of-another-command", f"eval {SAE} --out {{d}}/out", "holds the output of `attnsae dashboard`",
+      "--out a folder that `attnsae dashboard` wrote", marked("dashboard")),
+    C("eval-disk-nearly-full", (*f"eval {SAE} --out {{d}}/full/out".split(), *FAST), "is the disk full",
+      "a disk with room for eval.json but not density.png (16 KiB tmpfs)", tinier_disk),
+    C("study-out-foreign-folder", "study prefix-induction --out {d}/dir", "attnsae did not write",
+      "--out a folder holding the user's own files", non_empty_dir),
+    C("study-out-holds-the-sae", "study prefix-induction --sae {d}/run/layer0_relu_64_l1_2 --out {d}/run",
+      "holds the input", "--out the training run whose SAE is read", copy_run),
+    C("study-prefix-sae-layer-0", f"study prefix-induction {SAE} --out {{d}}/out", "cannot hold induction features",
+      "an SAE of layer 0 for the induction features"),
+    C("quickstart-out-holds-a-run", "quickstart --out {d}/q", "attnsae did not write",
+      "--out a folder whose saes/ holds a training run", run_in_quickstart_folder(None)),
+    C("quickstart-out-other-run", "quickstart --out {d}/q", "holds a training run that this quickstart did not write",
+      "--out a quickstart folder whose saes/ run was replaced by another", run_in_quickstart_folder("0" * 64)),
+    C("corpus-save-is-the-source", "corpus --source {d}/f.txt --save {d}/f.txt", "is the corpus --source",
+      "--save the corpus file being read", text_file),
+    C("corpus-save-foreign-file", "corpus --save {d}/notes.txt", "already exists",
+      "--save over an existing file (anyone's)", notes_file),
+    C("corpus-save-existing-npy", "corpus --save {d}/old.npy", "already exists",
+      "--save over an existing .npy (it may hold anything)", old_npy),
+    C("train-out-dangling-link", "train --out {d}/link", "symbolic link", "--out a symbolic link to nothing",
+      dangling_link),
+    C("train-sae-folder-taken", (*TRAIN, "--out", "{d}/r"), "is not part of a training run",
+      "a fresh run whose SAE folder name is taken by the user's folder", taken_sae_folder),
+    C("train-overwrite-fails-first-step", (*TRAIN, "--out", "{d}/run", "--overwrite", "--cache", "{fx}/nan_cache"),
+      ("non-finite activations", "the previous run in", "is back as it was"),
+      "--overwrite whose new run fails before its first checkpoint (the old run stays)", copy_run),
+    C("train-d-sae-too-big", (*TRAIN, "--out", "{d}/r", "--d-sae", "100000000"), ("would need about", "--d-sae"),
+      "a dictionary whose Adam states exceed the machine's memory"),
+    C("train-disk-full", (*TRAIN, "--out", "{d}/full/r"), ("is the disk full", "no run was kept"),
+      "a full disk at the first checkpoint (64 KiB tmpfs)", tiny_disk),
+    C("cache-disk-full", "cache --cache-out {d}/full/c --layers 0 --context-size 16 --max-corpus-tokens 2048 "
+      "--no-progress", "is the disk full", "a full disk while caching (64 KiB tmpfs)", tiny_disk),
+    C("attribute-tree-too-big", ("attribute", "--sae", "{fx}/sae_l1", "--upstream-sae", "{fx}/sae", "--prompt",
+                                 LONG_PROMPT[:300], "--feature", "0", "--depth", "3", "--top-k", "1000"),
+      ("expands up to", "lower --top-k or --depth"), "an RDFA tree of millions of nodes"),
+    C("explore-dashboard-of-other-saes", "explore --sae {fx}/sae --dashboard {fx}/other_dash",
+      "not built from these SAEs", "--dashboard built from other SAEs"),
+    C("eval-out-with-user-files", f"eval {SAE} --out {{d}}/out", ("notes.txt", "is not: move your files out"),
+      "--out an earlier eval's folder holding a file of the user's", eval_out_with_notes),
+    C("eval-out-empty", ("eval", "--sae", "{fx}/sae", "--out", ""), "--out is empty", "an empty --out"),
+    C("dashboard-n-bands-too-many", (*f"dashboard {SAE} --out {{d}}/out --n-bands 100000000".split(), *FAST),
+      "--n-bands must be in 1..256", "more quantile bands than sampled firings"),
+    C("dashboard-same-sae-twice", (*f"dashboard {SAE} {{fx}}/sae --out {{d}}/out".split(), *FAST), "given twice",
+      "the same SAE twice (every count would count it twice)"),
+    C("study-n-seqs-too-big", "study prefix-induction --out {d}/out --n-seqs 100000000000", "would need about",
+      "a sweep whose sequences exceed the machine's memory"),
+    C("corpus-source-empty", ("corpus", "--source", ""), "source is empty", "an empty --source"),
+    C("corpus-save-empty", ("corpus", "--save", ""), "--save is empty", "an empty --save"),
+    C("corpus-source-fifo", "corpus --source {d}/e.txt", "not a regular file", "a corpus file that is a FIFO",
+      fifo("e.txt")),
+    C("corpus-max-tokens-below-context", "corpus --max-tokens 5", "less than one context",
+      "--max-tokens below one context"),
+    C("train-config-fifo", "train --out {d}/r --config {d}/cfg.yaml", "not a regular file",
+      "a config file that is a FIFO", fifo("cfg.yaml")),
+    C("train-yaml-duplicate-key", "train --out {d}/r --config {d}/cfg.yaml", "gives 'lr' twice",
+      "YAML that gives a setting twice", config("lr: 0.001\nlr: 0.002\n")),
+    C("train-overwrite-sae-folder-holds-user-files", (*TRAIN, "--out", "{d}/run", "--overwrite"),
+      "is not part of the training run that --overwrite replaces",
+      "--overwrite of a run whose SAE folder holds the user's files", sae_folder_with_user_files),
+    C("train-resume-metrics-folder", (*TRAIN, "--out", "{d}/run", "--resume"), "is not a file",
+      "--resume of a run whose metrics.jsonl is a folder", metrics_folder),
+    C("train-out-inside-cache", (*TRAIN, "--out", "{fx}/nan_cache/r", "--cache", "{fx}/nan_cache"),
+      "inside the input", "--out inside the --cache it reads"),
+    C("eval-cfg-head-index", "eval --sae {fx}/sae_head --out {d}/out", "hook_head_index 3",
+      "an SAE of one head (hook_head_index set)"),
+    C("explore-host-bogus", "explore --sae {fx}/sae --host bogus.invalid", "give an address of this machine",
+      "a --host that is not this machine's"),
+    C("explore-host-empty", ("explore", "--sae", "{fx}/sae", "--host", ""), "--host is empty", "an empty --host"),
     # -- explore (each refused before the server starts)
     C("explore-dashboard-not-a-site", "explore --sae {fx}/sae --dashboard {d}", "not a dashboards folder",
       "--dashboard a folder with no dashboards in it"),
@@ -306,6 +480,64 @@ CASES: list[Case] = [
     C("explore-sae-layer-5", "explore --sae {fx}/sae_layer5", "layers 0..1", "an SAE of a layer the model lacks"),
     C("explore-two-saes-one-layer", "explore --sae {fx}/sae {fx}/sae", "two SAEs for layer 0",
       "two SAEs of the same layer"),
+    # -- files attnsae reads and settings bounds (issue 24)
+    C("train-cache-int-shard", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_int"),
+      ("shard00000.npy holds int64", "rebuild the cache"), "an activation cache whose shard holds integers"),
+    C("train-cache-shard-shape", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_shape"),
+      ("layer1/shard00000.npy has shape (512, 128), expected (512, 256)", "rebuild the cache"),
+      "a cache whose other layer's shard has another width (every shard is checked, not only the layers trained)"),
+    C("train-cache-bf16-float-shard", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_bf16"),
+      ("holds float32 values", "bfloat16", "rebuild the cache"), "a bfloat16 cache whose shard holds float32"),
+    C("train-cache-shard-missing", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_missing"),
+      ("missing shard", "shard00001.npy", "rebuild the cache"), "a cache missing a shard its manifest lists"),
+    C("train-cache-shard-extra", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_extra"),
+      ("shard00001.npy, which its manifest does not list", "rebuild the cache"),
+      "a cache with a shard its manifest does not list"),
+    C("train-cache-manifest-dtype", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_dtype"),
+      ("manifest.json: dtype must be one of float32, bfloat16, got 'float16'", "rebuild the cache"),
+      "a cache manifest with an unknown dtype"),
+    C("train-cache-manifest-bool", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_bool"),
+      "prepend_bos must be true or false, got 'yes'", "a cache manifest with a string where a boolean belongs"),
+    C("train-cache-manifest-n-tokens", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_n_tokens"),
+      "n_tokens must be the sum of the shards' tokens (512), got 1000", "a cache manifest whose n_tokens is wrong"),
+    C("train-cache-manifest-layers", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_layers"),
+      "layers must be a list of distinct layer numbers", "a cache manifest listing a layer twice"),
+    C("train-cache-manifest-version", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_version"),
+      "version must be a version this attnsae reads (1), got 2", "a cache manifest of an unknown version"),
+    C("eval-cfg-bool-string", "eval --sae {fx}/sae_bool_string --out {d}/out",
+      ("cfg.json: apply_b_dec_to_input must be a JSON boolean", "got 'false'"),
+      'cfg.json with "apply_b_dec_to_input": "false" (a string, which is no boolean)'),
+    C("eval-cfg-context-size-string", "eval --sae {fx}/sae_context_abc --out {d}/out",
+      ("cfg.json: metadata.context_size must be a positive integer", "got 'abc'"),
+      'cfg.json with "context_size": "abc"'),
+    C("eval-cfg-layer-string", "eval --sae {fx}/sae_layer_string --out {d}/out",
+      "metadata.attnsae.layer must be a layer number (an integer >= 0) or null, got '0'",
+      'cfg.json with "layer": "0"'),
+    C("eval-cfg-hook-int", "eval --sae {fx}/sae_hook_int --out {d}/out", "metadata.hook_name must be a string, got 3",
+      'cfg.json with "hook_name": 3'),
+    C("eval-cfg-metadata-list", "eval --sae {fx}/sae_metadata_list --out {d}/out",
+      "cfg.json: metadata must be a JSON object, got [1]", "cfg.json whose metadata is a list"),
+    C("eval-int-weights", "eval --sae {fx}/sae_int_weights --out {d}/out",
+      ("W_enc is int64", "floating point"), "SAE weights stored as integers"),
+    C("eval-bool-weights", "eval --sae {fx}/sae_bool_weights --out {d}/out",
+      ("b_dec is bool", "floating point"), "SAE weights stored as booleans"),
+    C("eval-paper-seq-len-string", "eval --sae {fx}/paper/run.pt --out {d}/out",
+      "run_cfg.json: seq_len must be a positive integer, got '128'", "a paper-format cfg with \"seq_len\": \"128\""),
+    C("train-yaml-billion-laughs", "train --out {d}/r --config {d}/cfg.yaml", "once its aliases (*name) are expanded",
+      "YAML whose nested aliases expand to 9**9 values", config(billion_laughs())),
+    C("train-yaml-recursive-alias", "train --out {d}/r --config {d}/cfg.yaml", "recursive alias",
+      "YAML whose value contains itself", config("layers: &a [1, *a]\n")),
+    C("train-config-too-big", "train --out {d}/r --config {d}/cfg.yaml", ("2.0 MiB", "more than the 1 MiB"),
+      "a 2 MiB config file", big_config),
+    C("train-yaml-long-value", "train --out {d}/r --config {d}/cfg.yaml",
+      ("lr must be a number, got 'xxxxxxxx", "... (500,000 characters)"),
+      "a 500,000-character value (the error quotes its start)", config("lr: " + "x" * 500_000 + "\n")),
+    C("train-yaml-key-not-string", "train --out {d}/r --config {d}/cfg.yaml", "setting names are words, got 1",
+      "YAML with a number as a setting name", config("1: 2\nbogus: 3\n")),
+    C("train-seed-above-64-bits", "train --out {d}/r --seed 18446744073709551616",
+      "seed must be an integer in 0..9223372036854775807", "a seed past what torch takes"),
+    C("train-threads-above-cores", "train --out {d}/r --threads 1000000", "the CPU cores this process may use",
+      "more threads than CPU cores"),
 ]
 BY_ID = {c.id: c for c in CASES}
 assert len(BY_ID) == len(CASES), "case ids must be unique"
@@ -355,6 +587,16 @@ def make_shared_inputs(fx: Path) -> Path:
     sae("sae_d_in", d_in=128)
     sae("sae_gpt2", model="gpt2")
     sae("sae_layer5", layer=5)
+    sae("sae_l1", layer=1)
+    head = sae("sae_head") / "cfg.json"
+    raw = json.loads(head.read_text())
+    raw["metadata"]["hook_head_index"] = 3
+    head.write_text(json.dumps(raw))
+    other = fx / "other_dash"  # a dashboards folder of another layer-0 SAE (its index names another fingerprint)
+    other.mkdir()
+    index = {"families": {"names": ["dead"]}, "saes": [{"name": "L0", "layer": 0, "fingerprint": "0" * 16,
+                                                        "family": [0] * 64}]}
+    (other / "index.html").write_text(f"<script>window.ATTNSAE_INDEX = {json.dumps(index)};</script>")
     sae("sae_resid", hook="blocks.0.hook_resid_pre")
     sae("sae_nan", poison=("W_enc", float("nan")))
     sae("sae_inf", poison=("b_dec", float("inf")))
@@ -379,9 +621,79 @@ def make_shared_inputs(fx: Path) -> Path:
         "model_name": "attnsae-stdlib-2l", "layers": [0], "d_in": 256, "context_size": 16, "prepend_bos": True,
         "drop_bos": True, "dtype": "float32", "corpus": "stdlib", "split": "train", "n_tokens": 512,
         "shards": [512], "version": 1}))
+    bad_saes(fx, sae)
+    bad_caches(fx)
     args = [a.replace("{fx}", str(fx)) for a in (*TRAIN, "--out", "{fx}/run")]
     assert main(args) == 0, "the training run the resume cases need failed"
     return fx
+
+
+def write_cache_dir(root: Path, arrays: list, **manifest) -> Path:
+    """An activation cache of the reference model's layer 0 at ``root``: ``arrays`` (its shards) and a manifest
+    (``manifest`` overrides fields of the right one)."""
+    import numpy as np
+
+    (root / "layer0").mkdir(parents=True)
+    for i, a in enumerate(arrays):
+        np.save(root / "layer0" / f"shard{i:05d}.npy", a)
+    sizes = [len(a) for a in arrays]
+    (root / "manifest.json").write_text(json.dumps({
+        "model_name": "attnsae-stdlib-2l", "layers": [0], "d_in": 256, "context_size": 16, "prepend_bos": True,
+        "drop_bos": True, "dtype": "float32", "corpus": "stdlib", "split": "train", "n_tokens": sum(sizes),
+        "shards": sizes, "version": 1, **manifest}))
+    return root
+
+
+def bad_caches(fx: Path) -> None:
+    """``{fx}/cache_*``: activation caches whose manifest or shards are wrong (issue 24)."""
+    import numpy as np
+
+    ok = np.zeros((512, 256), dtype=np.float32)
+    write_cache_dir(fx / "cache_int", [np.zeros((512, 256), dtype=np.int64)])
+    write_cache_dir(fx / "cache_shape", [ok], layers=[0, 1])
+    (fx / "cache_shape" / "layer1").mkdir()
+    np.save(fx / "cache_shape" / "layer1" / "shard00000.npy", np.zeros((512, 128), dtype=np.float32))
+    write_cache_dir(fx / "cache_bf16", [ok], dtype="bfloat16")
+    write_cache_dir(fx / "cache_missing", [ok[:256]], shards=[256, 256], n_tokens=512)
+    write_cache_dir(fx / "cache_extra", [ok, ok], shards=[512], n_tokens=512)
+    write_cache_dir(fx / "cache_dtype", [ok], dtype="float16")
+    write_cache_dir(fx / "cache_bool", [ok], prepend_bos="yes")
+    write_cache_dir(fx / "cache_n_tokens", [ok], n_tokens=1000)
+    write_cache_dir(fx / "cache_layers", [ok], layers=[0, 0])
+    write_cache_dir(fx / "cache_version", [ok], version=2)
+
+
+def bad_saes(fx: Path, sae: Callable[..., Path]) -> None:
+    """``{fx}/sae_*`` with a cfg.json field of the wrong type or weights that are not floating point, and
+    ``{fx}/paper``: the paper's format with a string ``seq_len`` (issue 24)."""
+    import safetensors.torch
+    import torch
+
+    from attnsae.sae.formats import WEIGHTS_FILENAME
+
+    def edit_cfg(name: str, edit: Callable[[dict], None]) -> None:
+        path = sae(name) / "cfg.json"
+        cfg = json.loads(path.read_text())
+        edit(cfg)
+        path.write_text(json.dumps(cfg))
+
+    edit_cfg("sae_bool_string", lambda c: c.update(apply_b_dec_to_input="false"))
+    edit_cfg("sae_context_abc", lambda c: c["metadata"].update(context_size="abc"))
+    edit_cfg("sae_layer_string", lambda c: c["metadata"]["attnsae"].update(layer="0"))
+    edit_cfg("sae_hook_int", lambda c: c["metadata"].update(hook_name=3))
+    edit_cfg("sae_metadata_list", lambda c: c.update(metadata=[1]))
+    for name, weight, cast in (("sae_int_weights", "W_enc", torch.int64), ("sae_bool_weights", "b_dec", torch.bool)):
+        path = sae(name) / WEIGHTS_FILENAME
+        tensors = safetensors.torch.load_file(str(path))
+        tensors[weight] = tensors[weight].to(cast)
+        safetensors.torch.save_file(tensors, str(path))
+    paper = fx / "paper"
+    paper.mkdir()
+    tensors = safetensors.torch.load_file(str(sae("sae_for_paper") / WEIGHTS_FILENAME))
+    torch.save(tensors, paper / "run.pt")
+    (paper / "run_cfg.json").write_text(json.dumps({
+        "model_name": "attnsae-stdlib-2l", "site": "z", "layer": 0, "act_size": 256, "dict_size": 64,
+        "seq_len": "128", "enc_dtype": "fp32", "l1_coeff": 1.0}))
 
 
 @pytest.fixture(scope="session")
@@ -400,7 +712,7 @@ def snapshot(*roots: Path) -> dict[str, tuple]:
             for name in dirnames:
                 tree[os.path.join(dirpath, name)] = ("dir",)
             for name in filenames:
-                st = os.stat(os.path.join(dirpath, name))
+                st = os.lstat(os.path.join(dirpath, name))  # a dangling link is an entry too
                 tree[os.path.join(dirpath, name)] = (st.st_size, st.st_mtime_ns)
     return tree
 

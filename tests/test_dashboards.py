@@ -185,6 +185,7 @@ def test_unwritable_output_folder_is_one_line_and_writes_nothing(cli_inputs, tin
 
 def test_a_failure_midway_leaves_the_previous_site_untouched(cli_inputs, tiny_model_dir, monkeypatch):
     """The site is written into a temporary folder and swapped in whole: an error inside leaves no trace."""
+    from attnsae.io import write_marker
     from attnsae.models import load_model
     from attnsae.reading import read_features
     from attnsae.sae.formats import load_sae
@@ -194,6 +195,7 @@ def test_a_failure_midway_leaves_the_previous_site_untouched(cli_inputs, tiny_mo
     out = root / "site-keep"
     out.mkdir()
     (out / "old.txt").write_text("previous run")
+    write_marker(out, "dashboard")  # an earlier dashboard's folder: the only kind a new one may replace
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -204,5 +206,5 @@ def test_a_failure_midway_leaves_the_previous_site_untouched(cli_inputs, tiny_mo
     tokens[:, 0] = 0
     with pytest.raises(RuntimeError, match="disk full"):
         read_features(model, [load_sae(paths[0])], tokens, out, progress=False)
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".attnsae.json", "old.txt"]
     assert not [p for p in root.iterdir() if p.name.startswith(".site-keep")]

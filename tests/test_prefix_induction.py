@@ -175,7 +175,7 @@ def test_study_writes_its_folder(ref_model, tmp_path):
     assert s["induction_heads"] == ["L1H1", "L1H2", "L1H6"]
     for name in ("summary.json", "sweep.json", "sweep.png", "text.json", "text.png", "features.json", "report.md"):
         assert (out / name).exists(), name
-    assert set(s["files"]) == {p.name for p in out.iterdir()}
+    assert set(s["files"]) | {".attnsae.json"} == {p.name for p in out.iterdir()}  # + the marker of its writer
     assert json.loads((out / "summary.json").read_text())["table"] == s["table"]
     assert all(h in s["table"] for h in s["studied_heads"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left

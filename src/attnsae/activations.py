@@ -13,10 +13,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -24,9 +22,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from attnsae.errors import AttnsaeError
+from attnsae.errors import AttnsaeError, short
 from attnsae.fast_attention import install
-from attnsae.io import atomic_write_json
+from attnsae.io import atomic_dir, atomic_write_json, read_json
 
 ACT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -210,11 +208,12 @@ class CacheManifest:
 
     def check(self, model_name: str | None = None, layers: list[int] | None = None, d_in: int | None = None) -> None:
         if model_name is not None and model_name != self.model_name:
-            raise AttnsaeError(f"activation cache is for model {self.model_name!r}, not {model_name!r}; "
+            raise AttnsaeError(f"activation cache is for model {short(self.model_name)}, not {short(model_name)}; "
                                "rebuild it for this model")
         if layers is not None and not set(layers) <= set(self.layers):
             missing = sorted(set(layers) - set(self.layers))
-            raise AttnsaeError(f"activation cache has layers {self.layers}, not {missing}; rebuild it with them")
+            raise AttnsaeError(f"activation cache has layers {short(self.layers)}, not {short(missing)}; rebuild it "
+                               "with them")
         if d_in is not None and d_in != self.d_in:
             raise AttnsaeError(f"activation cache has d_in {self.d_in}, but the SAE expects d_in {d_in}")
 
@@ -241,38 +240,36 @@ def write_cache(
 ) -> CacheManifest:
     """Harvest z_cat for every context of ``tokens [n_rows, context_size]`` into a sharded on-disk cache.
 
-    Shards are written as they fill; the manifest is written last and atomically, so a cache without a manifest is
-    incomplete. Activations are stored in corpus order (shuffling happens when reading). bf16 is stored as the
-    upper half of float32 (``uint16``).
+    The cache is written into a temporary sibling folder and renamed into place when complete (an interrupted run
+    leaves nothing that blocks the rerun); ``out_dir`` must be new or empty. Activations are stored in corpus order
+    (shuffling happens when reading). bf16 is stored as the upper half of float32 (``uint16``).
     """
     layers = check_layers(model, layers)
     if dtype not in ACT_DTYPES:
         raise AttnsaeError(f"unknown activation dtype {dtype!r}: use one of {', '.join(ACT_DTYPES)}")
     root = Path(out_dir)
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and not root.is_dir():
+        raise AttnsaeError(f"{root} is a file; give a new folder for the cache")
+    if root.is_dir() and any(root.iterdir()):
         raise AttnsaeError(f"{root} exists and is not empty; remove it or choose another cache folder")
-    try:
-        for l in layers:
-            (root / f"layer{l}").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AttnsaeError(f"cannot create cache folder {root}: {e.strerror}; choose a writable location") from None
     man = CacheManifest(model_name, layers, d_in_of(model), tokens.shape[1], prepend_bos, drop_bos, dtype, corpus,
                         split)
-    pending: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-    n_pending = 0
-
-    def flush() -> None:
-        nonlocal n_pending
-        i = len(man.shards)
+    with atomic_dir(root, owner="cache") as tmp:
         for l in layers:
-            a = torch.cat(pending[l])
-            np.save(_shard_path(root, l, i), _to_storage(a, dtype))
-            pending[l].clear()
-        man.shards.append(n_pending)
-        man.n_tokens += n_pending
+            (tmp / f"layer{l}").mkdir()
+        pending: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
         n_pending = 0
 
-    try:
+        def flush() -> None:
+            nonlocal n_pending
+            i = len(man.shards)
+            for l in layers:
+                np.save(_shard_path(tmp, l, i), _to_storage(torch.cat(pending[l]), dtype))
+                pending[l].clear()
+            man.shards.append(n_pending)
+            man.n_tokens += n_pending
+            n_pending = 0
+
         for j in tqdm(range(0, len(tokens), model_batch_size), desc="caching activations", disable=not progress):
             batch = torch.from_numpy(tokens[j:j + model_batch_size])
             for l, z in harvest_z(model, batch, layers, drop_bos).items():
@@ -282,10 +279,7 @@ def write_cache(
                 flush()
         if n_pending:
             flush()
-        atomic_write_json(asdict(man), root / "manifest.json")
-    except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
-        raise
+        atomic_write_json(asdict(man), tmp / "manifest.json")
     return man
 
 
@@ -302,15 +296,118 @@ def _from_storage(a: np.ndarray, dtype: str) -> torch.Tensor:
     return t
 
 
+MANIFEST_VERSIONS = (1,)  # the manifest layouts this reader knows
+MANIFEST_MAX_BYTES = 16 << 20  # a manifest lists a few numbers per shard: far below this
+STORAGE_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(np.uint16)}  # manifest dtype -> .npy dtype
+
+
+def _check_manifest(raw, mp: Path) -> CacheManifest:
+    """``raw`` (the parsed ``manifest.json`` at ``mp``) as a :class:`CacheManifest`, every field checked by type and
+    value; one AttnsaeError naming the file and the field otherwise."""
+
+    def bad(what: str) -> AttnsaeError:
+        return AttnsaeError(f"corrupt activation cache manifest {mp}: {what}; rebuild the cache")
+
+    if not isinstance(raw, dict):
+        raise bad(f"expected a JSON object, got {type(raw).__name__}")
+    names = [f.name for f in fields(CacheManifest)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise bad(f"unknown field {short(unknown[0])}")
+    missing = [n for n in names if n not in raw]  # write_cache writes every field
+    if missing:
+        raise bad(f"no {missing[0]}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def want(name: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise bad(f"{name} must be {expected}, got {short(raw[name])}")
+
+    for name in ("model_name", "corpus", "split", "dtype"):
+        want(name, isinstance(raw[name], str), "a string")
+    want("dtype", raw["dtype"] in ACT_DTYPES, f"one of {', '.join(ACT_DTYPES)}")
+    for name in ("prepend_bos", "drop_bos"):
+        want(name, isinstance(raw[name], bool), "true or false")
+    for name in ("d_in", "context_size"):
+        want(name, is_int(raw[name]) and raw[name] >= 1, "a positive integer")
+    layers = raw["layers"]
+    want("layers", isinstance(layers, list) and len(layers) > 0 and all(is_int(l) and l >= 0 for l in layers)
+         and len(set(layers)) == len(layers), "a list of distinct layer numbers (integers >= 0)")
+    shards = raw["shards"]
+    want("shards", isinstance(shards, list) and all(is_int(n) and n >= 1 for n in shards),
+         "a list of positive token counts")
+    want("n_tokens", is_int(raw["n_tokens"]) and raw["n_tokens"] == sum(shards),
+         f"the sum of the shards' tokens ({sum(shards)})")
+    want("version", is_int(raw["version"]) and raw["version"] in MANIFEST_VERSIONS,
+         f"a version this attnsae reads ({', '.join(map(str, MANIFEST_VERSIONS))})")
+    return CacheManifest(**raw)
+
+
+def _open_shard(root: Path, man: CacheManifest, layer: int, i: int) -> np.ndarray:
+    """Shard ``i`` of ``layer`` memory-mapped (nothing read but its header), checked against the manifest: shape
+    ``(tokens of shard i, d_in)`` and the storage dtype of the cache's dtype."""
+    p = _shard_path(root, layer, i)
+    if not p.is_file():
+        raise AttnsaeError(f"activation cache {root} is missing shard {p} (its manifest lists {_n_shards(man)} per "
+                           "layer); rebuild the cache")
+    try:
+        m = np.load(p, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise AttnsaeError(f"corrupt or missing activation shard {p}: {' '.join(str(e).split())[:200]}; "
+                           "rebuild the cache") from None
+    if not isinstance(m, np.ndarray):  # an .npz archive under a .npy name
+        getattr(m, "close", lambda: None)()
+        raise AttnsaeError(f"activation shard {p} is not a .npy array; rebuild the cache")
+    expected = (man.shards[i], man.d_in)
+    if m.shape != expected:
+        raise AttnsaeError(f"activation shard {p} has shape {m.shape}, expected {expected} (the manifest's tokens of "
+                           "that shard, d_in); rebuild the cache")
+    want = STORAGE_DTYPES[man.dtype]
+    if m.dtype != want:
+        raise AttnsaeError(f"activation shard {p} holds {m.dtype} values, but a cache of dtype {man.dtype} stores "
+                           f"{want}; rebuild the cache")
+    return m
+
+
+def _n_shards(man: CacheManifest) -> str:
+    return f"{len(man.shards)} shard{'' if len(man.shards) == 1 else 's'}"
+
+
+def check_cache(root: Path, man: CacheManifest) -> None:
+    """Every shard of every layer of the cache at ``root`` against its manifest: none missing, none extra, each of
+    the right shape and dtype (headers only: quick however large the cache)."""
+    for l in man.layers:
+        folder = root / f"layer{l}"
+        for i in range(len(man.shards)):
+            _open_shard(root, man, l, i)
+        listed = {_shard_path(root, l, i).name for i in range(len(man.shards))}
+        try:
+            extra = sorted(f.name for f in (folder.iterdir() if folder.is_dir() else ()) if f.name not in listed)
+        except OSError as e:
+            raise AttnsaeError(f"cannot list activation cache folder {folder}: {e.strerror}; check its permissions") \
+                from None
+        if extra:
+            raise AttnsaeError(f"activation cache {root} has {folder / extra[0]}, which its manifest does not list "
+                               f"(it lists {_n_shards(man)} per layer); rebuild the cache")
+
+
 def read_manifest(path: str | os.PathLike) -> CacheManifest:
+    """The manifest of the activation cache at ``path``, checked field by field, and every shard checked against
+    it (:func:`check_cache`): a cache that does not hold what its manifest says fails here, before any training."""
     root = Path(path)
     mp = root / "manifest.json"
     if not mp.exists():
         raise AttnsaeError(f"{root} is not a complete activation cache (no manifest.json); rebuild it")
     try:
-        return CacheManifest(**json.loads(mp.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise AttnsaeError(f"corrupt activation cache manifest {mp}: {e}; rebuild the cache") from None
+        raw = read_json(mp, MANIFEST_MAX_BYTES)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise AttnsaeError(f"corrupt activation cache manifest {mp}: {' '.join(str(e).split())[:200]}; rebuild the "
+                           "cache") from None
+    man = _check_manifest(raw, mp)
+    check_cache(root, man)
+    return man
 
 
 class CachedActivations:
@@ -332,20 +429,8 @@ class CachedActivations:
             raise AttnsaeError(f"activation cache holds {self.manifest.n_tokens} tokens, fewer than one batch "
                                f"({batch_size})")
         self.bounds = np.cumsum([0] + self.manifest.shards)
-        self.maps = {}
-        for l in self.layers:
-            maps = []
-            for i, n in enumerate(self.manifest.shards):
-                p = _shard_path(self.root, l, i)
-                try:
-                    m = np.load(p, mmap_mode="r")
-                except (OSError, ValueError) as e:
-                    raise AttnsaeError(f"corrupt or missing activation shard {p}: {e}; rebuild the cache") from None
-                if m.shape != (n, self.d_in):
-                    raise AttnsaeError(f"activation shard {p} has shape {m.shape}, expected {(n, self.d_in)}; "
-                                       "rebuild the cache")
-                maps.append(m)
-            self.maps[l] = maps
+        self.maps = {l: [_open_shard(self.root, self.manifest, l, i) for i in range(len(self.manifest.shards))]
+                     for l in self.layers}
         self.batches_per_epoch = self.manifest.n_tokens // batch_size
 
     def gather(self, layer: int, idx: np.ndarray) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import typing
@@ -17,7 +18,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
-from attnsae.errors import AttnsaeError
+from attnsae.errors import AttnsaeError, Stopped, short, stop_on_signals
+from attnsae.io import disk_full, write_error
 
 # ----------------------------------------------------------------------------------------------- shared flags
 
@@ -32,11 +34,21 @@ def non_negative(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def seed(text: str) -> int:
+    """argparse type: a seed in 0..2**63 - 1 (what torch and numpy both take)."""
+    from attnsae.training.config import SEED_MAX  # torch-free
+
+    value = _int_at_least(text, 0)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {SEED_MAX} (2**63 - 1), got {short(value)}")
+    return value
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{short(text)} is not an integer") from None
     if value < low:
         raise argparse.ArgumentTypeError(f"must be {'positive' if low == 1 else f'>= {low}'}, got {value}")
     return value
@@ -127,7 +139,9 @@ def check_saes_fit(model, paths: list[str], saes: list) -> None:
 
 def sae_names(paths: list[str]) -> list[str]:
     """A short name per SAE path (its folder or file name), made unique with a suffix where needed."""
-    names = [(lambda q: q.stem if q.suffix == ".pt" else q.name)(Path(p.rstrip("/"))) or p for p in paths]
+    from attnsae.io import printable
+
+    names = [printable((lambda q: q.stem if q.suffix == ".pt" else q.name)(Path(p.rstrip("/"))) or p) for p in paths]
     return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
@@ -144,14 +158,12 @@ def load_tokens(args: argparse.Namespace, model, n_tokens: int, progress: bool =
     return corpus.tokens[:n_contexts]
 
 
-def check_out_folder(path: str) -> Path:
-    """An output folder that is, or can become, a writable folder (nothing is created yet)."""
-    from attnsae.io import check_writable_dir
+def check_out(path: str, command: str, sae_paths: list[str] = (), source: str | None = None) -> Path:
+    """``--out`` of ``command``, checked before any work (:func:`attnsae.io.check_output_dir`): new, empty or this
+    command's earlier output, and never one of the inputs (the SAEs, a local corpus) or a folder holding one."""
+    from attnsae.io import check_output_dir
 
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise AttnsaeError(f"--out {out} is a file, not a folder; choose a folder")
-    return check_writable_dir(out)
+    return check_output_dir(path, command, [*sae_paths, *([source] if source else [])])
 
 
 def print_json(obj) -> None:
@@ -238,31 +250,52 @@ def run_models(args: argparse.Namespace) -> None:
 def corpus_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_corpus_args(p)
-    p.add_argument("--max-tokens", type=positive, default=None, help="stop after this many tokens")
-    p.add_argument("--save", default=None, help="write the contexts to this .npy file")
+    p.add_argument("--max-tokens", type=positive, default=None,
+                   help="stop at this many tokens (whole contexts, BOS included)")
+    p.add_argument("--save", default=None, help="write the contexts to this new .npy file")
+    add_progress_arg(p)
 
 
 def run_corpus(args: argparse.Namespace) -> None:
     from attnsae.corpus import load_corpus
-    from attnsae.io import atomic_save_npy, check_writable_dir
+    from attnsae.io import atomic_save_npy
     from attnsae.models import load_model
 
-    if args.save:
-        save = Path(args.save)
-        if save.is_dir():
-            raise AttnsaeError(f"--save {save} is a folder; give a .npy file path")
-        check_writable_dir(save.parent)
+    if args.save is not None:
+        check_save_path(args.save, args.source)
+    budget = None
+    if args.max_tokens is not None:  # whole contexts, BOS included, at most --max-tokens tokens in all
+        if args.max_tokens < args.context_size:
+            raise AttnsaeError(f"--max-tokens {args.max_tokens} is less than one context of {args.context_size} "
+                               "tokens; give at least --context-size")
+        budget = args.max_tokens // args.context_size * (args.context_size - int(args.prepend_bos))
     model = load_model(args.model, device=args.device)
     t0 = time.perf_counter()
     c = load_corpus(model.tokenizer, args.source, args.split, args.context_size, args.prepend_bos, args.text_field,
-                    max_tokens=args.max_tokens, n_ctx=model.cfg.n_ctx)
+                    max_tokens=budget, n_ctx=model.cfg.n_ctx, progress=args.progress)
     dt = max(time.perf_counter() - t0, 1e-9)
-    print(f"{c.tokens.shape[0]:,} contexts of {c.context_size} = {c.n_tokens:,} tokens from {c.stats.n_docs:,} "
-          f"documents ({c.stats.n_bytes:,} bytes, {c.stats.n_skipped} skipped) in {dt:.1f}s "
+    print(f"{c.tokens.shape[0]:,} contexts of {c.context_size} = {c.n_tokens:,} tokens ({c.stats.n_docs:,} "
+          f"documents read, {c.stats.n_bytes:,} bytes, {c.stats.n_skipped} skipped) in {dt:.1f}s "
           f"({c.n_tokens / dt:,.0f} tokens/s)")
-    if args.save:
+    if args.save is not None:
         atomic_save_npy(c.tokens, args.save)
         print(f"saved {args.save}")
+
+
+def check_save_path(save: str, source: str) -> None:
+    """``--save``: a new file (never an existing one, which may be anyone's, nor the corpus it reads)."""
+    from attnsae.io import check_writable_dir
+
+    if not save:
+        raise AttnsaeError("--save is empty; give a .npy file path")
+    path = Path(save)
+    if os.path.lexists(source) and os.path.lexists(path) and os.path.realpath(source) == os.path.realpath(path):
+        raise AttnsaeError(f"--save {path} is the corpus --source it reads; an output never replaces an input: give "
+                           "another file")
+    if os.path.lexists(path):
+        raise AttnsaeError(f"--save {path} already exists; attnsae writes a new file and replaces nothing: give a new "
+                           "path, or remove the old file first")
+    check_writable_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------------------------- train, cache
@@ -312,7 +345,7 @@ def cache_args(p: argparse.ArgumentParser) -> None:
 def run_cache(args: argparse.Namespace) -> None:
     cfg = train_config(args, skip=("cache_out",))  # validated before torch is imported
     from attnsae.activations import check_layers
-    from attnsae.io import check_writable_dir
+    from attnsae.io import check_output_dir
     from attnsae.models import load_model
     from attnsae.training.data import build_cache
 
@@ -321,7 +354,7 @@ def run_cache(args: argparse.Namespace) -> None:
         raise AttnsaeError(f"--cache-out {out} is a file; give a new folder")
     if out.is_dir() and any(out.iterdir()):
         raise AttnsaeError(f"--cache-out {out} exists and is not empty; remove it or choose another folder")
-    check_writable_dir(out)
+    out = check_output_dir(out, "cache", [cfg.source], flag="--cache-out")
     model = load_model(cfg.model, device=cfg.device)
     check_layers(model, cfg.layers)
     build_cache(cfg, model, str(out))
@@ -337,7 +370,7 @@ def quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-tokens", type=positive, default=None, help="validation tokens for the summary")
     p.add_argument("--dashboard-tokens", type=non_negative, default=None,
                    help="validation tokens scanned for the dashboards, families and head report (0: skip them)")
-    p.add_argument("--seed", type=non_negative, default=0)
+    p.add_argument("--seed", type=seed, default=0)
 
 
 def run_quickstart_cmd(args: argparse.Namespace) -> None:
@@ -360,7 +393,8 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive, default=None,
                    help="contexts per forward pass (default: 16, fewer when the model's forward makes full logits, "
                    "i.e. its LM head is not a linear read-out: then at most 2**25 logits per batch)")
-    p.add_argument("--out", default="attnsae-out/eval", help="folder for eval.json and density.png")
+    p.add_argument("--out", default="attnsae-out/eval", help="folder for eval.json and density.png (new, or an "
+                   "earlier eval's, which is replaced whole when done)")
     p.add_argument("--splice-bos", action="store_true",
                    help="also replace hook_z at position 0 (BOS), which SAEs are normally trained without")
     add_progress_arg(p)
@@ -368,21 +402,23 @@ def eval_args(p: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from attnsae.evals.metrics import evaluate
-    from attnsae.io import atomic_write_json
+    from attnsae.io import atomic_dir, atomic_write_json, printable
     from attnsae.views.plots import density_histogram
     from attnsae.views.tables import eval_table
 
-    out = check_out_folder(args.out)
+    out = check_out(args.out, "eval", args.sae, args.source)
     saes, model = load_saes_and_model(args.sae, args.model, args.device)
     args.source = corpus_for_sae(saes[0], args.source)
     tokens = load_tokens(args, model, args.n_tokens, args.progress)
     report = evaluate(model, saes, tokens, batch_size=args.batch_size, progress=args.progress,
                       keep_bos=args.prepend_bos and not args.splice_bos, names=sae_names(args.sae))
     report.meta = {"source": args.source, "split": args.split, "n_tokens_requested": args.n_tokens,
-                   "sae_paths": [str(p) for p in args.sae],
+                   "sae_paths": [printable(p) for p in args.sae],
                    "sae_model_names": [sae.cfg.model_name for sae in saes]}
-    atomic_write_json(report.to_dict(), out / "eval.json")
-    density_histogram(report, out / "density.png", title=f"feature density ({args.source} {args.split})")
+    with atomic_dir(out, owner="eval", inputs=args.sae) as tmp:  # both files, or neither (a full disk)
+        atomic_write_json(report.to_dict(), tmp / "eval.json")
+        density_histogram(report, tmp / "density.png",
+                          title=f"feature density ({printable(args.source)} {args.split})")
     if report.ce_refused:
         print(f"note: {report.ce_refused}")
     print(eval_table(report))
@@ -397,32 +433,34 @@ def dashboard_args(p: argparse.ArgumentParser) -> None:
                    help="SAEs on blocks.{L}.attn.hook_z of one model (SAELens folders, paper .pt files, hub paths)")
     add_model_args(p, sae_default=True)
     add_corpus_args(p, split="validation", n_tokens=262_144, of_saes=True)
-    p.add_argument("--out", default="attnsae-out/dashboard", help="output folder (replaced whole when done)")
+    p.add_argument("--out", default="attnsae-out/dashboard", help="output folder: new, or an earlier dashboard's "
+                   "(replaced whole when done)")
     p.add_argument("--n-top", type=positive, default=16, help="top activating examples per feature")
     p.add_argument("--n-bands", type=positive, default=4, help="activation quantile bands")
     p.add_argument("--per-band", type=non_negative, default=3, help="examples per quantile band")
     p.add_argument("--batch-size", type=positive, default=32, help="contexts per forward pass while scanning")
     p.add_argument("--neuronpedia", action="store_true", help="also write a Neuronpedia export into OUT/neuronpedia")
-    p.add_argument("--seed", type=non_negative, default=0, help="seed of the quantile-band sampling")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the quantile-band sampling")
     add_progress_arg(p)
 
 
 def run_dashboard(args: argparse.Namespace) -> None:
     import torch
 
+    from attnsae.io import printable
     from attnsae.reading import read_features
     from attnsae.studies.examples import DashboardConfig
     from attnsae.studies.scan import ScanConfig
 
     cfg = DashboardConfig(scan=ScanConfig(n_top=args.n_top, batch_size=args.batch_size, seed=args.seed),
                           n_bands=args.n_bands, per_band=args.per_band)
-    out = check_out_folder(args.out)
+    out = check_out(args.out, "dashboard", args.sae, args.source)
     saes, model = load_saes_and_model(args.sae, args.model, args.device)
     args.source = corpus_for_sae(saes[0], args.source)
     tokens = torch.from_numpy(load_tokens(args, model, args.n_tokens, args.progress))
     summary = read_features(model, saes, tokens, out, cfg, names=sae_names(args.sae),
-                            corpus={"source": args.source, "split": args.split}, neuronpedia=args.neuronpedia,
-                            progress=args.progress, paths=[str(p) for p in args.sae])
+                            corpus={"source": printable(args.source), "split": args.split},
+                            neuronpedia=args.neuronpedia, progress=args.progress, paths=args.sae)
     print_site_summary(summary)
 
 
@@ -533,12 +571,13 @@ def study_args(p: argparse.ArgumentParser) -> None:
     add_corpus_args(pi, split="validation", n_tokens=25_600)
     pi.add_argument("--sae", default=None, help="an SAE of the induction layer (its induction features are split by "
                     "prefix length and given specificity plots)")
-    pi.add_argument("--out", default="attnsae-out/prefix-induction", help="output folder (replaced whole when done)")
+    pi.add_argument("--out", default="attnsae-out/prefix-induction", help="output folder: new, or an earlier run's "
+                    "of this study (replaced whole when done)")
     pi.add_argument("--n-seqs", type=positive, default=400, help="synthetic sequences per prefix length")
     pi.add_argument("--seq-len", type=context_size, default=128, help="tokens per synthetic sequence")
     pi.add_argument("--max-prefix", type=positive, default=9, help="longest copied prefix")
     pi.add_argument("--max-pairs", type=positive, default=2000, help="real-text pairs intervened on")
-    pi.add_argument("--seed", type=non_negative, default=0)
+    pi.add_argument("--seed", type=seed, default=0)
     add_progress_arg(pi)
     io = sub.add_parser("ioi", help="the IOI circuit through attention SAEs: validation, patching, feature "
                         "ablation, noising", description="indirect object identification (PAPER_NOTES §8): checks "
@@ -549,14 +588,15 @@ def study_args(p: argparse.ArgumentParser) -> None:
     io.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
     io.add_argument("--sae", nargs="*", default=[], metavar="PATH", help="SAEs on the circuit's layers (their "
                     "features are ablated at S2 and read)")
-    io.add_argument("--out", default="attnsae-out/ioi", help="output folder (replaced whole when done)")
+    io.add_argument("--out", default="attnsae-out/ioi", help="output folder: new, or an earlier run's of this study "
+                    "(replaced whole when done)")
     io.add_argument("--n-prompts", type=positive, default=80, help="IOI prompts (ABBA and BABA, four templates)")
     io.add_argument("--k-layers", type=positive, default=2, help="layers the patching scan picks for noising")
     io.add_argument("--no-per-head", dest="per_head", action="store_false", help="patch whole layers only")
     io.add_argument("--head-layers", type=positive, default=6, help="patch single heads in the N layers where "
                     "patching the whole layer matters most, at each position (the model's layer count: all)")
     io.add_argument("--max-features", type=positive, default=None, help="ablate at most this many S2 features per SAE")
-    io.add_argument("--seed", type=non_negative, default=0)
+    io.add_argument("--seed", type=seed, default=0)
     add_progress_arg(io)
 
 
@@ -565,7 +605,8 @@ def run_study(args: argparse.Namespace) -> None:
 
     from attnsae.models import load_model
 
-    out = check_out_folder(args.out)
+    sae_paths = [args.sae] if isinstance(args.sae, str) else list(args.sae or [])
+    out = check_out(args.out, f"study {args.study}", sae_paths, getattr(args, "source", None))
     if args.study == "prefix-induction":
         from attnsae.case_studies import run_prefix_induction
 
@@ -574,16 +615,16 @@ def run_study(args: argparse.Namespace) -> None:
         else:
             sae, model = None, load_model(args.model, device=args.device)
         tokens = torch.from_numpy(load_tokens(args, model, args.n_tokens, args.progress))
-        result = run_prefix_induction(model, tokens, out, sae=sae, n_seqs=args.n_seqs, seq_len=args.seq_len,
-                                      max_prefix=args.max_prefix, seed=args.seed, max_pairs=args.max_pairs,
-                                      progress=args.progress)
+        result = run_prefix_induction(model, tokens, out, inputs=sae_paths, sae=sae, n_seqs=args.n_seqs,
+                                      seq_len=args.seq_len, max_prefix=args.max_prefix, seed=args.seed,
+                                      max_pairs=args.max_pairs, progress=args.progress)
         print(result["table"])
     else:
         from attnsae.case_studies import run_ioi
 
         saes, model = load_saes_and_model(args.sae, args.model, args.device) if args.sae else (
             [], load_model(args.model, device=args.device))
-        result = run_ioi(model, saes or None, out,
+        result = run_ioi(model, saes or None, out, inputs=sae_paths,
                          n_prompts=args.n_prompts, seed=args.seed, progress=args.progress, k_layers=args.k_layers,
                          per_head=args.per_head, head_layers=args.head_layers, max_features=args.max_features)
         v = result["validation"]["summary"]["all"]
@@ -629,10 +670,10 @@ def run_explore(args: argparse.Namespace) -> None:
                            "`attnsae dashboard` or the quickstart wrote")
     saes, model = load_saes_and_model(args.sae, args.model, args.device)
     app = create_app(model, saes, args.dashboard)
+    sock = listen(args.host, args.port)
     if args.host not in LOCAL_HOSTS:
         print(f"attnsae: warning: binding {args.host}: anyone who can reach this address can use the explorer "
               "(and your CPU); use the default 127.0.0.1 to keep it on this machine", file=sys.stderr)
-    sock = listen(args.host, args.port)
     print(f"attnsae explorer: open {url_of(sock)}  (Ctrl+C stops it)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
@@ -694,21 +735,43 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        args.func(args)
+        with stop_on_signals():
+            args.func(args)
     except AttnsaeError as e:
-        print(f"attnsae: error: {e}", file=sys.stderr)
+        print(f"attnsae: error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("attnsae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl+C or SIGTERM (Stopped), after every cleanup on the way out has run
+        stopped = e if isinstance(e, Stopped) else Stopped()
+        detail = f"; {stopped.detail}" if stopped.detail else ""
+        print(f"attnsae: stopped by {stopped.name}{detail}", file=sys.stderr)
+        return 128 + stopped.signum
+    except OSError as e:  # a full disk is not a bug: the writes that know their file say which one
+        if not disk_full(e.filename or ".", e) or args.debug:
+            return _internal_error(args, e)
+        print(f"attnsae: error: {one_line(str(write_error(e.filename or 'a file', e)))}", file=sys.stderr)
+        return 2
     except Exception as e:  # a bug: say so in one line, traceback on request
-        if args.debug:
-            raise
-        text = " ".join(str(e).split())[:300]
-        print(f"attnsae: error: internal error (a bug in attnsae): {type(e).__name__}: {text}; rerun with "
-              f"`attnsae --debug {args.command} ...` for the traceback and report it", file=sys.stderr)
-        return 3
+        return _internal_error(args, e)
     return 0
+
+
+def _internal_error(args: argparse.Namespace, e: Exception) -> int:
+    if args.debug:
+        raise e
+    text = " ".join(str(e).split())[:300]
+    print(f"attnsae: error: internal error (a bug in attnsae): {type(e).__name__}: {text}; rerun with "
+          f"`attnsae --debug {args.command} ...` for the traceback and report it", file=sys.stderr)
+    return 3
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """``text`` on one line, at most ``limit`` characters: a long middle (a quoted value) is elided, so the end of the
+    message, which says what to do, stays."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
 
 
 if __name__ == "__main__":

@@ -87,6 +87,15 @@ def check_file(art: Artifact, path: Path) -> None:
                            f"corrupt or wrong file; fetch it again with `{art.by_hand()}`")
 
 
+def check_local(art: Artifact, local: str | os.PathLike) -> Path:
+    """``--from FILE``: an existing file that is the artifact (size and SHA-256), or one line saying what it is not."""
+    src = Path(local).expanduser()
+    if not src.is_file():
+        raise AttnsaeError(f"--from {src}: no such file; give the path of {art.filename}")
+    check_file(art, src)
+    return src
+
+
 def fetch(art: Artifact, local: str | os.PathLike | None = None, progress: bool = True,
           hand_over: str = "pass it with --from FILE") -> Path:
     """The artifact's checked file in the cache (``downloads/``), fetched (or copied from ``local``) if missing.
@@ -94,12 +103,7 @@ def fetch(art: Artifact, local: str | os.PathLike | None = None, progress: bool 
     A cached file that fails the check is deleted and fetched again; a fresh one that fails is deleted and refused.
     ``hand_over`` ends the offline error: how the caller takes a file fetched by hand.
     """
-    src = None
-    if local is not None:  # a bad --from file is refused before anything is written
-        src = Path(local).expanduser()
-        if not src.is_file():
-            raise AttnsaeError(f"--from {src}: no such file; give the path of {art.filename}")
-        check_file(art, src)
+    src = check_local(art, local) if local is not None else None  # a bad --from file: refused before any write
     folder = make_dir(cache_home() / "downloads")
     target = folder / art.filename
     if target.exists():

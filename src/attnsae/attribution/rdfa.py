@@ -95,6 +95,23 @@ class Patterns:
         return self.cache[layer]
 
 
+MAX_TREE_NODES = 200_000  # seconds to trace on 2 CPU cores (about 20 µs a node on the reference model)
+
+
+def tree_size(depth: int, top_k: int, n_terms: int, n_features: int, n_components: int) -> int:
+    """At least as many nodes as :meth:`RDFATracer.trace` builds for ``depth`` (at most the layer's index + 1): the root
+    and every feature node with depth left list up to ``min(top_k, n_terms)`` (source, head) terms; a head-source
+    node with depth ``d >= 1`` splits into up to ``n_components`` components and ``min(top_k, n_features)`` upstream
+    features of depth ``d - 1`` (``n_features``: the most features active at one position, over the upstream SAEs);
+    nodes with depth 0 below the root are leaves."""
+    terms, features = min(top_k, n_terms), min(top_k, n_features)
+    under_feature, under_source = 0, 0  # nodes under a non-root feature / a head-source node of the depth reached
+    for _ in range(depth):
+        under_source = n_components + features * (1 + under_feature)
+        under_feature = terms * (1 + under_source)
+    return 1 + terms * (1 + under_source)
+
+
 @dataclass
 class RDFANode:
     """One term of the tree: ``value == sum(child.value) + sum(remainders.values())`` when it has either."""
@@ -339,6 +356,12 @@ class RDFATracer:
         (feature,) = check_features(top.sae, feature)
         if depth < 0 or top_k < 1:
             raise AttnsaeError(f"depth must be >= 0 and top_k >= 1, got depth={depth}, top_k={top_k}")
+        up = [sl for l, sl in self.saes.items() if l < L]
+        n = tree_size(min(depth, L + 1), top_k, len(self.tokens) * self.n_heads,
+                      sum(int((sl.act > 0).sum(-1).max()) for sl in up), 5 * L + 2)
+        if n > MAX_TREE_NODES:
+            raise AttnsaeError(f"depth {depth} with top-k {top_k} expands up to {n:,} nodes on this prompt (at most "
+                               f"{MAX_TREE_NODES:,} are traced); lower --top-k or --depth")
         if position is None:
             col = top.act[:, feature] if bool((top.act[:, feature] > 0).any()) else top.pre[:, feature]
             position = int(col.argmax())

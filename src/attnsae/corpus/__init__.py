@@ -164,6 +164,8 @@ def iter_local(
         for f in local_files(path, split, val_fraction):
             yield from _iter_file_docs(f, text_field, stats)
         return
+    if not path.is_file():  # a FIFO (whose read would wait forever), a device, a socket
+        raise AttnsaeError(f"corpus {path} is not a regular file or a folder; give a .txt, .jsonl or .parquet file")
     if path.suffix.lower() not in LOCAL_SUFFIXES:
         raise AttnsaeError(f"unsupported corpus file {path}: use .txt, .jsonl or .parquet, or a folder of them")
     for i, doc in enumerate(_iter_file_docs(path, text_field, stats)):
@@ -216,6 +218,9 @@ def iter_documents(
 ) -> Iterator[str]:
     """Documents (strings) of a source's split, in a deterministic order. Counts into ``stats``."""
     _check_split(split)
+    if not source:
+        raise AttnsaeError("the corpus source is empty; give stdlib, english, a local file or folder, or a dataset "
+                           "name")
     stats = stats if stats is not None else CorpusStats()
     if source == "stdlib":
         docs: Iterable[str] = iter_stdlib(split, stats, val_fraction)

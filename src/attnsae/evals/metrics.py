@@ -43,7 +43,6 @@ batch that stops at the last needed layer) for the reconstruction metrics, the C
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -56,6 +55,7 @@ from tqdm.auto import tqdm
 from attnsae.activations import StopForward, harvest_z
 from attnsae.architecture import describe, param
 from attnsae.errors import AttnsaeError
+from attnsae.io import finite
 from attnsae.models import check_tokens, model_name
 from attnsae.sae.model import SAE, SAEOutput
 from attnsae.evals.splice import ablate_z, mean_z, splice_saes
@@ -215,7 +215,7 @@ class EvalReport:
         if not feature_frequency:
             for s in d["saes"]:
                 s.pop("feature_frequency")
-        return _json_safe(d)
+        return finite(d)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalReport:
@@ -223,16 +223,6 @@ class EvalReport:
         saes = [SAEEval(**{k: (nan if v is None and k not in ("name", "hook_name") else v) for k, v in s.items()})
                 for s in d["saes"]]
         return cls(**{**d, "saes": saes})
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def ce_recovered(ce_baseline: float, ce_sae: float, ce_clean: float) -> float:

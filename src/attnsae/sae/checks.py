@@ -8,9 +8,12 @@ was trained on, without input normalisation.
 from __future__ import annotations
 
 import copy
+import hashlib
 import operator
 import re
 from pathlib import Path
+
+import torch
 
 from attnsae.activations import d_in_of, hook_z_name
 from attnsae.errors import AttnsaeError
@@ -38,6 +41,18 @@ def sae_layer(sae: SAE) -> int | None:
     if sae.cfg.layer is not None and sae.cfg.layer != layer:
         raise AttnsaeError(f"the SAE's config is inconsistent: hook {hook!r} but layer {sae.cfg.layer}; fix cfg.json")
     return layer
+
+
+def fingerprint(sae: SAE) -> str:
+    """A short digest of the SAE's weights (float32 bytes of W_enc, b_enc, W_dec, b_dec, and the threshold): what a
+    dashboard records so that a reader can refuse it for other SAEs."""
+    h = hashlib.sha256()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        t = getattr(sae, name, None)
+        if isinstance(t, torch.Tensor):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def same_model(a: str, b: str) -> bool:

@@ -26,9 +26,8 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from attnsae.errors import AttnsaeError
-from attnsae.io import atomic_dir
-from attnsae.models import dtype_name
+from attnsae.errors import AttnsaeError, short
+from attnsae.io import atomic_dir, current_umask, read_json
 from attnsae.sae.model import SAE, SAEConfig
 
 CFG_FILENAME = "cfg.json"
@@ -93,6 +92,15 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
     return d
 
 
+def _utf8(path: Path) -> bool:
+    """Whether ``path`` is valid UTF-8 (a name read from a non-UTF-8 file system holds surrogate escapes)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -120,7 +128,12 @@ def save_sae(sae: SAE, path: str | os.PathLike[str]) -> Path:
 
     try:
         with atomic_dir(path) as tmp:
-            safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILENAME))
+            weights = tmp / WEIGHTS_FILENAME
+            if _utf8(weights):
+                safetensors.torch.save_file(tensors, str(weights))
+            else:  # safetensors' file functions refuse a path that is not UTF-8
+                weights.write_bytes(safetensors.torch.save(tensors))
+            os.chmod(weights, 0o666 & ~current_umask())  # save_file makes it 0600, unlike cfg.json beside it
             (tmp / CFG_FILENAME).write_text(cfg_text)
             for f in (tmp / WEIGHTS_FILENAME, tmp / CFG_FILENAME, tmp):
                 _fsync(f)
@@ -134,10 +147,13 @@ def save_sae(sae: SAE, path: str | os.PathLike[str]) -> Path:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
+CFG_MAX_BYTES = 16 << 20  # an SAE config is a few kB; a bigger file is no SAE config (and is never read whole)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        d = read_json(path, CFG_MAX_BYTES)
+    except (OSError, UnicodeDecodeError, RecursionError, ValueError) as e:
         raise AttnsaeError(f"could not read SAE config {path} ({_one_line(e)}); the file is missing or corrupt") from e
     if not isinstance(d, dict):
         raise AttnsaeError(f"SAE config {path} is not a JSON object; the file is corrupt")
@@ -153,6 +169,11 @@ def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], where: s
         "b_dec": (cfg.d_in,),
     }
     tensors = dict(tensors)
+    for name in (*expected, "threshold", "log_threshold"):
+        t = tensors.get(name)
+        if t is not None and not t.is_floating_point():
+            raise AttnsaeError(f"{where}: {name} is {str(t.dtype).removeprefix('torch.')}, but SAE weights are "
+                               "floating point numbers; the file holds something else, re-save the SAE")
     if cfg.architecture == "jumprelu":
         expected["threshold"] = (cfg.d_sae,)
         if "threshold" not in tensors and "log_threshold" in tensors:  # a training checkpoint
@@ -190,57 +211,108 @@ def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], where: s
     return sae
 
 
-def _config_from_saelens(raw: dict[str, Any], where: str) -> SAEConfig:
-    """Our config from a SAELens cfg.json: 6.x (``metadata{...}``) or older (hook_name etc. at top level)."""
-    meta = raw.get("metadata") or raw.get("meta") or {}
-    ours = meta.get("attnsae") or {}
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
-    def get(*names: str, default: Any = None) -> Any:  # metadata first, then top level (older cfgs)
-        for source in (meta, raw):
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# what each kind of cfg field must be: (test, words for the error)
+_STR = (lambda v: isinstance(v, str), "a string")
+_BOOL = (lambda v: isinstance(v, bool), "a JSON boolean (true or false)")
+_SIZE = (lambda v: _is_int(v) and v >= 1, "a positive integer")
+_LAYER = (lambda v: v is None or (_is_int(v) and v >= 0), "a layer number (an integer >= 0) or null")
+_OBJECT = (lambda v: isinstance(v, dict), "a JSON object")
+_POSITIVE = (lambda v: _is_number(v) and v > 0, "a number > 0")
+_ANY = (lambda v: True, "")
+
+
+def _check_field(where: str, field: str, value: Any, kind: tuple) -> Any:
+    """``value`` (the cfg's ``field``) if it is of ``kind``; else one line naming the file, the field, the type and
+    the start of the value."""
+    ok, expected = kind
+    if not ok(value):
+        raise AttnsaeError(f"{where}: {field} must be {expected}, got {short(value)}; fix the file or re-save the SAE")
+    return value
+
+
+def _config_from_saelens(raw: dict[str, Any], where: str) -> SAEConfig:
+    """Our config from a SAELens cfg.json: 6.x (``metadata{...}``) or older (hook_name etc. at top level). Every field
+    read is checked by type first (a string "false" is no boolean)."""
+    meta_key = "metadata" if raw.get("metadata") is not None else "meta"
+    meta = raw.get(meta_key) or {}
+    _check_field(where, meta_key, meta, _OBJECT)
+    ours = meta.get("attnsae") or {}
+    _check_field(where, f"{meta_key}.attnsae", ours, _OBJECT)
+
+    def get(kind: tuple, *names: str, default: Any = None) -> Any:  # metadata first, then top level (older cfgs)
+        for prefix, source in ((f"{meta_key}.", meta), ("", raw)):
             for name in names:
                 if source.get(name) is not None:
-                    return source[name]
+                    return _check_field(where, prefix + name, source[name], kind)
         return default
 
-    saelens_arch = raw.get("architecture") or "standard"
+    def top(kind: tuple, name: str, default: Any = None) -> Any:  # a top-level field; null: the default
+        return default if raw.get(name) is None else _check_field(where, name, raw[name], kind)
+
+    saelens_arch = top(_STR, "architecture", "standard")
     if saelens_arch == "standard" and (raw.get("activation_fn_str") or raw.get("activation_fn")) == "topk":
         saelens_arch = "topk"  # pre-6 SAELens stored TopK as a "standard" SAE with a topk activation
     if saelens_arch not in FROM_SAELENS_ARCHITECTURE:
         raise AttnsaeError(
-            f"{where}: unsupported SAE architecture {saelens_arch!r}; attnsae reads "
+            f"{where}: unsupported SAE architecture {short(saelens_arch)}; attnsae reads "
             f"{', '.join(sorted(set(FROM_SAELENS_ARCHITECTURE) - {'relu'}))}"
         )
-    k = raw.get("k")
-    if k is None and isinstance(raw.get("activation_fn_kwargs"), dict):
-        k = raw["activation_fn_kwargs"].get("k")
-    normalize = raw.get("normalize_activations")
+    k = top(_SIZE, "k")
+    kwargs = raw.get("activation_fn_kwargs")
+    if k is None and isinstance(kwargs, dict) and kwargs.get("k") is not None:
+        k = _check_field(where, "activation_fn_kwargs.k", kwargs["k"], _SIZE)
+    normalize = top((lambda v: isinstance(v, (str, bool)), "a string (or a JSON boolean)"), "normalize_activations")
     if isinstance(normalize, bool):  # SAELens' old boolean meant "expected_average_only_in"
         normalize = "expected_average_only_in" if normalize else "none"
-    hook_name = get("hook_name", "hook_point", default="")
-    layer = ours["layer"] if "layer" in ours else get("hook_layer", "hook_point_layer")
+    hook_name = get(_STR, "hook_name", "hook_point", default="")
+    head = get(_LAYER, "hook_head_index", "hook_point_head_index")
+    if head is not None:  # an SAE of one head's z: its d_in is d_head, not the heads concatenated
+        raise AttnsaeError(f"{where}: hook_head_index {head}: an SAE of one head's output; attnsae reads SAEs of all "
+                           "heads concatenated (hook_head_index null)")
+    if "layer" in ours:
+        layer = _check_field(where, f"{meta_key}.attnsae.layer", ours["layer"], _LAYER)
+    else:
+        layer = get(_LAYER, "hook_layer", "hook_point_layer")
     if layer is None and (m := _LAYER_IN_HOOK.search(hook_name)):
         layer = int(m.group(1))
-    extra = dict(ours["extra"]) if "extra" in ours else {}
-    if "attnsae" not in meta and get("dataset_path") is not None:
-        extra["dataset_path"] = get("dataset_path")
+    extra = dict(_check_field(where, f"{meta_key}.attnsae.extra", ours["extra"], _OBJECT)) if "extra" in ours else {}
+    if "attnsae" not in meta and (dataset_path := get(_ANY, "dataset_path")) is not None:
+        extra["dataset_path"] = dataset_path
+    architecture = FROM_SAELENS_ARCHITECTURE[saelens_arch]
+    if "architecture" in ours:
+        architecture = _check_field(where, f"{meta_key}.attnsae.architecture", ours["architecture"], _STR)
+    apply_b_dec = raw.get("apply_b_dec_to_input", True)  # null: false, as SAELens reads it (a falsy value)
+    if apply_b_dec is not None:
+        _check_field(where, "apply_b_dec_to_input", apply_b_dec, _BOOL)
+    if "d_in" not in raw or "d_sae" not in raw:
+        raise AttnsaeError(f"{where}: no {'d_in' if 'd_in' not in raw else 'd_sae'}; the SAE config is incomplete, "
+                           "re-save the SAE")
     fields: dict[str, Any] = dict(
-        d_in=raw.get("d_in"),
-        d_sae=raw.get("d_sae"),
-        architecture=ours.get("architecture", FROM_SAELENS_ARCHITECTURE[saelens_arch]),
+        d_in=_check_field(where, "d_in", raw["d_in"], _SIZE),
+        d_sae=_check_field(where, "d_sae", raw["d_sae"], _SIZE),
+        architecture=architecture,
         k=k,
-        dtype=str(raw.get("dtype") or "float32").removeprefix("torch."),
-        apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
+        dtype=(top(_STR, "dtype") or "float32").removeprefix("torch."),
+        apply_b_dec_to_input=bool(apply_b_dec),
         normalize_activations=normalize or "none",
         hook_name=hook_name,
-        model_name=get("model_name", default=""),
-        context_size=get("context_size", default=128),
-        prepend_bos=get("prepend_bos", default=True),
+        model_name=get(_STR, "model_name", default=""),
+        context_size=get(_SIZE, "context_size", default=128),
+        prepend_bos=get(_BOOL, "prepend_bos", default=True),
         layer=layer,
         extra=extra,
     )
     for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
         if name in ours:
-            fields[name] = ours[name]
+            fields[name] = _check_field(where, f"{meta_key}.attnsae.{name}", ours[name], _POSITIVE)
     try:
         return SAEConfig(**fields)
     except AttnsaeError as e:
@@ -257,7 +329,10 @@ def _load_saelens_dir(directory: Path, device: str) -> SAE:
             )
     cfg = _config_from_saelens(_read_json(cfg_path), str(cfg_path))
     try:
-        tensors = safetensors.torch.load_file(str(weights_path), device="cpu")
+        if _utf8(weights_path):
+            tensors = safetensors.torch.load_file(str(weights_path), device="cpu")
+        else:  # safetensors' file functions refuse a path that is not UTF-8
+            tensors = safetensors.torch.load(weights_path.read_bytes())
     except Exception as e:
         raise AttnsaeError(
             f"could not read {weights_path} ({_one_line(e)}); the file is corrupt or truncated, "
@@ -271,35 +346,41 @@ def _config_from_paper(raw: dict[str, Any], W_enc: torch.Tensor, where: str) -> 
     if W_enc.ndim != 2:
         raise AttnsaeError(f"{where}: W_enc must be [d_in, d_sae], got shape {list(W_enc.shape)}; not an SAE file")
     d_in, d_sae = W_enc.shape
+
+    def field(name: str, kind: tuple, default: Any = None) -> Any:  # null: the default
+        return default if raw.get(name) is None else _check_field(where, name, raw[name], kind)
+
     for name, size in (("act_size", d_in), ("d_in", d_in), ("dict_size", d_sae)):
-        if raw.get(name) is not None and raw[name] != size:
+        if field(name, _SIZE) not in (None, size):
             raise AttnsaeError(
                 f"{where}: cfg {name}={raw[name]} but W_enc is {list(W_enc.shape)}; the files do not match"
             )
-    layer = raw.get("layer")
-    site = raw.get("site", "z")
-    if raw.get("act_name"):
-        hook_name = raw["act_name"]
+    layer = field("layer", _LAYER)
+    site = field("site", _STR, "z")
+    if act_name := field("act_name", _STR):
+        hook_name = act_name
     elif layer is not None and site == "z":
         hook_name = f"blocks.{layer}.attn.hook_z"
     else:
-        raise AttnsaeError(f"{where}: cannot tell the hook from layer={layer!r}, site={site!r}; attnsae reads site 'z'")
+        raise AttnsaeError(f"{where}: cannot tell the hook from layer={layer!r}, site={short(site)}; attnsae reads "
+                           "site 'z'")
     if layer is None and (m := _LAYER_IN_HOOK.search(hook_name)):
         layer = int(m.group(1))
+    fields: dict[str, Any] = dict(
+        d_in=int(d_in),
+        d_sae=int(d_sae),
+        architecture="relu",
+        dtype=field("enc_dtype", _STR) or "float32",  # "fp32" and the like: SAEConfig reads them
+        hook_name=hook_name,
+        model_name=field("model_name", _STR, ""),
+        context_size=field("seq_len", _SIZE, 128),
+        prepend_bos=True,
+        layer=layer,
+        extra={"paper_cfg": raw},
+    )
     try:
-        return SAEConfig(
-            d_in=int(d_in),
-            d_sae=int(d_sae),
-            architecture="relu",
-            dtype=dtype_name(raw.get("enc_dtype") or "float32"),
-            hook_name=hook_name,
-            model_name=raw.get("model_name", ""),
-            context_size=int(raw.get("seq_len", 128)),
-            prepend_bos=True,
-            layer=layer,
-            extra={"paper_cfg": raw},
-        )
-    except (AttnsaeError, TypeError, ValueError) as e:
+        return SAEConfig(**fields)
+    except AttnsaeError as e:
         raise AttnsaeError(f"{where}: {e}") from e
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnsae.errors import AttnsaeError
+from attnsae.errors import AttnsaeError, short
 from attnsae.models import DTYPES, dtype_name
 from attnsae.sae import ARCHITECTURES
 # SAELens' values. The module itself applies no normalisation: with anything but "none" the caller scales the
@@ -50,29 +50,47 @@ class SAEConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        def want(name: str, ok: bool, expected: str) -> None:
+            if not ok:
+                raise AttnsaeError(f"SAE {name} must be {expected}, got {short(getattr(self, name))}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("architecture", "normalize_activations", "hook_name", "model_name"):
+            want(name, isinstance(getattr(self, name), str), "a string")
+        want("dtype", isinstance(self.dtype, (str, torch.dtype)), "a dtype name such as 'float32'")
+        for name in ("apply_b_dec_to_input", "prepend_bos"):
+            want(name, isinstance(getattr(self, name), bool), "true or false")
+        want("context_size", is_int(self.context_size) and self.context_size >= 1, "a positive integer")
+        want("layer", self.layer is None or (is_int(self.layer) and self.layer >= 0),
+             "a layer number (an integer >= 0) or null")
+        for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
+            v = getattr(self, name)
+            want(name, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                 "a number > 0")
+        want("extra", isinstance(self.extra, dict), "a mapping")
         if self.architecture not in ARCHITECTURES:
             raise AttnsaeError(
-                f"unknown SAE architecture {self.architecture!r}; use one of: {', '.join(ARCHITECTURES)}"
+                f"unknown SAE architecture {short(self.architecture)}; use one of: {', '.join(ARCHITECTURES)}"
             )
         for name in ("d_in", "d_sae"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise AttnsaeError(f"SAE {name} must be a positive integer, got {value!r}")
+                raise AttnsaeError(f"SAE {name} must be a positive integer, got {short(value)}")
         if self.architecture == "topk" and self.k is None:
             raise AttnsaeError("architecture 'topk' needs k (active latents per token); set k, e.g. k=32")
         k = self.k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.d_sae):
-            raise AttnsaeError(f"k must be an integer in 1..d_sae ({self.d_sae}), got {self.k!r}")
-        self.dtype = dtype_name(self.dtype)
+            raise AttnsaeError(f"k must be an integer in 1..d_sae ({self.d_sae}), got {short(self.k)}")
+        try:
+            self.dtype = dtype_name(self.dtype)
+        except AttnsaeError:
+            raise AttnsaeError(f"unknown SAE dtype {short(str(self.dtype))}; use one of: {', '.join(DTYPES)}") from None
         if self.normalize_activations not in NORMALIZE_ACTIVATIONS:
             raise AttnsaeError(
-                f"unknown normalize_activations {self.normalize_activations!r}; "
+                f"unknown normalize_activations {short(self.normalize_activations)}; "
                 f"use one of: {', '.join(NORMALIZE_ACTIVATIONS)}"
-            )
-        if not (self.jumprelu_init_threshold > 0 and self.jumprelu_bandwidth > 0):
-            raise AttnsaeError(
-                "jumprelu_init_threshold and jumprelu_bandwidth must be > 0, got "
-                f"{self.jumprelu_init_threshold} and {self.jumprelu_bandwidth}"
             )
 
     @property
@@ -208,8 +226,8 @@ class SAE(nn.Module):
     def set_threshold(self, threshold: Tensor) -> None:
         """Set ``log_threshold`` from a threshold [d_sae] (>= 0), as loaders do.
 
-        A threshold that is ``exp`` of a float (what :func:`attnsae.sae.formats.save_sae` writes) comes back bit for bit:
-        ``exp(log(t))`` can miss ``t`` by one ulp, and trying the neighbouring floats of ``log(t)`` fixes those
+        A threshold that is ``exp`` of a float (what :func:`attnsae.sae.formats.save_sae` writes) comes back bit for
+        bit: ``exp(log(t))`` can miss ``t`` by one ulp, and trying the neighbouring floats of ``log(t)`` fixes those
         entries. Any other threshold comes back to within a few ulps (not every float is ``exp`` of a float).
         """
         if self.cfg.architecture != "jumprelu":

@@ -15,6 +15,7 @@ Content-Security-Policy of ``'self'``).
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -74,13 +75,20 @@ def _limit_body(app: FastAPI) -> None:
 def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A TCP socket bound to ``host:port`` (port 0: a free one) for uvicorn to serve on; a one-line refusal when the
     address is taken or not this machine's."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if not host:
+        raise AttnsaeError("--host is empty; give an address of this machine (default 127.0.0.1)")
     try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as e:
-        sock.close()
-        raise AttnsaeError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port") from None
+        if "sock" in locals():
+            sock.close()
+        why = e.strerror or str(e)
+        if e.errno == errno.EADDRINUSE:
+            raise AttnsaeError(f"cannot listen on {host}:{port} ({why}): pick another --port") from None
+        raise AttnsaeError(f"cannot listen on {host}:{port} ({why}): give an address of this machine as --host "
+                           "(default 127.0.0.1)") from None
     return sock
 
 
@@ -109,12 +117,36 @@ def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> tup
     return url_of(sock), stop
 
 
+def dashboard_of(site: Path, by_layer: Mapping[int, SAE]) -> dict[int, dict]:
+    """Each explored SAE's entry in the dashboards folder ``site`` (:func:`attnsae.views.dashboards.read_families`);
+    a folder built from other SAEs, or without one of these, is refused rather than half used."""
+    from attnsae.sae.checks import fingerprint
+    from attnsae.views.dashboards import read_families
+
+    try:
+        entries = read_families(site)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise AttnsaeError(f"--dashboard {site}: cannot read its index.html ({type(e).__name__}); rebuild it with "
+                           "`attnsae dashboard`") from None
+    found = {}
+    for layer, sae in sorted(by_layer.items()):
+        mine = fingerprint(sae)
+        match = [e for e in entries if e["layer"] == layer and e["fingerprint"] == mine]
+        if not match:
+            there = [e["name"] for e in entries if e["layer"] == layer]
+            why = (f"its SAE of layer {layer} ({', '.join(there)}) has other weights" if there else
+                   f"it has no SAE of layer {layer}")
+            raise AttnsaeError(f"--dashboard {site} was not built from these SAEs: {why}; give the dashboards of "
+                               f"these SAEs (`attnsae dashboard --sae ...`), or leave out --dashboard")
+        found[layer] = match[0]
+    return found
+
+
 def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path | None = None,
                max_sessions: int = 4) -> FastAPI:
     """The explorer app for ``model`` and its ``saes``; ``dashboard``: a folder written by ``attnsae dashboard``
     for the same SAEs (family labels and links to feature pages)."""
     from attnsae.evals.splice import saes_by_layer
-    from attnsae.views.dashboards import read_families
 
     by_layer = saes_by_layer(model, saes)
     if not by_layer:
@@ -125,8 +157,7 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
         if not (site / "index.html").is_file():
             raise AttnsaeError(f"{dashboard} is not a dashboards folder (no index.html): give the folder "
                                "`attnsae dashboard` or the quickstart wrote")
-        families = {l: f for l, f in read_families(site).items()
-                    if l in by_layer and len(f["families"]) == by_layer[l].cfg.d_sae}
+        families = dashboard_of(site, by_layer)
     assets = page_assets()
     sessions: OrderedDict[tuple[str, ...], PromptSession] = OrderedDict()
     lock = threading.Lock()

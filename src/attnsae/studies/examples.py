@@ -36,9 +36,10 @@ from attnsae.architecture import describe
 from attnsae.attribution.dfa import dfa_from_activations, from_cache, hook_names
 from attnsae.attribution.head_shares import head_shares
 from attnsae.attribution.inputs import capture
-from attnsae.sae.checks import check_sae, cpu_sae
+from attnsae.sae.checks import check_sae, cpu_sae, fingerprint
 from attnsae.attribution.logits import logit_effect_matrix
 from attnsae.errors import AttnsaeError
+from attnsae.io import printable
 from attnsae.models import model_name
 from attnsae.sae.model import SAE
 from attnsae.studies.scan import FeatureScan, ScanConfig, scan_features, select_examples
@@ -56,6 +57,13 @@ class DashboardConfig:
     logit_bins: int = 40
     dfa_batch: int = 16  # contexts per forward pass when gathering examples
     families: fam.FamilyThresholds = field(default_factory=fam.FamilyThresholds)
+
+    def __post_init__(self) -> None:
+        n = self.scan.n_sample  # the bands split this many sampled firings per feature
+        if not 1 <= self.n_bands <= n:
+            raise AttnsaeError(f"--n-bands must be in 1..{n} (the firings sampled per feature), got {self.n_bands}")
+        if not 0 <= self.per_band <= n:
+            raise AttnsaeError(f"--per-band must be in 0..{n} (the firings sampled per feature), got {self.per_band}")
 
 
 @dataclass
@@ -271,6 +279,11 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
         raise AttnsaeError("no SAEs given")
     tokens = torch.as_tensor(tokens).long()
     layers = [check_sae(model, sae) for sae in saes]
+    prints = [fingerprint(sae) for sae in saes]
+    twice = [i for i, f in enumerate(prints) if prints.index(f) < i]
+    if twice:  # every count (families, heads) would count it twice
+        raise AttnsaeError(f"SAE {(names or paths or [str(i) for i in range(len(saes))])[twice[0]]} is given twice "
+                           "(the same weights as another); give each SAE once")
     saes = [cpu_sae(sae) for sae in saes]
     names = names or [f"L{layer}" for layer in layers]
     states = scan_features(model, saes, tokens, cfg.scan, progress=progress)
@@ -323,7 +336,8 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
         labels.append(lab)
         all_stats.append(fstats)
         sae_blocks.append({"name": names[k], "layer": layers[k], "hook_name": hook_z_name(layers[k]),
-                           "path": str(paths[k]) if paths else "", "d_sae": sae.cfg.d_sae,
+                           "path": printable(paths[k]) if paths else "", "fingerprint": fingerprint(sae),
+                           "d_sae": sae.cfg.d_sae,
                            "n_heads": model.cfg.n_heads, "d_head": model.cfg.d_head, "features": feats})
     mname = model_name(model) or "model"
     bundle = {

@@ -36,7 +36,8 @@ def induction_features(model, sae: SAE, tokens: Tensor, canon: Tensor, threshold
                        n_top: int = 16, progress: bool = True) -> tuple[list[int], dict[int, dict]]:
     """The SAE's induction features on ``tokens`` int64 ``[n, S]``, most frequent first, and every live feature's
     family statistics (:func:`attnsae.studies.families.feature_stats`, with ``family`` and ``n_fired`` added)."""
-    cfg = DashboardConfig(scan=ScanConfig(n_top=n_top, n_sample=2), families=thresholds or fam.FamilyThresholds())
+    cfg = DashboardConfig(scan=ScanConfig(n_top=n_top, n_sample=2), n_bands=1, per_band=0,  # top examples only
+                          families=thresholds or fam.FamilyThresholds())
     st = scan_features(model, [sae], tokens, cfg.scan, progress=progress)[0]
     ok = st.top_locs >= 0  # [d_sae, n_top]
     f, j = ok.nonzero(as_tuple=True)

@@ -104,11 +104,20 @@ def prefix_induction(model, tokens: Tensor, sae: SAE | None = None, layer: int |
     heads_layer = layer  # only an explicit layer restricts the studied heads; an SAE alone does not
     if sae is not None:
         layer = check_sae(model, sae, layer)
+        if layer == 0:
+            raise AttnsaeError("the SAE reads layer 0, which cannot hold induction features (induction needs an "
+                               "earlier layer's previous-token information); give an SAE of a layer that has "
+                               "induction heads")
     elif layer is not None and not 0 <= layer < model.cfg.n_layers:
         raise AttnsaeError(f"layer {layer} does not exist: the model has layers 0..{model.cfg.n_layers - 1}")
     classes = TokenClasses.of(model)
     sweep = prefix_sweep(model, n_seqs, seq_len, max_prefix, seed, batch_size, classes, progress)
     heads = induction_heads(sweep, induction_threshold, heads_layer)
+    if sae is not None and not any(l == layer for l, _ in heads):
+        found = ", ".join(head_name(l, h) for l, h in induction_heads(sweep, induction_threshold)) or "none"
+        raise AttnsaeError(f"the SAE reads layer {layer}, which has no induction head (no head there reaches "
+                           f"{induction_threshold} in the synthetic sweep; induction heads: {found}); give an SAE of "
+                           "a layer with induction heads")
     fallback = not heads
     if fallback:  # no head reaches the threshold: study the three best, and say so
         best = sweep.mean.amax(0)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from attnsae.corpus import bos_token_id
 from attnsae.errors import AttnsaeError
+from attnsae.memory import check_fits
 from attnsae.studies.families import canonical_ids
 from attnsae.studies.patterns import attention_at, head_name
 
@@ -129,6 +130,8 @@ def prefix_sweep(model, n_seqs: int = 400, seq_len: int = 128, max_prefix: int =
         raise AttnsaeError(f"seq_len {seq_len} is longer than the model's context of {model.cfg.n_ctx} tokens")
     if n_seqs < 2:
         raise AttnsaeError(f"n_seqs must be at least 2 (a confidence interval needs two), got {n_seqs}")
+    check_fits(24 * n_seqs * seq_len + 4 * max_prefix * n_seqs * model.cfg.n_layers * model.cfg.n_heads,
+               f"a sweep of {n_seqs:,} sequences of {seq_len} tokens", "lower --n-seqs")
     classes = classes or TokenClasses.of(model)
     gen = torch.Generator().manual_seed(seed)
     rows = distinct_rows(n_seqs, seq_len, classes, gen)

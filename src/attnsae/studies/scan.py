@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from attnsae.activations import harvest_z
 from attnsae.sae.checks import check_sae, cpu_sae
 from attnsae.errors import AttnsaeError
+from attnsae.memory import check_fits
 from attnsae.sae.model import SAE
 
 
@@ -158,6 +159,12 @@ def _gather_cat(old: Tensor, new: Tensor, idx: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def scan_bytes(d_sae: int, cfg: ScanConfig) -> int:
+    """The scan's state for one SAE (see the module docstring), with the top and sample tables counted three times:
+    each update concatenates the old and the new candidates before keeping the best."""
+    return d_sae * (3 * 12 * cfg.n_top + 3 * 16 * cfg.n_sample + 8 * cfg.bins + 24)
+
+
 def scan_features(model, saes: list[SAE], tokens: Tensor, cfg: ScanConfig | None = None,
                   progress: bool = True) -> list[FeatureScan]:
     """Scan ``tokens`` int64 [n_contexts, pos] (BOS at 0) for every feature of every SAE: one state per SAE."""
@@ -167,6 +174,9 @@ def scan_features(model, saes: list[SAE], tokens: Tensor, cfg: ScanConfig | None
         raise AttnsaeError(f"nothing to scan: need at least one context of 2+ tokens, got shape {tuple(tokens.shape)}")
     layers = [check_sae(model, sae) for sae in saes]
     saes = [cpu_sae(sae) for sae in saes]
+    check_fits(sum(scan_bytes(sae.cfg.d_sae, cfg) for sae in saes),
+               f"keeping the top {cfg.n_top:,} examples of every feature ({sum(s.cfg.d_sae for s in saes):,} features)",
+               "lower --n-top")
     states = [FeatureScan.empty(sae.cfg.d_sae, cfg) for sae in saes]
     gen = torch.Generator().manual_seed(cfg.seed)
     n, S = tokens.shape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,33 @@ def save_checkpoint(path: Path, state: TrainState, saes: list[SAE | dict], opts:
     obj = {"state": asdict(state), "saes": [sd(s) for s in saes], "opts": [sd(o) for o in opts],
            "firing": [asdict(f) for f in firing], "settings": settings}
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            writer = _Writer(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:  # torch reports a failed write as a RuntimeError; the OSError says why (ENOSPC)
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class _Writer:
+    """A file for ``torch.save`` that keeps the OSError of a failed write (torch only says "unexpected pos")."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load_checkpoint(path: Path, saes: list[SAE], opts: list[torch.optim.Optimizer], settings: dict[str, Any],

@@ -15,24 +15,47 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+import os
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from attnsae.errors import AttnsaeError
+from attnsae.errors import AttnsaeError, short
 from attnsae.sae import ARCHITECTURES
 SPARSITY_FIELD = {"relu": "l1_coeffs", "topk": "ks", "jumprelu": "l0_coeffs"}  # architecture -> its sparsity list
 SPEC_KEY = {"relu": "l1_coeff", "topk": "k", "jumprelu": "l0_coeff"}
 # settings that steer the process, not the result: they may change between a run and its --resume (a run folder
 # may also move: `out` is where, not what)
 RUN_CONTROL = ("resume", "overwrite", "progress", "threads", "device", "wandb_project", "out", "module_parallel")
+# seeds reach torch.manual_seed, torch.Generator().manual_seed (both < 2**64) and numpy's SeedSequence (any int >= 0);
+# 0..2**63 - 1 is what all of them accept and what fits an int64 wherever a seed is stored
+SEED_MAX = 2**63 - 1
+CONFIG_MAX_BYTES = 1 << 20  # a config file is a page of settings: 1 MiB is far more than any needs
+CONFIG_MAX_VALUES = 10_000  # values of a YAML document once its aliases are expanded ("billion laughs" stops here)
 
 
 def _rule(**kw: Any) -> dict[str, Any]:
     """Validation metadata of a field: ``ge``/``gt``/``le`` bounds (each list item too), ``choices``, ``n`` items."""
     return {"rule": kw}
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one): the most ``threads`` useful."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_seed(value: int, name: str = "seed") -> int:
+    """``value`` if it is a seed every generator attnsae seeds accepts (0..:data:`SEED_MAX`); else one clear error."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise AttnsaeError(f"{name} must be an integer in 0..{SEED_MAX} (2**63 - 1, the largest seed torch and numpy "
+                           f"both take), got {short(value)}")
+    return value
 
 
 @dataclass
@@ -98,7 +121,7 @@ class TrainConfig:
     resample_batches: int = field(default=100, metadata=_rule(ge=1))
     dead_cutoff: float = field(default=1e-6, metadata=_rule(ge=0, le=1))
     dead_window: int = field(default=1000, metadata=_rule(ge=1))  # steps without firing: dead (metrics, AuxK)
-    seed: int = field(default=0, metadata=_rule(ge=0))
+    seed: int = field(default=0, metadata=_rule(ge=0))  # at most SEED_MAX (validate)
     log_every: int = field(default=50, metadata=_rule(ge=1))
     ckpt_every: int = field(default=500, metadata=_rule(ge=1))
     sparse_kernel: bool = True  # TopK, and ReLU/JumpReLU batches sparse enough: attnsae.sae.kernels (sparse backward)
@@ -107,7 +130,7 @@ class TrainConfig:
     out: str = "attnsae-out/train"
     resume: bool = False
     overwrite: bool = False
-    threads: int | None = field(default=None, metadata=_rule(ge=1))
+    threads: int | None = field(default=None, metadata=_rule(ge=1))  # at most usable_cores() (validate)
     progress: bool = True
     # under torchrun: the processes form module_parallel groups, each owning a block of the layers (the processes of
     # a group share its SAEs, data parallel); see attnsae.training.distributed
@@ -126,10 +149,13 @@ class TrainConfig:
             rule = f.metadata.get("rule", {})
             _check_rule(f.name, value, rule)
             setattr(self, f.name, value)
+        check_seed(self.seed)
+        if self.threads is not None and self.threads > (cores := usable_cores()):
+            raise AttnsaeError(f"threads must be <= {cores}, the CPU cores this process may use, got {self.threads}")
         if not self.layers:
             raise AttnsaeError("layers is empty: give at least one layer")
         if len(set(self.layers)) != len(self.layers):
-            raise AttnsaeError(f"layers {self.layers} repeats a layer; give each layer once")
+            raise AttnsaeError(f"layers {short(self.layers)} repeats a layer; give each layer once")
         if self.buffer_size < self.batch_size:
             raise AttnsaeError(f"buffer_size ({self.buffer_size}) must be at least batch_size ({self.batch_size})")
         if self.resample_times and self.resample_window > self.resample_every:
@@ -206,9 +232,9 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """From a flat dict of settings; an unknown key is an error naming it."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known, key=str)
         if unknown:
-            raise AttnsaeError(f"unknown setting {unknown[0]!r}; see `attnsae train --help` for the settings")
+            raise AttnsaeError(f"unknown setting {short(unknown[0])}; see `attnsae train --help` for the settings")
         return cls(**d)
 
 
@@ -219,26 +245,94 @@ def defaults() -> dict[str, Any]:
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    """A YAML or JSON file of flat ``setting: value`` pairs."""
+    """A YAML or JSON file of flat ``setting: value`` pairs: at most :data:`CONFIG_MAX_BYTES`, and a YAML document at
+    most :data:`CONFIG_MAX_VALUES` values once its aliases are expanded."""
     p = Path(path)
+    if p.exists() and not p.is_file():  # a folder, a FIFO (whose read would wait forever), a device
+        raise AttnsaeError(f"config file {path} is not a regular file; give a YAML or JSON file of settings")
     try:
-        text = p.read_text()
+        with open(p, "rb") as f:  # read at most one byte past the cap: a huge file is never read whole
+            data = f.read(CONFIG_MAX_BYTES + 1)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise AttnsaeError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if len(data) > CONFIG_MAX_BYTES:
+        size = p.stat().st_size if p.is_file() else 0
+        raise AttnsaeError(f"config file {path} is {f'{size / 2**20:.1f} MiB, ' if size else ''}more than the "
+                           f"{CONFIG_MAX_BYTES >> 20} MiB a config file may be; give a file of settings")
     is_json = p.suffix.lower() == ".json"
     try:
         if is_json:
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=lambda pairs: _once([k for k, _ in pairs]) or dict(pairs))
         else:
             import yaml
 
-            d = yaml.safe_load(text)
+            d = yaml.load(text, Loader=_bounded_yaml_loader())
+    except AttnsaeError as e:
+        raise AttnsaeError(f"config file {path} {e}") from None
     except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
         raise AttnsaeError(f"config file {path} is not valid {'JSON' if is_json else 'YAML'}: "
-                           f"{str(e).splitlines()[0]}") from None
+                           f"{first[:200] + '...' if len(first) > 200 else first}") from None
     if not isinstance(d, dict):
         raise AttnsaeError(f"config file {path} must hold a mapping of settings (setting: value)")
+    bad = [k for k in d if not isinstance(k, str)]
+    if bad:
+        raise AttnsaeError(f"config file {path}: setting names are words, got {short(bad[0])}; write setting: value")
     return d
+
+
+def _bounded_yaml_loader() -> type:
+    """yaml's SafeLoader that refuses, before building anything, a document of more than :data:`CONFIG_MAX_VALUES`
+    values once its aliases are expanded (nested aliases grow exponentially: "billion laughs") or one that holds
+    itself (a recursive alias)."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def construct_document(self, node):  # type: ignore[no-untyped-def]
+            _count_values(node)
+            return super().construct_document(node)
+
+        def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+            _once([k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)])
+            return super().construct_mapping(node, deep)
+
+    return BoundedLoader
+
+
+def _once(keys: list) -> None:
+    """Refuse a mapping that gives a key twice (YAML and JSON keep the last silently: a mistake to point out)."""
+    twice = [k for k, n in Counter(keys).items() if n > 1]
+    if twice:
+        raise AttnsaeError(f"gives {short(twice[0])} twice; keep one")
+
+
+def _count_values(root: Any) -> int:
+    """Scalars, sequences and mappings of the YAML node tree ``root`` with every alias expanded (memoised per node,
+    so the count itself is quick); an AttnsaeError past :data:`CONFIG_MAX_VALUES` or on a cycle."""
+    counts: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def count(node: Any) -> int:
+        key = id(node)
+        if key in counts:
+            return counts[key]
+        if key in open_nodes:
+            raise AttnsaeError("holds a recursive alias (a value that contains itself); write the values out")
+        open_nodes.add(key)
+        children = node.value if isinstance(node.value, list) else []
+        n = 1
+        for child in children:
+            for c in (child if isinstance(child, tuple) else (child,)):  # mapping entries are (key, value) pairs
+                n += count(c)
+            if n > CONFIG_MAX_VALUES:
+                raise AttnsaeError(f"holds more than {CONFIG_MAX_VALUES:,} values once its aliases (*name) are "
+                                   "expanded; write the settings out plainly")
+        open_nodes.discard(key)
+        counts[key] = n
+        return n
+
+    return count(root)
 
 
 # ----------------------------------------------------------------------------------------------- coercion
@@ -259,7 +353,7 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 
 
 def _scalar(value: Any, t: type, name: str) -> Any:
-    bad = AttnsaeError(f"{name} must be {_type_word(t)}, got {value!r}")
+    bad = AttnsaeError(f"{name} must be {_type_word(t)}, got {short(value)}")
     if t is bool:
         if isinstance(value, bool):
             return value
@@ -273,9 +367,16 @@ def _scalar(value: Any, t: type, name: str) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, (list, tuple, dict)):
         raise bad
     if t is int:
+        if isinstance(value, int):  # exact, however large (a float would round past 2**53)
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass  # "1e3", "2.0": through float below
         try:
             f = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int past a float's range
             raise bad from None
         if not math.isfinite(f) or f != int(f):
             raise bad
@@ -283,7 +384,7 @@ def _scalar(value: Any, t: type, name: str) -> Any:
     if t is float:
         try:
             f = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int past a float's range
             raise bad from None
         if not math.isfinite(f):
             raise bad
@@ -300,13 +401,13 @@ def _check_rule(name: str, value: Any, rule: dict[str, Any]) -> None:
         return
     items = value if isinstance(value, list) else [value]
     if "n" in rule and len(items) != rule["n"]:
-        raise AttnsaeError(f"{name} needs {rule['n']} values, got {len(items)}: {value!r}")
+        raise AttnsaeError(f"{name} needs {rule['n']} values, got {len(items)}: {short(value)}")
     if isinstance(value, list) and not items:
         raise AttnsaeError(f"{name} is empty; give at least one value")
     for v in items:
         if "choices" in rule and v not in rule["choices"]:
-            raise AttnsaeError(f"{name} must be one of {', '.join(rule['choices'])}, got {v!r}")
+            raise AttnsaeError(f"{name} must be one of {', '.join(rule['choices'])}, got {short(v)}")
         for op, ok, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
                              ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
             if op in rule and not ok(v, rule[op]):
-                raise AttnsaeError(f"{name} must be {word} {rule[op]:g}, got {v!r}")
+                raise AttnsaeError(f"{name} must be {word} {rule[op]:g}, got {short(v)}")

@@ -11,27 +11,28 @@ Output folder: ``run_config.json`` (every setting and the data fingerprint), ``c
 ``ckpt_every`` steps), ``metrics.jsonl`` (one record per SAE every ``log_every`` steps) and one SAELens folder per SAE
 (``{spec.name}/`` with ``feature_frequency.json``). Batch ``i`` of the stream is a function of (seed, i) and every
 random draw of the loop is seeded by the step, so a killed run resumed with ``resume`` ends with the same weights
-as an uninterrupted one.
+as an uninterrupted one. Who may write the folder, ``overwrite`` and the lock: :mod:`attnsae.training.run_folder`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
 import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from attnsae.activations import ActivationSource, check_layers, read_manifest
-from attnsae.errors import AttnsaeError
-from attnsae.io import atomic_path, atomic_write_json, check_writable_dir, make_dir
+from attnsae.errors import AttnsaeError, Stopped
+from attnsae.io import (atomic_path, atomic_write_json, atomic_write_text, check_writable_dir, json_text,
+                        disk_full, make_dir, write_error)
+from attnsae.memory import check_fits
 from attnsae.models import load_model, model_name
 from attnsae.sae.formats import save_sae
 from attnsae.sae.model import SAE, SAEConfig
@@ -41,16 +42,16 @@ from attnsae.training.config import SAESpec, TrainConfig
 from attnsae.training.data import make_source
 from attnsae.training.losses import sae_loss, variance
 from attnsae.training.resample import resample_dead
-
-RUN_FILES = ("run_config.json", "checkpoint.pt", "metrics.jsonl")
+from attnsae.training.run_folder import RunFolder
 
 
 def train(cfg: TrainConfig) -> tuple[list[SAE], list[SAESpec]]:
     """Load the model, build the activation source, fit every SAE of ``cfg`` and save them into ``cfg.out``.
 
-    Nothing is written before every check has passed: the output folder must be new or empty unless ``resume``
-    (continue the run there, same settings and data) or ``overwrite`` (start it over). Under ``torchrun`` each
-    process trains its share (:mod:`attnsae.training.distributed`) and returns the SAEs it owns.
+    Nothing is written before every check has passed: the output folder must hold no run unless ``resume``
+    (continue the run there, same settings and data) or ``overwrite`` (start it over, keeping the previous run until
+    the new one's first checkpoint: :mod:`attnsae.training.run_folder`). Under ``torchrun`` each process trains its
+    share (:mod:`attnsae.training.distributed`) and returns the SAEs it owns.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -69,39 +70,59 @@ def train(cfg: TrainConfig) -> tuple[list[SAE], list[SAESpec]]:
 
 def _train(cfg: TrainConfig, comm: distributed.Comm, device: str) -> tuple[list[SAE], list[SAESpec]]:
     distributed.check_batch(comm, cfg.batch_size)
-    out = check_writable_dir(cfg.out)
-    existing = [f for f in RUN_FILES if (out / f).exists()]
-    if existing and not (cfg.resume or cfg.overwrite):
-        raise AttnsaeError(f"{out} already holds a training run ({existing[0]}); pass --resume to continue it or "
-                           "--overwrite to start over")
-    if cfg.cache:
-        read_manifest(cfg.cache)  # a wrong cache path fails before the (slow) model load
-    model = load_model(cfg.model, device=device)
-    check_layers(model, cfg.layers)
-    source, fingerprint = make_source(cfg, model, comm.own_layers(cfg.layers), comm)
-    specs = cfg.specs(source.d_in)
-    settings = {**cfg.result_settings(), "data": fingerprint, "d_in": source.d_in}
-    comm.barrier()  # every rank has seen the folder as it was before rank 0 clears it
-    if cfg.overwrite and comm.rank == 0:
-        for f in RUN_FILES:
-            (out / f).unlink(missing_ok=True)
-        for s in specs:
-            shutil.rmtree(out / s.name, ignore_errors=True)
-    meta = {"model_name": model_name(model), "context_size": cfg.context_size, "prepend_bos": cfg.prepend_bos,
-            "extra": {"dataset_path": cfg.source, "drop_bos": cfg.drop_bos}}
-    existed = out.exists()
-    comm.barrier()
-    try:
-        saes = fit(cfg, specs, source, out, settings, sae_meta=meta, comm=comm)
-    except BaseException:  # a run that dies before its first checkpoint leaves nothing behind
-        if comm.rank == 0 and not (out / "checkpoint.pt").exists():
-            if existed:
-                for f in RUN_FILES:
-                    (out / f).unlink(missing_ok=True)
-            else:
-                shutil.rmtree(out, ignore_errors=True)
-        raise
+    folder = RunFolder(check_writable_dir(cfg.out), cfg.resume, cfg.overwrite, owner=comm.rank == 0)
+    with folder.locked():
+        folder.check(inputs=[cfg.cache] if cfg.cache else [])
+        if cfg.cache:
+            read_manifest(cfg.cache)  # a wrong cache path fails before the (slow) model load
+        model = load_model(cfg.model, device=device)
+        check_layers(model, cfg.layers)
+        source, fingerprint = make_source(cfg, model, comm.own_layers(cfg.layers), comm)
+        specs = cfg.specs(source.d_in)
+        folder.claim([s.name for s in specs])
+        check_memory(cfg, [s for s in specs if s.layer in source.layers], source.d_in, comm)
+        settings = {**cfg.result_settings(), "data": fingerprint, "d_in": source.d_in}
+        meta = {"model_name": model_name(model), "context_size": cfg.context_size, "prepend_bos": cfg.prepend_bos,
+                "extra": {"dataset_path": cfg.source, "drop_bos": cfg.drop_bos}}
+        comm.barrier()  # every rank has seen the folder as it was before rank 0 sets the previous run aside
+        try:
+            folder.set_previous_aside([s.name for s in specs])
+            comm.barrier()
+            saes = fit(cfg, specs, source, folder.out, settings, sae_meta=meta, comm=comm,
+                       on_checkpoint=folder.checkpointed)
+        except AttnsaeError as e:
+            kept = folder.settle()
+            raise AttnsaeError(f"{e}; {kept}" if kept else str(e)) from None
+        except OSError as e:
+            kept = folder.settle()
+            if not disk_full(folder.out, e):
+                raise
+            raise AttnsaeError(f"{write_error(folder.out, e)}; {kept}") from None
+        except Stopped as e:
+            e.detail = folder.settle()
+            raise
+        except BaseException:
+            folder.settle()
+            raise
     return (saes, [s for s in specs if s.layer in source.layers]) if comm.leader else ([], [])
+
+
+def check_memory(cfg: TrainConfig, specs: list[SAESpec], d_in: int, comm: distributed.Comm) -> None:
+    """Refuse SAEs that cannot fit before any is allocated: per SAE its parameters, gradients and Adam's two moments
+    (16 bytes per parameter) and one step's dense ``[batch, d_sae]`` work (5 float32 tensors); the activation
+    buffer (a chunk and its shuffled copy, float32, per layer) lives on the host."""
+    if not specs:
+        return
+    rows = cfg.batch_size // comm.data_world
+    sae = sum(16 * (2 * d_in * s.d_sae + 2 * s.d_sae + d_in) + 20 * rows * s.d_sae for s in specs)
+    buffer = 8 * cfg.buffer_size * d_in * len({s.layer for s in specs}) if not cfg.cache else 0
+    fix = "lower --d-sae / --expansion-factor, --batch-size or --buffer-size, or train fewer SAEs per run"
+    if comm.device.type == "cpu":
+        check_fits(sae + buffer, f"training {len(specs)} SAE(s) of d_sae up to {max(s.d_sae for s in specs):,}", fix)
+    else:
+        check_fits(sae, f"training {len(specs)} SAE(s) of d_sae up to {max(s.d_sae for s in specs):,}", fix,
+                   comm.device)
+        check_fits(buffer, "the activation buffer", fix)
 
 
 def new_saes(specs: list[SAESpec], d_in: int, seed: int, meta: dict[str, Any]) -> list[SAE]:
@@ -112,11 +133,12 @@ def new_saes(specs: list[SAESpec], d_in: int, seed: int, meta: dict[str, Any]) -
 
 def fit(cfg: TrainConfig, specs: list[SAESpec], source: ActivationSource, out: str | Path,
         settings: dict[str, Any] | None = None, sae_meta: dict[str, Any] | None = None,
-        comm: distributed.Comm | None = None) -> list[SAE]:
+        comm: distributed.Comm | None = None, on_checkpoint: Callable[[int], None] | None = None) -> list[SAE]:
     """Train ``specs`` on batches ``{layer: [batch, d_in]}`` from ``source``; resume from ``out`` with
     ``cfg.resume``. ``settings`` (default: ``cfg.result_settings()``) must match a checkpoint to resume it.
 
     With ``comm``, this process trains the specs of ``source.layers`` on its rows of each batch; returns those SAEs.
+    ``on_checkpoint(step)`` is called once the checkpoint of ``step`` is on disk (and after a resume, with its step).
     """
     comm = comm or distributed.Comm(device=torch.device(cfg.device))
     out = make_dir(out)
@@ -135,13 +157,16 @@ def fit(cfg: TrainConfig, specs: list[SAESpec], source: ActivationSource, out: s
     resuming = cfg.resume and ckpt.exists()
     if resuming:
         state, firing = load_checkpoint(ckpt, saes, opts, settings, mine)
+        if on_checkpoint:
+            on_checkpoint(state.step)
     if root:
         if resuming:
             keep_metrics(metrics, state.step)
         else:
-            metrics.write_text("")
-        atomic_write_json({**cfg.to_dict(), "data": settings.get("data"), "d_in": source.d_in}, out / "run_config.json")
-    checkpoint = Checkpointer(ckpt, comm, mine, names, settings)
+            atomic_write_text("", metrics)
+        atomic_write_json({**cfg.to_dict(), "data": settings.get("data"), "d_in": source.d_in, "saes": names},
+                          out / "run_config.json")
+    checkpoint = Checkpointer(ckpt, comm, mine, names, settings, on_checkpoint)
 
     wandb_run = _wandb_init(cfg, specs) if cfg.wandb_project and root else None
     resample_at = set(cfg.resample_steps())
@@ -192,11 +217,18 @@ class Checkpointer:
     any layout resumes it."""
 
     def __init__(self, path: Path, comm: distributed.Comm, mine: list[int], names: list[str],
-                 settings: dict[str, Any]) -> None:
+                 settings: dict[str, Any], on_saved: Callable[[int], None] | None = None) -> None:
         self.path, self.comm, self.mine, self.names, self.settings = path, comm, mine, names, settings
+        self.on_saved = on_saved
 
     def __call__(self, state: TrainState, saes: list[SAE], opts: list[torch.optim.Optimizer],
                  firing: list[FiringStats]) -> None:
+        self._write(state, saes, opts, firing)
+        if self.on_saved and self.comm.rank == 0:
+            self.on_saved(state.step)
+
+    def _write(self, state: TrainState, saes: list[SAE], opts: list[torch.optim.Optimizer],
+               firing: list[FiringStats]) -> None:
         if not self.comm.distributed:
             save_checkpoint(self.path, state, saes, opts, firing, self.settings)
             return
@@ -257,7 +289,7 @@ def step(cfg: TrainConfig, specs: list[SAESpec], saes: list[SAE], opts: list[tor
         if not torch.isfinite(loss):
             bad = "activations" if not torch.isfinite(x).all() else "loss"
             raise AttnsaeError(f"non-finite {bad} at step {state.step} (SAE {spec.name}); check the model's "
-                               "activations or lower the lr; the last checkpoint is intact")
+                               "activations or lower the lr")
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         sae.set_decoder_norm_to_unit_norm()
@@ -324,7 +356,7 @@ def resample(cfg: TrainConfig, specs: list[SAESpec], saes: list[SAE], opts: list
 def log(records: list[dict[str, Any]], tokens_per_s: float, file, bar, wandb_run, step: int) -> None:
     for r in records:
         r["tokens_per_s"] = round(tokens_per_s)
-        file.write(json.dumps(r) + "\n")
+        file.write(json_text(r) + "\n")
     file.flush()
     if wandb_run:
         for r in records:
@@ -337,13 +369,15 @@ def keep_metrics(path: Path, step: int) -> None:
     """Keep the metric records up to ``step`` (later ones are redone on resume); a torn last line is dropped."""
     if not path.exists():
         return
+    if not path.is_file():
+        raise AttnsaeError(f"{path} is not a file (the run's metrics); remove it, then resume")
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():  # bad bytes: a torn line
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by a kill mid-write
-        if rec.get("step", step + 1) <= step:
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
             keep.append(line)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in keep))

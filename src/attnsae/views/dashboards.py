@@ -9,6 +9,7 @@ The input is a *bundle*, plain data that the dashboards computation builds (floa
       "families": {"labels": [str, ...], "criterion": str, "thresholds": {name: float}},
       "heads_href": str | None,                     # relative link to the head report, shown in the header
       "saes": [{"name": "L1", "layer": int, "hook_name": "blocks.1.attn.hook_z", "path": str,
+                "fingerprint": str,                 # of the SAE's weights (attnsae.sae.checks.fingerprint)
                 "d_sae": int, "n_heads": int, "d_head": int,
                 "features": [FEATURE] * d_sae}],    # feature i at position i
     }
@@ -119,11 +120,13 @@ def read_feature(site: str | Path, sae: str, i: int) -> dict:
     return json.loads(text[text.index("(") + 1:text.rindex(")")])["features"][i % CHUNK_SIZE]
 
 
-def read_families(site: str | Path) -> dict[int, dict]:
-    """Per layer, the site's SAE of that layer: ``{layer: {"name": "L17", "families": [str] * d_sae}}``."""
+def read_families(site: str | Path) -> list[dict]:
+    """The site's SAEs: ``[{"name": "L17", "layer": 17, "fingerprint": str | None, "families": [str] * d_sae}]``
+    (``fingerprint``: :func:`attnsae.sae.checks.fingerprint` of the SAE, None in sites written before it was kept)."""
     index = _read_index(Path(site))
     names = index["families"]["names"]
-    return {s["layer"]: {"name": s["name"], "families": [names[c] for c in s["family"]]} for s in index["saes"]}
+    return [{"name": s["name"], "layer": s["layer"], "fingerprint": s.get("fingerprint"),
+             "families": [names[c] for c in s["family"]]} for s in index["saes"]]
 
 
 def read_vocab(site: str | Path) -> list[str]:
@@ -169,7 +172,8 @@ def _summary(sae: dict, folder: str, family_names: list[str]) -> dict:
 
     return {
         "name": sae["name"], "layer": sae["layer"], "hook_name": sae["hook_name"], "path": sae.get("path"),
-        "d_sae": len(features), "n_heads": sae["n_heads"], "d_head": sae["d_head"], "dir": folder,
+        "fingerprint": sae.get("fingerprint"), "d_sae": len(features), "n_heads": sae["n_heads"],
+        "d_head": sae["d_head"], "dir": folder,
         "density": [f["density"] for f in features],
         "max_act": [f["max_act"] for f in features],
         "family": [code[f["family"]] for f in features],

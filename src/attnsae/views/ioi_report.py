@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from attnsae.io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text
+from attnsae.io import atomic_path, atomic_write_json, atomic_write_text
 
 PAPER_KEPT = {"names_filler": 0.93, "connector": 0.43}  # GPT-2 Small, Kissane et al. (layers 5 and 6)
 CORRUPTION_NAMES = {"names_filler": "A: new names + filler", "connector": "B: ' and' replaced"}
@@ -192,8 +192,9 @@ def ioi_markdown(result: dict, plots: list[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_ioi_report(result: dict, out: str | os.PathLike) -> None:
-    """``ioi.json``, ``report.md`` and the PNG plots of an IOI result, into folder ``out`` at once."""
-    with atomic_dir(out) as tmp:
-        atomic_write_json(result, tmp / "ioi.json")
-        atomic_write_text(ioi_markdown(result, ioi_plots(result, tmp)), tmp / "report.md")
+def write_ioi_report(result: dict, folder: str | os.PathLike) -> None:
+    """``ioi.json``, ``report.md`` and the PNG plots of an IOI result, into the existing ``folder`` (the job's
+    temporary folder: :func:`attnsae.case_studies.run_ioi` puts it in place whole)."""
+    folder = Path(folder)
+    atomic_write_json(result, folder / "ioi.json")
+    atomic_write_text(ioi_markdown(result, ioi_plots(result, folder)), folder / "report.md")

@@ -1,12 +1,12 @@
 """The long- vs short-prefix induction study as files: the headline table, ``report.md``, JSON and PNG plots, written
-into one folder atomically (:func:`write_report`), from the study's plain data."""
+into one folder (:func:`write_report`), from the study's plain data."""
 
 from __future__ import annotations
 
-import json
 import os
+from pathlib import Path
 
-from attnsae.io import atomic_dir
+from attnsae.io import json_text
 from attnsae.views import prefix_plots
 
 
@@ -82,30 +82,31 @@ def _counts(c: dict) -> str:
     return ", ".join(f"{h} ({n})" for h, n in sorted(c.items(), key=lambda x: -x[1])) or "none"
 
 
-def write_report(result: dict, out: str | os.PathLike) -> dict:
+def write_report(result: dict, folder: str | os.PathLike) -> dict:
     """Write ``summary.json``, ``sweep.json`` / ``.png``, ``text.json`` / ``.png``, with an SAE ``features.json`` /
-    ``.png`` and ``specificity.json`` / ``.png``, and ``report.md`` into ``out`` at once; return the summary (with
+    ``.png`` and ``specificity.json`` / ``.png``, and ``report.md`` into the existing ``folder`` (the job's temporary
+    folder: :func:`attnsae.case_studies.run_prefix_induction` puts it in place whole); return the summary (with
     ``table`` and ``files``)."""
+    tmp = Path(folder)
     summary = dict(result["summary"])
     summary["table"] = headline_table(summary)
     model = summary["model"]
     files = {"sweep.json": result["sweep"], "text.json": result["text"]}
-    with atomic_dir(out) as tmp:
-        prefix_plots.sweep_plot(result["sweep"], tmp / "sweep.png", highlight=summary["studied_heads"],
-                                title=f"{model}: induction score by prefix length (synthetic)")
-        prefix_plots.intervention_plot(result["text"], tmp / "text.png",
-                                       title=f"{model}: breaking the longer prefix on text")
-        if result["features"] is not None:
-            files["features.json"] = result["features"]
-            files["specificity.json"] = result["specificity"]
-            prefix_plots.feature_heads_plot(result["features"], tmp / "features.png",
-                                            title=f"{model} L{summary['layer']}: induction features by prefix length")
-            if result["specificity"]:
-                prefix_plots.specificity_plot(result["specificity"], tmp / "specificity.png")
-        summary["files"] = sorted([*files, "summary.json", "report.md", *(p.name for p in tmp.glob("*.png"))])
-        files["summary.json"] = summary
-        for name, obj in files.items():
-            (tmp / name).write_text(json.dumps(obj, indent=1, default=str))
-        (tmp / "report.md").write_text(report_markdown(summary, result["sweep"], result["text"], result["features"],
-                                                       result["specificity"]))
+    prefix_plots.sweep_plot(result["sweep"], tmp / "sweep.png", highlight=summary["studied_heads"],
+                            title=f"{model}: induction score by prefix length (synthetic)")
+    prefix_plots.intervention_plot(result["text"], tmp / "text.png",
+                                   title=f"{model}: breaking the longer prefix on text")
+    if result["features"] is not None:
+        files["features.json"] = result["features"]
+        files["specificity.json"] = result["specificity"]
+        prefix_plots.feature_heads_plot(result["features"], tmp / "features.png",
+                                        title=f"{model} L{summary['layer']}: induction features by prefix length")
+        if result["specificity"]:
+            prefix_plots.specificity_plot(result["specificity"], tmp / "specificity.png")
+    summary["files"] = sorted([*files, "summary.json", "report.md", *(p.name for p in tmp.glob("*.png"))])
+    files["summary.json"] = summary
+    for name, obj in files.items():
+        (tmp / name).write_text(json_text(obj, indent=1))
+    (tmp / "report.md").write_text(report_markdown(summary, result["sweep"], result["text"], result["features"],
+                                                   result["specificity"]))
     return summary

@@ -13,8 +13,9 @@ atomic, :func:`attnsae.reading.read_features`):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from attnsae.io import json_text
 
 from attnsae.studies.examples import Dashboards
 from attnsae.views.dashboards import write_dashboards
@@ -32,14 +33,14 @@ def write_site(dash: Dashboards, heads: dict, folder: Path, final: Path | None =
     bundle = dash.bundle
     write_dashboards(bundle, folder)
     write_head_report(heads, folder / "heads.html", "index.html")
-    (folder / "heads.json").write_text(json.dumps(heads, indent=1, ensure_ascii=False))
+    (folder / "heads.json").write_text(json_text(heads, indent=1, ensure_ascii=False))
 
     fam = bundle["families"]
     sae_names = [b["name"] for b in bundle["saes"]]
     labels = dict(zip(sae_names, dash.labels))
     stats = dict(zip(sae_names, dash.stats))
     table = families_table(dash.counts)
-    (folder / "families.json").write_text(json.dumps(
+    (folder / "families.json").write_text(json_text(
         {"criterion": fam["criterion"], "thresholds": fam["thresholds"], "counts": dash.counts,
          "features": {n: [{"i": i, "family": lab, **st} for i, (lab, st) in enumerate(zip(labels[n], stats[n]))]
                       for n in sae_names}}, indent=1))
@@ -52,5 +53,5 @@ def write_site(dash: Dashboards, heads: dict, folder: Path, final: Path | None =
                "n_polysemantic": heads["n_polysemantic"], "n_heads": heads["n_heads"], "seconds": dash.seconds,
                "logit_effects_refused": bundle.get("logit_effects_refused"),
                "index": str(final / "index.html"), "heads_html": str(final / "heads.html")}
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    (folder / "summary.json").write_text(json_text(summary, indent=1))
     return summary

@@ -143,7 +143,7 @@ def build_ioi_dataset(tokenizer, n_prompts: int = 80, seed: int = 0, names: Sequ
     if len(usable) < MIN_NAMES:
         raise AttnsaeError(f"only {len(usable)} of {len(names)} names are single tokens in this tokenizer "
                            f"({', '.join(usable) or 'none'}); IOI needs at least {MIN_NAMES}: use a model that reads "
-                           "English (e.g. smollm2-135m) or pass other names")
+                           "English (e.g. smollm2-135m), or, from Python, other names (ioi_study(..., names=[...]))")
     rng = random.Random(seed)
     kinds = [(t, o) for t in templates for o in ORDERS]
     specs = []
