@@ -294,3 +294,19 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         log.close()
         err.close()
         shutil.rmtree(os.path.dirname(log.name), ignore_errors=True)
+
+
+def loss_both_ways(sae, spec, x) -> list[tuple]:
+    """``sae_loss`` of ``sae`` on ``x`` through the sparse kernels, then the dense way: [(StepOutput, grads)] * 2
+    (a parameter without a gradient gets zeros)."""
+    import torch
+
+    from attnsae.training.losses import sae_loss
+
+    runs = []
+    for use_kernel in (True, False):
+        sae.zero_grad(set_to_none=True)
+        out = sae_loss(sae, spec, x, None, 1.0, sparse_kernel=use_kernel)
+        out.loss.backward()
+        runs.append((out, [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in sae.parameters()]))
+    return runs

@@ -196,3 +196,76 @@ def test_dashboards_run_on_an_encoder(arch_models, tmp_path):
     summary = read_features(model, [random_sae(model, 1)], tokens, tmp_path / "site", progress=False)
     assert summary["families_table"] and summary["logit_effects_refused"] == describe(model).refusal("logit_effect")
     assert json.loads((tmp_path / "site" / "summary.json").read_text())["logit_effects_refused"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "gemma3", "olmo2"])
+def test_attribute_the_explorer_and_the_dashboards_show_one_logit_effect(family, arch_models):
+    """The numbers a user reads for a feature's direct logit effect are one function's (``logit_effect_matrix``,
+    through the frozen final norm), whichever command or view shows them: ``attribute``'s report, the explorer's Effect
+    panel and its "logit" chips, and the dashboards; on sandwich norms (gemma3, olmo2), RMSNorm with 1 + w (gemma3),
+    GQA (llama, qwen2) and value biases (qwen2). The exactness check tests that function against the model."""
+    import torch
+
+    from attnsae.attribution import attribute
+    from attnsae.attribution.logits import logit_effect_matrix
+    from attnsae.attribution.session import PromptSession
+    from attnsae.studies.examples import DashboardConfig, _logit_summaries
+    from conftest import random_sae
+
+    _, model = arch_models(family)
+    sae = random_sae(model, 1, d_sae=48)
+    prompt = "def foo(x):\n    return x + 1\n"
+    session = PromptSession(model, [sae], prompt)
+    position, feature = (int(i) for i in (session.acts(1) > 0).nonzero()[0])
+    effect = logit_effect_matrix(model, sae, [feature])[0]
+    top = effect.topk(10)
+    panel = session.effect(1, feature, position, k=10)["logit_effect"]
+    report = attribute(model, sae, prompt, feature, position, depth=0).logits
+    dash = _logit_summaries(model, sae, DashboardConfig())[feature]["logits"]["pos"]
+    for values in (panel["top_values"], report.top_values):
+        torch.testing.assert_close(torch.tensor(values), top.values)
+    assert panel["top_tokens"] == report.top_tokens == top.indices.tolist() == [t for t, _ in dash]
+    assert [v for _, v in dash] == [float(f"{float(v):.4g}") for v in top.values]
+    chip = next(e for e in session.features(k=48)["rows"][position] if e["feature"] == feature)
+    scale = session.tracer.final_scale[position]
+    expected = session.acts(1)[position, feature] * logit_effect_matrix(
+        model, sae, [feature], tokens=[int(session.logits[position].argmax())])[0, 0] / scale
+    assert chip["logit"] == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
+
+
+def test_an_encoder_saved_without_its_mlm_head_is_known_to_have_an_untrained_head(tmp_path, arch_models):
+    """Tied embeddings do not prove a head: a BERT saved as a bare BertModel loads with a random MLM transform."""
+    from attnsae.architecture import describe
+    from attnsae.models import load_model
+
+    folder = tiny_archs.build_bert_headless(tmp_path / "bert_headless")
+    arch = describe(load_model(folder))
+    assert not arch.lm_head_trained
+    assert describe(arch_models("bert")[1]).lm_head_trained
+    info = run_cli("info", "--model", folder, timeout=120)
+    assert info.returncode == 0, info.stderr
+    head = next(line for line in info.stdout.splitlines() if line.startswith("LM head"))
+    assert "not in the checkpoint" in head.lower(), head
+
+
+def test_the_explorer_reads_an_encoder_with_plain_dfa_as_attribute_does(arch_models):
+    """No refusal of the whole model: features and DFA as usual, no RDFA expansion below the (source, head) terms,
+    and the Effect panel says why it has no logit effect (the MLM head is no linear read-out)."""
+    from attnsae.architecture import describe
+    from attnsae.attribution.session import PromptSession
+    from conftest import random_sae
+
+    _, model = arch_models("bert")
+    sae = random_sae(model, 2)
+    session = PromptSession(model, [sae], "def foo(x): return x")
+    rows = session.features(k=4)["rows"]
+    position = next(t for t, row in enumerate(rows) if row)
+    entry = rows[position][0]
+    assert entry["logit"] is None
+    d = session.dfa(2, entry["feature"], position)
+    assert d["identity_error"] < 1e-4
+    tree = session.rdfa("feature", 2, position, entry["feature"])
+    assert tree["children"] and not any(c["expandable"] for c in tree["children"])
+    effect = session.effect(2, entry["feature"], position)
+    assert effect["logit_effect"] is None
+    assert effect["logit_effect_refused"] == describe(model).refusal("logit_effect", 2)

@@ -89,9 +89,13 @@ def test_attribute_json_holds_the_exact_tree(ref_model, tokenizer, sae_dirs, tmp
     torch.testing.assert_close(torch.tensor(d["rdfa"]["by_src"]), terms.sum(1), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(d["rdfa"]["by_head"]), terms.sum(0), rtol=1e-4, atol=1e-5)
     assert float(terms.sum()) + d["bias"] == pytest.approx(float(pre[t]), rel=1e-4, abs=1e-4)
-    # direct logit effect: the decoder row through W_O and the unembedding
-    effect = d_row @ ref_model.W_O[1].detach().reshape(H * dh, -1) @ ref_model.W_U.detach()
+    # direct logit effect: the decoder row through W_O, the final LayerNorm (scale frozen) and the unembedding
+    direction = d_row @ ref_model.W_O[1].detach().reshape(H * dh, -1)
+    g = ref_model.ln_final._original_component.weight.detach()
+    effect = ((direction - direction.mean()) * g) @ ref_model.W_U.detach()
     assert d["logits"]["top_tokens"] == effect.topk(10).indices.tolist()
+    torch.testing.assert_close(torch.tensor(d["logits"]["top_values"]), effect.topk(10).values, rtol=1e-4, atol=1e-5)
+    assert "final norm" in d["logits"]["definition"]
 
 
 def test_attribute_prints_sources_tree_and_logits(in_process, sae_dirs):

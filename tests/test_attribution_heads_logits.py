@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from attnsae.attribution import head_attribution, logit_effect, logit_effect_vector
+from attnsae.attribution import head_attribution, logit_effect, logit_effect_matrix
 from attnsae.errors import AttnsaeError
 from attnsae.models import model_name
 from attnsae.sae.model import SAE, SAEConfig
@@ -70,22 +70,19 @@ def test_head_shares_locate_each_feature_in_the_heads_it_writes(ref_model):
         head_attribution(sae, n_heads=7)
 
 
-def test_logit_effect_is_decoder_row_through_W_O_and_W_U(ref_model):
+def test_logit_effect_is_decoder_row_through_W_O_the_frozen_final_norm_and_W_U(ref_model):
+    """One definition: the final LayerNorm with its scale frozen (centred, times γ) between W_O and W_U."""
     sae = make_sae(ref_model)
     d = sae.W_dec.detach()[3]
-    expected = d @ ref_model.W_O[1].detach().reshape(256, 256) @ ref_model.W_U.detach()
-    torch.testing.assert_close(logit_effect_vector(ref_model, sae, 3), expected, rtol=1e-4, atol=1e-5)
+    g = ref_model.ln_final._original_component.weight.detach()
+    direction = d @ ref_model.W_O[1].detach().reshape(256, 256)
+    expected = ((direction - direction.mean()) * g) @ ref_model.W_U.detach()
+    torch.testing.assert_close(logit_effect_matrix(ref_model, sae, [3])[0], expected, rtol=1e-4, atol=1e-5)
     eff = logit_effect(ref_model, sae, 3, k=5)
     assert eff.top_tokens == expected.topk(5).indices.tolist()
     assert eff.bottom_tokens == expected.topk(5, largest=False).indices.tolist()
     assert eff.top_values[0] >= eff.top_values[-1] > eff.bottom_values[-1] >= eff.bottom_values[0]
-    json.dumps(eff.to_dict())
-    # through the frozen final LayerNorm: centred, times γ
-    g = ref_model.ln_final._original_component.weight.detach()
-    through = logit_effect_vector(ref_model, sae, 3, through_ln_final=True)
-    direction = d @ ref_model.W_O[1].detach().reshape(256, 256)
-    torch.testing.assert_close(through, ((direction - direction.mean()) * g) @ ref_model.W_U.detach(),
-                               rtol=1e-4, atol=1e-5)
+    assert "final norm" in json.loads(json.dumps(eff.to_dict()))["definition"]
 
 
 def test_logit_effect_refuses_a_feature_out_of_range(ref_model):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attnsae.errors import AttnsaeError
-from attnsae.sae.model import SAE, JumpReLU, SAEConfig, SAEOutput, sparse_decode
+from attnsae.sae.model import SAE, JumpReLU, SAEConfig, SAEOutput
 
 D_IN, D_SAE, K = 8, 32, 4
 
@@ -121,12 +121,13 @@ def test_topk_drops_negative_pre_acts() -> None:
     assert not f.any()
 
 
-def test_sparse_decode_matches_dense_reference_in_value_and_gradient() -> None:
+def test_topk_forward_decodes_sparsely_as_the_dense_reference_in_value_and_gradient() -> None:
+    """SAE.forward decodes a TopK SAE through the one sparse decoder (kernels.SparseDecode), k rows per token."""
     sae = make_sae("topk")
     x = torch.randn(2, 5, D_IN)
     values, indices = sae._topk(sae.pre_acts(x))
     dense_f = torch.zeros(2, 5, D_SAE).scatter(-1, indices, values)
-    fast = sparse_decode(indices, values, sae.W_dec, sae.b_dec)
+    fast = sae(x).x_hat
     ref = sae.decode(dense_f)
     torch.testing.assert_close(fast, ref)
     g = torch.randn_like(ref)

@@ -17,7 +17,7 @@ from attnsae.training.config import SAESpec, TrainConfig
 from attnsae.training.losses import sae_loss
 from attnsae.training.resample import resample_dead
 from attnsae.training.trainer import fit
-from conftest import assert_one_line_error, make_gpt2_dir, random_sae, run_cli
+from conftest import assert_one_line_error, loss_both_ways, make_gpt2_dir, random_sae, run_cli
 
 
 class RandomSource:
@@ -80,7 +80,7 @@ def test_sparse_topk_kernel_matches_dense_reference():
         for fn in (kernels.topk_forward, kernels.dense_reference):
             for p in ps:
                 p.grad = None
-            out = fn(x, *ps, k)[0]
+            out = fn(x, *ps, k).x_hat
             out.backward(g)
             grads.append((out.detach(), [p.grad.clone() for p in ps]))
         (a, ga), (b, gb) = grads
@@ -117,14 +117,8 @@ def test_sparse_relu_and_jumprelu_paths_give_the_dense_losses_and_gradients(arch
     forward = (lambda: kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)) if arch == "relu" else (
         lambda: kernels.jumprelu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold, 0.1))
     sparse = forward()
-    assert sparse[2] is not None and 40 <= len(sparse[1]) <= 0.05 * 40 * 512
-    runs = []
-    for use_kernel in (True, False):
-        sae.zero_grad(set_to_none=True)
-        out = sae_loss(sae, spec, x, None, 1.0, sparse_kernel=use_kernel)
-        out.loss.backward()
-        runs.append((out, [p.grad.clone() for p in sae.parameters()]))
-    (a, ga), (b, gb) = runs
+    assert sparse.at is not None and 40 <= len(sparse.acts) <= 0.05 * 40 * 512
+    (a, ga), (b, gb) = loss_both_ways(sae, spec, x)
     assert a.l0 > 0 and torch.equal(a.fired, b.fired) and torch.equal(a.l0, b.l0)
     for name in b.parts:
         torch.testing.assert_close(a.parts[name], b.parts[name])
@@ -137,8 +131,8 @@ def test_sparse_relu_and_jumprelu_paths_give_the_dense_losses_and_gradients(arch
         assert near.any() and (sae.log_threshold.grad[near & (a.fired == 0)] != 0).any()
     with torch.no_grad():
         sae.b_enc.fill_(1.0)  # most latents fire: the dense forward, the SAE's own
-    x_hat, f, idx, _ = forward()
-    assert idx is None and f.shape == (40, 512)
+    x_hat, f, at, _, pre_at = forward()
+    assert at is None and pre_at is None and f.shape == (40, 512)
     torch.testing.assert_close(x_hat, sae(x).x_hat)
     torch.testing.assert_close(f, sae(x).feature_acts)
 

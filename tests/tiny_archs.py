@@ -97,6 +97,20 @@ def build_bert(path: str | Path, seed: int = 0) -> str:
     return _save(BertForMaskedLM(cfg), tok, path, seed)
 
 
+def build_bert_headless(path: str | Path, seed: int = 0) -> str:
+    """A BERT checkpoint saved without its MLM head (a bare ``BertModel``, declared ``BertForMaskedLM``): its decoder
+    ties to the loaded embeddings, but the head's transform and bias are random on load."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tok = _encoder_tokenizer()
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+                     intermediate_size=2 * HIDDEN, max_position_embeddings=CTX, pad_token_id=0,
+                     architectures=["BertForMaskedLM"])
+    return _save(BertModel(cfg, add_pooling_layer=False), tok, path, seed)
+
+
 def build_llama_headless(path: str | Path, seed: int = 0) -> str:
     """A Llama checkpoint saved without its LM head (a bare ``LlamaModel``): loading it as a causal LM gives a
     randomly initialised head, which CE and logit effects must refuse."""

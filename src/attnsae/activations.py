@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnsae.errors import AttnsaeError, short
-from attnsae.fast_attention import install
+from attnsae.fast_attention import fused_attention
 from attnsae.io import atomic_dir, atomic_write_json, read_json
 
 ACT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -69,8 +69,8 @@ def harvest_z(model, tokens: torch.Tensor, layers: list[int], drop_bos: bool = F
 
     fwd_hooks = [(hook_z_name(l), saver(l)) for l in layers]
     try:
-        install(model)  # only hook_z is read: fused attention where the bridge allows it (load_model did it already)
-        model.run_with_hooks(tokens.to(_model_device(model)), fwd_hooks=fwd_hooks)
+        with fused_attention(model):  # only hook_z is read: SDPA wherever nothing else reads the attention
+            model.run_with_hooks(tokens.to(_model_device(model)), fwd_hooks=fwd_hooks)
     except StopForward:
         pass
     return out

@@ -281,8 +281,11 @@ def _windows_and_thetas(model, n_layers: int) -> tuple[list[int | None], list[fl
 
 
 def _checkpoint_has_head(model) -> bool:
-    """Whether the LM head's weights were in the checkpoint (else transformers initialised them at random): a
-    checkpoint tensor of the head's shape whose first row equals the head's (names differ between families)."""
+    """Whether the LM head was in the checkpoint (else transformers initialised it at random): every parameter of the
+    head (the HF model's parameters outside its base model, tied ones excepted: an MLM head's transform and bias, a
+    causal LM's untied ``lm_head``) is a checkpoint tensor, found by name or by shape and first row (names differ
+    between families). Tied embeddings alone prove nothing: an encoder saved without its MLM head ties its decoder
+    to the (loaded) embeddings but gets a random transform."""
     from safetensors import safe_open
 
     cfg, hf = _hf_config(model)
@@ -290,21 +293,28 @@ def _checkpoint_has_head(model) -> bool:
     if hf is None or not folder.is_dir():
         return True  # a hub model: trust its declared architecture
     head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
-    if weight is None:
+    if getattr(head, "weight", None) is None:
         return False
-    if getattr(cfg, "tie_word_embeddings", False):
-        return True  # the head is the (loaded) embedding matrix
     files = _checkpoint_files(folder)
     if files is None:
         return True  # not safetensors: cannot tell, trust it
-    first = weight[:1].detach().float().cpu()
-    for key, f in files.items():
-        with safe_open(str(f), "pt") as fh:
-            sl = fh.get_slice(key)
-            if tuple(sl.get_shape()) == tuple(weight.shape) and torch.equal(sl[:1].float(), first):
-                return True
-    return False
+    prefix = getattr(hf, "base_model_prefix", "") + "."
+    params = [(n, p) for n, p in hf.named_parameters() if not n.startswith(prefix)]  # tied weights appear once
+    for name, param in params:
+        if any(k == name or k.endswith("." + name) for k in files):
+            continue
+        first = param.detach().reshape(param.shape[0], -1)[:1].float().cpu()
+        found = False
+        for key, f in files.items():
+            with safe_open(str(f), "pt") as fh:
+                sl = fh.get_slice(key)
+                if tuple(sl.get_shape()) == tuple(param.shape) and torch.equal(
+                        sl[:1].float().reshape(1, -1), first):
+                    found = True
+                    break
+        if not found:
+            return False
+    return True
 
 
 def _checkpoint_files(folder: Path) -> dict[str, Path] | None:

@@ -536,7 +536,7 @@ def print_report(report) -> None:
     if lg is None:
         print(f"note: {report.logits_refused}")
         return
-    print("direct logit effect:")
+    print(f"direct logit effect ({lg.definition}):")
     print("  up:   " + "  ".join(f"{s!r} {v:+.3f}" for s, v in zip(lg.top_strs, lg.top_values)))
     print("  down: " + "  ".join(f"{s!r} {v:+.3f}" for s, v in zip(lg.bottom_strs, lg.bottom_values)))
 

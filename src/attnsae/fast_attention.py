@@ -1,77 +1,162 @@
-"""Fused attention wherever nothing reads the attention pattern: :func:`install`.
+"""Fused attention, scoped and hook-complete: ``with fused_attention(model): ...``.
 
-The TransformerBridge recomputes attention in Python (scores, mask, softmax, pattern matmul) so that it can expose
-``hook_attn_scores`` and ``hook_pattern``. Most forwards read neither (a harvest, an evaluation, a dashboard scan
-read ``hook_z`` or the logits). After :func:`install` (done by :func:`attnsae.models.load_model`), each plain
-GPT-2-style attention (:class:`JointQKVAttentionBridge` with no per-head result, no fp32 upcast, no inverse-layer
-scaling) decides at every call: when no hook sits on its scores or pattern and the mask is Hugging Face's 4D mask,
-it computes ``softmax(q k^T * scale + mask) v`` with ``torch.nn.functional.scaled_dot_product_attention`` and goes on
-exactly as the bridge does (its ``hook_z``, then the output projection); otherwise (``run_with_cache`` of the
-pattern, DFA's captures, any hook there) it runs the bridge's own code. The two agree to fp32 rounding.
+The TransformerBridge recomputes attention in Python (scores, mask, softmax, dropout, pattern matmul) so that it can
+expose ``hook_attn_scores`` and ``hook_pattern``. Most of attnsae's forwards read neither (a harvest, an evaluation, a
+dashboard scan read ``hook_z`` or the logits), and for them ``softmax(q k^T * scale + mask) v`` through
+``torch.nn.functional.scaled_dot_product_attention`` gives the same ``hook_z`` to fp32 rounding, faster.
+
+* **Scoped.** Nothing is changed at load: inside the ``with`` block each plain GPT-2-style attention
+  (:class:`JointQKVAttentionBridge`: no per-head result, no fp32 upcast, no inverse-layer scaling) gets
+  :func:`_fused_reconstruct` bound as its ``_reconstruct_attention`` *method*; after the block the module is as it
+  was. A ``copy.deepcopy`` of the model taken inside the block rebinds the method to the copy, whose modules are not
+  in the block (:data:`_ACTIVE`), so the copy runs the bridge's own attention, its own weights and its own hooks (and
+  drops the method at its first call).
+* **Hook-complete.** Each call takes the fused path only when nothing could tell the difference; otherwise the
+  bridge's own code runs: any hook (forward, pre-forward, backward) on ``hook_attn_scores`` or ``hook_pattern``, any
+  global module hook, train mode (attention dropout), a KV cache (generation), ``output_attentions``, a mask that is
+  not Hugging Face's plain 4D one of the query's shape, or a fully masked row.
+* **Checked.** At the first entry each layer's attention runs both ways on random inputs of one 8-token context (its
+  hooks set aside for the call, so no hook of the user's sees it); on a mismatch (another TransformerLens version, an
+  architecture that looks plain but is not) the block runs the bridge's own attention throughout and says so once.
+  The verdict is kept per model object.
 """
 
 from __future__ import annotations
 
 import contextlib
+import types
+import warnings
+import weakref
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules import module as torch_module
+
+_ACTIVE: weakref.WeakSet = weakref.WeakSet()  # attention modules inside a fused_attention block, fused now
+_INSTALLED: weakref.WeakSet = weakref.WeakSet()  # attention modules holding the fused method by a block's doing
+_VERDICT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> did the probe agree
 
 
-def _eligible(attn) -> bool:
+def eligible(attn) -> bool:
+    """Whether an attention module is the plain GPT-2-style bridge the fused path reproduces."""
     from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
 
     cfg = attn.config
     return (type(attn) is JointQKVAttentionBridge and cfg is not None
             and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
-            and not getattr(attn, "_reorder_and_upcast_attn", False))
+            and not getattr(attn, "_reorder_and_upcast_attn", False)
+            and not getattr(cfg, "use_attn_result", False))
 
 
-def _fused(attn, original):
-    """A ``_reconstruct_attention`` for ``attn`` through SDPA; ``original`` for the calls it does not cover."""
-    n_heads = attn.config.n_heads
-    n_kv = getattr(attn.config, "n_key_value_heads", None) or n_heads
-
-    def reconstruct(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> tuple:
-        mask = kwargs.get("attention_mask")
-        if (mask is None or mask.ndim != 4 or attn.hook_attn_scores._forward_hooks or attn.hook_pattern._forward_hooks
-                or getattr(attn.config, "use_attn_result", False)):
-            return original(q, k, v, **kwargs)
-        q, k, v, batch, seq, d_head = attn._reshape_qkv_to_heads(q, k, v, n_heads, n_kv)  # [batch, head, pos, d]
-        k, v = attn._update_kv_cache(k, v, **kwargs)  # as the bridge does (generation reads it)
-        if n_kv != n_heads:
-            k = k.repeat_interleave(n_heads // n_kv, dim=1)
-            v = v.repeat_interleave(n_heads // n_kv, dim=1)
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[..., :seq, :k.shape[-2]], scale=d_head ** -0.5)
-        z = attn._reshape_attn_output(z, batch, seq, n_heads, d_head)
-        return attn._apply_output_projection(z), None
-
-    return reconstruct
+def _hooked(point) -> bool:
+    return bool(point._forward_hooks or point._forward_pre_hooks or point._backward_hooks
+                or getattr(point, "_backward_pre_hooks", None))
 
 
-def install(model) -> int:
-    """Give every eligible attention layer of ``model`` the fused path (idempotent); returns how many have it."""
-    n = 0
-    for block in getattr(model, "blocks", []):
-        attn = getattr(block, "attn", None)
-        if attn is None or not _eligible(attn):
-            continue
-        if "_reconstruct_attention" not in vars(attn):
-            attn._reconstruct_attention = _fused(attn, attn._reconstruct_attention)
-        n += 1
-    return n
+def _global_hooks() -> bool:
+    return any(getattr(torch_module, name, None) for name in (
+        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def _fusable(attn, q: torch.Tensor, kwargs: dict) -> bool:
+    """Whether this call may take the fused path (the module docstring's list)."""
+    if attn not in _ACTIVE or attn.training or kwargs.get("output_attentions"):
+        return False
+    if any(kwargs.get(name) is not None for name in ("past_key_values", "layer_past", "cache")):
+        return False  # a KV cache: generation (the bridge updates it and slices the mask's last rows)
+    if _hooked(attn.hook_attn_scores) or _hooked(attn.hook_pattern) or _global_hooks():
+        return False
+    mask = kwargs.get("attention_mask")
+    if mask is None or mask.ndim != 4 or mask.shape[-2] != q.shape[1] or mask.shape[-1] != q.shape[1]:
+        return False
+    masked = ~mask if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2  # HF: finfo.min
+    return not bool(masked.all(-1).any())  # a fully masked row (padding): the bridge's own handling of it
+
+
+def _fused_reconstruct(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> tuple:
+    """``_reconstruct_attention`` through SDPA when :func:`_fusable`, else the bridge's own (bound as a method).
+
+    A deep copy taken inside a block carries this method, rebound to the copy's module, out of the block: there its
+    first call removes it, and the copy is the bridge TransformerLens made."""
+    if self not in _INSTALLED and vars(self).get("_reconstruct_attention", None) is not None:
+        vars(self).pop("_reconstruct_attention")
+    if not _fusable(self, q, kwargs):
+        return type(self)._reconstruct_attention(self, q, k, v, **kwargs)
+    n_heads = self.config.n_heads
+    n_kv = getattr(self.config, "n_key_value_heads", None) or n_heads
+    q, k, v, batch, seq, d_head = self._reshape_qkv_to_heads(q, k, v, n_heads, n_kv)  # [batch, head, pos, d_head]
+    if n_kv != n_heads:
+        k = k.repeat_interleave(n_heads // n_kv, dim=1)
+        v = v.repeat_interleave(n_heads // n_kv, dim=1)
+    z = F.scaled_dot_product_attention(q, k, v, attn_mask=kwargs["attention_mask"], scale=d_head ** -0.5)
+    z = self._reshape_attn_output(z, batch, seq, n_heads, d_head)
+    return self._apply_output_projection(z), None
+
+
+def _probe(attn) -> bool | None:
+    """Both paths on random inputs of one 8-token causal context: the same output (to the dtype's rounding)? Run on
+    the module alone with its hooks set aside for the call, so no hook of the user's sees the probe; None when the
+    answer would say nothing (train mode, a global hook: the fused path would not be taken)."""
+    if attn.training or _global_hooks():
+        return None
+    param = next(attn.parameters())
+    cfg = attn.config
+    n_heads, d_head = int(cfg.n_heads), int(cfg.d_head)
+    n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 8, n * d_head, generator=g).to(param) for n in (n_heads, n_kv, n_kv))
+    mask = torch.full((8, 8), torch.finfo(param.dtype).min).triu(1)[None, None].to(param)
+    points = [m for m in attn.modules() if type(m).__name__ == "HookPoint"]
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    saved = [{kind: getattr(m, kind).copy() for kind in kinds if hasattr(m, kind)} for m in points]
+    try:
+        for m, hooks in zip(points, saved):
+            for kind in hooks:
+                getattr(m, kind).clear()
+        with torch.no_grad():
+            plain = type(attn)._reconstruct_attention(attn, q, k, v, attention_mask=mask)[0]
+            fused = _fused_reconstruct(attn, q, k, v, attention_mask=mask)[0]
+    except Exception:  # a private method TransformerLens renamed, or anything else: the bridge's path it is
+        return False
+    finally:
+        for m, hooks in zip(points, saved):
+            for kind, d in hooks.items():
+                getattr(m, kind).update(d)
+    tol = 1e-4 if plain.dtype == torch.float32 else 2e-2
+    return torch.allclose(plain.float(), fused.float(), rtol=tol, atol=tol * float(plain.abs().max()) + 1e-6)
 
 
 @contextlib.contextmanager
-def bridge_attention(model) -> Iterator[None]:
-    """Within the block, the bridge's own attention everywhere (to compare a forward bit for bit with a capture that
-    hooked the patterns); the fused path is back after it."""
-    fused = [b.attn for b in getattr(model, "blocks", []) if "_reconstruct_attention" in vars(getattr(b, "attn", b))]
-    saved = [vars(a).pop("_reconstruct_attention") for a in fused]
+def fused_attention(model) -> Iterator[int]:
+    """Within the block, every eligible attention layer of ``model`` takes the fused path whenever nothing could tell
+    the difference (module docstring); yields how many layers have it (0: none, or the probe disagreed). A nested
+    block shares the outer block's state; the model is restored on exit."""
+    mods = [b.attn for b in getattr(model, "blocks", []) if getattr(b, "attn", None) is not None and eligible(b.attn)]
+    if not mods or any(m in _INSTALLED for m in mods):  # nothing to fuse, or an outer block already did
+        yield sum(m in _ACTIVE for m in mods)
+        return
+    saved = [vars(m).get("_reconstruct_attention") for m in mods]
+    for m in mods:
+        vars(m)["_reconstruct_attention"] = types.MethodType(_fused_reconstruct, m)
+    _INSTALLED.update(mods)
     try:
-        yield
+        _ACTIVE.update(mods)
+        if model not in _VERDICT:
+            verdicts = [_probe(m) for m in mods]
+            if None not in verdicts:
+                _VERDICT[model] = all(verdicts)
+                if not _VERDICT[model]:
+                    warnings.warn("attnsae: the fused attention disagrees with the bridge's on this model; using the "
+                                  "bridge's own attention", RuntimeWarning, stacklevel=3)
+        if not _VERDICT.get(model, True):
+            _ACTIVE.difference_update(mods)
+        yield sum(m in _ACTIVE for m in mods)
     finally:
-        for a, f in zip(fused, saved):
-            a._reconstruct_attention = f
-
+        _ACTIVE.difference_update(mods)
+        _INSTALLED.difference_update(mods)
+        for m, old in zip(mods, saved):
+            if old is None:
+                vars(m).pop("_reconstruct_attention", None)
+            else:
+                vars(m)["_reconstruct_attention"] = old

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from attnsae import fast_attention
 from attnsae.errors import AttnsaeError
 
 REFERENCE_NAME = "attnsae-stdlib-2l"  # the shipped reference model
@@ -132,7 +131,6 @@ def load_model(
             "(unknown name, or no network: pass a local HF-format directory, or omit it for the reference model)"
         ) from None
     model.eval()
-    fast_attention.install(model)  # SDPA wherever nothing reads the attention pattern
     if getattr(model, "tokenizer", None) is None:
         raise AttnsaeError(f"model {target!r} has no tokenizer; save one next to the weights")
     return model

@@ -24,14 +24,14 @@ from attnsae.attribution.dfa import (
     plan_dfa,
 )
 from attnsae.attribution.head_shares import HeadAttribution, head_attribution, head_shares
-from attnsae.attribution.logits import LogitEffect, logit_effect, logit_effect_matrix, logit_effect_vector
+from attnsae.attribution.logits import LogitEffect, logit_effect, logit_effect_matrix
 from attnsae.attribution.rdfa import RDFANode, RDFAResult, RDFATracer, rdfa
 from attnsae.attribution.report import AttributionReport, attribute
 
 __all__ = [
     "AttnActivations", "DFAResult", "attn_activations", "dfa", "dfa_from_activations", "dfa_reference", "plan_dfa",
     "HeadAttribution", "head_attribution", "head_shares",
-    "LogitEffect", "logit_effect", "logit_effect_matrix", "logit_effect_vector",
+    "LogitEffect", "logit_effect", "logit_effect_matrix",
     "RDFANode", "RDFAResult", "RDFATracer", "rdfa",
     "AttributionReport", "attribute",
 ]

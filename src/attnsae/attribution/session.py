@@ -23,10 +23,10 @@ from torch import Tensor
 
 from attnsae.attribution.inputs import check_features, tokenize
 from attnsae.attribution.logits import logit_effect, logit_effect_matrix
+from attnsae.architecture import describe
 from attnsae.attribution.rdfa import DEFAULT_PATTERN_BYTES, RDFANode, RDFATracer
 from attnsae.errors import AttnsaeError
 from attnsae.evals.splice import saes_by_layer, splice_saes
-from attnsae.fast_attention import bridge_attention
 from attnsae.models import model_name, n_ctx
 from attnsae.sae.model import SAE
 
@@ -64,10 +64,11 @@ class PromptSession:
         check_prompt_length(model, prompt, first.cfg.prepend_bos)
         tokens, _ = tokenize(model, prompt, first.cfg.prepend_bos)
         self.tokens = tokens[0]  # int64 [S]
-        with bridge_attention(model):  # the bridge's own attention in every forward of the session (interventions
-            # too), whether or not the patterns are captured with the rest: the session's numbers agree bit for bit
-            self.tracer = RDFATracer(model, first, self.tokens, {l: s for l, s in self.saes.items() if l < top},
-                                     keep_logits=True, pattern_bytes=pattern_bytes)
+        self.tracer = RDFATracer(model, first, self.tokens, {l: s for l, s in self.saes.items() if l < top},
+                                 keep_logits=True, pattern_bytes=pattern_bytes, dfa_fallback=True)
+        arch = describe(model)  # what the model cannot support is said, as `attribute` says it, not refused whole
+        self.rdfa_refused = self.tracer.refused
+        self.logits_refused = {l: arch.refusal("logit_effect", l) for l in self.saes}
         self.S = len(self.tokens)
         self.token_strs = self.tracer.token_strs
         self.logits = self.tracer.logits  # [S, d_vocab]
@@ -116,16 +117,21 @@ class PromptSession:
             if len(feat) == 0:
                 continue
             uniq, inv = feat.unique(return_inverse=True)
-            eff = logit_effect_matrix(self.model, sl.sae, uniq.tolist(), through_ln_final=True,
-                                      tokens=top1.tolist())  # [n_uniq, S]
             act = sl.act[pos, feat]
-            scores = {"act": act, "dfa": (sl.pre[pos, feat] - sl.bias[feat]),
-                      "logit": act * eff[inv, pos] / scale[pos]}
+            if self.logits_refused[l]:
+                if order == "logit":
+                    raise AttnsaeError(self.logits_refused[l])
+                logit = torch.full_like(act, float("nan"))
+            else:
+                eff = logit_effect_matrix(self.model, sl.sae, uniq.tolist(), tokens=top1.tolist())  # [n_uniq, S]
+                logit = act * eff[inv, pos] / scale[pos]
+            scores = {"act": act, "dfa": (sl.pre[pos, feat] - sl.bias[feat]), "logit": logit}
             key = scores[order].abs() if order != "act" else act
             idx = key.argsort(descending=True, stable=True)
             idx = idx[pos[idx].argsort(stable=True)]  # grouped by position, best first within each
             counts = torch.bincount(pos, minlength=self.S).tolist()
-            cols = [feat[idx].tolist(), act[idx].tolist(), scores["dfa"][idx].tolist(), scores["logit"][idx].tolist()]
+            cols = [feat[idx].tolist(), act[idx].tolist(), scores["dfa"][idx].tolist(),
+                    [None if v != v else v for v in scores["logit"][idx].tolist()]]  # NaN (refused): null
             start = 0
             for t, n in enumerate(counts):
                 rows[t] += [{"layer": l, "feature": f, "act": a, "dfa": d, "logit": g}
@@ -178,8 +184,10 @@ class PromptSession:
         sl = self.tracer.saes[self._layer(layer)]
         (feature,) = check_features(sl.sae, feature)
         self._position(position)
+        refused = self.logits_refused[layer]
         return {"layer": layer, "feature": feature, "position": position, "act": float(sl.act[position, feature]),
-                "logit_effect": logit_effect(self.model, sl.sae, feature, k).to_dict(),
+                "logit_effect": None if refused else logit_effect(self.model, sl.sae, feature, k).to_dict(),
+                "logit_effect_refused": refused,
                 "predictions": _predictions(self.logits[position], k, self.decode)}
 
     def attention(self, layer: int, head: int, dest: int) -> dict:
@@ -226,8 +234,7 @@ class PromptSession:
             if l > layer:
                 after_acts[l] = out.feature_acts[0].detach().float().cpu()
 
-        with bridge_attention(self.model), splice_saes(self.model, self.saes, with_error=True, edit=edit,
-                                                        observe=observe):
+        with splice_saes(self.model, self.saes, with_error=True, edit=edit, observe=observe):
             logits = self.model(self.tokens[None].to(next(self.model.parameters()).device), return_type="logits")
         after = logits[0].detach().float().cpu()  # [S, d_vocab]
         before = self.logits

@@ -30,7 +30,7 @@ that are wrong), a refusal with another message, or a crash. The direct computat
 * **logit_effect**: with both norm scales frozen at every position ``t``, the direct path of ``hook_attn_out[L][t]``
   through the final norm, ``c(attn_out[t]) / σ_final[t] @ W_U`` with ``c(x) = γ_final ⊙ centre(x)`` (centring for a
   LayerNorm only), equals ``Σ_i f_i[t] · M[i] / (σ_post[t] σ_final[t])`` with ``M =
-  logit_effect_matrix(..., through_ln_final=True)`` plus the direct path of the terms that are no feature:
+  logit_effect_matrix(...)`` plus the direct path of the terms that are no feature:
   ``b_dec W_O``, the SAE error ``(z − x_hat) W_O`` and ``b_O`` through the post-attention norm (``γ_post ⊙
   centre(·) / σ_post``; identity without one), and the post-norm's ``β``;
 * **families**: :func:`attnsae.studies.families.example_stats` on the DFA runs, gives finite statistics, and its
@@ -345,7 +345,7 @@ def _logit_effect(r: _Run) -> tuple[float, str]:
     from attnsae.attribution.logits import logit_effect_matrix
 
     model, L, arch = r.model, r.layer, r.arch
-    M = logit_effect_matrix(model, r.sae, list(range(r.sae.cfg.d_sae)), through_ln_final=True).double()  # [F, V]
+    M = logit_effect_matrix(model, r.sae, list(range(r.sae.cfg.d_sae))).double()  # [F, V]
     d = int(model.cfg.d_model)
     W_U = model.W_U.detach().double().cpu()  # [d_model, V]
     attn = model.blocks[L].attn

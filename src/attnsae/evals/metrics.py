@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from attnsae.activations import StopForward, harvest_z
 from attnsae.architecture import describe, param
 from attnsae.errors import AttnsaeError
+from attnsae.fast_attention import fused_attention
 from attnsae.io import finite
 from attnsae.models import check_tokens, model_name
 from attnsae.sae.model import SAE, SAEOutput
@@ -448,14 +449,16 @@ def evaluate(
     distinct = sorted(set(layers))
     recon = [ReconstructionSums(sae.d_in, sae.d_sae) for sae in saes]
     batches = [tokens[i:i + batch_size] for i in range(0, len(tokens), batch_size)]  # each [batch, ctx]
-    if refused:
-        _reconstruction_runs(model, saes, layers, recon, tqdm(batches, "evaluating", disable=not progress), keep_bos)
-        losses = None
-    else:
-        means = mean_z(model, tokens, distinct, batch_size, keep_bos=keep_bos, progress=progress)
-        head = LossHead(model, arch.lm_head == "linear", max_chunk_bytes)
-        losses = _loss_runs(head, saes, layers, recon, means, tqdm(batches, "evaluating", disable=not progress),
-                            keep_bos)
+    with fused_attention(model):  # the forwards read hook_z and the logits only
+        if refused:
+            _reconstruction_runs(model, saes, layers, recon, tqdm(batches, "evaluating", disable=not progress),
+                                 keep_bos)
+            losses = None
+        else:
+            means = mean_z(model, tokens, distinct, batch_size, keep_bos=keep_bos, progress=progress)
+            head = LossHead(model, arch.lm_head == "linear", max_chunk_bytes)
+            losses = _loss_runs(head, saes, layers, recon, means, tqdm(batches, "evaluating", disable=not progress),
+                                keep_bos)
 
     results = []
     n_heads = int(model.cfg.n_heads)

@@ -16,20 +16,23 @@ O(nnz * d_in) work (nnz: the active entries), instead of five dense products. ``
 equivalent the tests compare against. Trained ReLU and JumpReLU SAEs are sparse too: :func:`relu_forward` and
 :func:`jumprelu_forward` take the same path over exactly the entries that can carry a gradient (any number a row)
 once at most ``SPARSE_MAX_DENSITY`` of a batch's entries are such, and give the dense SAE's values and gradients.
+Every forward returns a :class:`KernelOutput`. The sparse matrices are valid CSR (columns ascending within a row);
+``CHECK_INVARIANTS`` makes PyTorch check each one (the tests turn it on).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnsae.sae.model import JumpReLU
+from attnsae.sae.functions import JumpReLU
 
-warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 SPARSE_MAX_DENSITY = 0.05  # a ReLU/JumpReLU batch takes the sparse path while at most this share of entries is active
+CHECK_INVARIANTS = False  # check every sparse tensor built here (sorted, in range): costly, so for tests
 
 
 class Active:
@@ -49,15 +52,17 @@ class Active:
 
     @classmethod
     def of_topk(cls, idx: Tensor, n_cols: int) -> Active:
-        """``k`` latents a row, ``idx [batch, k]``."""
+        """``k`` latents a row, ``idx [batch, k]`` sorted ascending within each row (CSR needs it)."""
         B, k = idx.shape
         rows = torch.arange(B, device=idx.device).repeat_interleave(k)
         return cls(rows, idx.reshape(-1), torch.arange(0, B * k + 1, k, device=idx.device), B, n_cols)
 
     def csr(self, values: Tensor) -> Tensor:
         """The sparse ``[n_rows, n_cols]`` matrix with ``values [nnz]`` at the active entries."""
-        return torch.sparse_csr_tensor(self.crow, self.cols, values, (self.n_rows, self.n_cols),
-                                       check_invariants=False)
+        with warnings.catch_warnings():  # PyTorch calls CSR "beta" on every construction: not the user's business
+            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+            return torch.sparse_csr_tensor(self.crow, self.cols, values, (self.n_rows, self.n_cols),
+                                           check_invariants=CHECK_INVARIANTS)
 
     def t_mm(self, values: Tensor, dense: Tensor) -> Tensor:
         """``S^T @ dense`` for ``S = csr(values)``: ``[n_cols, dense.shape[1]]``.
@@ -66,7 +71,7 @@ class Active:
         sorts its entries, which took 3-6x longer on CPU than the whole product through COO.
         """
         st = torch.sparse_coo_tensor(torch.stack([self.cols, self.rows]), values, (self.n_cols, self.n_rows),
-                                     check_invariants=False)
+                                     check_invariants=CHECK_INVARIANTS)
         return torch.sparse.mm(st, dense)
 
 
@@ -116,31 +121,42 @@ class SparseDecode(torch.autograd.Function):
         return None, grad_acts, grad_W
 
 
-def topk_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int,
-                 apply_b_dec_to_input: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """TopK SAE forward with the sparse backward. x: ``[batch, d_in]``.
+class KernelOutput(NamedTuple):
+    """What every forward here returns.
 
-    Returns ``(x_hat [batch, d_in], acts [batch, k] >= 0, idx [batch, k], pre [batch, d_sae] detached)``.
+    Sparse path (``at`` set): ``acts`` are the activations at the entries ``at`` (``[nnz]``, row-major) and ``pre_at``
+    the pre-activations there (with autograd: JumpReLU's L0 estimator reads them). Dense path (``at`` None: a batch
+    too busy for the kernels): ``acts`` is ``[batch, d_sae]`` and ``pre_at`` None. ``pre`` is the dense pre-activation
+    ``[batch, d_sae]`` either way (detached on the sparse path; AuxK picks dead latents from it).
     """
+
+    x_hat: Tensor  # [batch, d_in]
+    acts: Tensor
+    at: Active | None
+    pre: Tensor
+    pre_at: Tensor | None = None
+
+
+def topk_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int,
+                 apply_b_dec_to_input: bool = True) -> KernelOutput:
+    """TopK SAE forward with the sparse backward. x: ``[batch, d_in]``; ``k`` entries a row (acts ``>= 0``)."""
     xc = x - b_dec if apply_b_dec_to_input else x
     with torch.no_grad():
         pre = torch.addmm(b_enc, xc, W_enc)
-        idx = pre.topk(k, dim=-1, sorted=False).indices
+        idx = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values  # columns ascending: valid CSR
     at = Active.of_topk(idx, W_enc.shape[1])
-    acts = F.relu(GatherPre.apply(xc, W_enc, b_enc, at, pre))
-    x_hat = SparseDecode.apply(at, acts, W_dec) + b_dec
-    return x_hat, acts.view(idx.shape), idx, pre
+    vals = GatherPre.apply(xc, W_enc, b_enc, at, pre)
+    acts = F.relu(vals)
+    return KernelOutput(SparseDecode.apply(at, acts, W_dec) + b_dec, acts, at, pre, vals)
 
 
 def relu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
-                 apply_b_dec_to_input: bool = True,
-                 max_density: float = SPARSE_MAX_DENSITY) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+                 apply_b_dec_to_input: bool = True, max_density: float = SPARSE_MAX_DENSITY) -> KernelOutput:
     """ReLU SAE forward, through the sparse kernels when the batch is sparse enough. x: ``[batch, d_in]``.
 
     Only the active latents (``pre > 0``) carry values and gradients, so the kernels over exactly those give the
-    dense ReLU SAE's values and gradients. Returns ``(x_hat, acts [nnz], cols [nnz], pre)`` (the active entries,
-    row-major; ``pre [batch, d_sae]`` detached) when at most ``max_density`` of the entries are active, else the
-    dense forward ``(x_hat, f [batch, d_sae], None, pre)``; the encoder product is computed once either way.
+    dense ReLU SAE's values and gradients; the path is sparse when at most ``max_density`` of the entries are active.
+    The encoder product is computed once either way.
     """
     xc = x - b_dec if apply_b_dec_to_input else x
     pre = torch.addmm(b_enc, xc, W_enc)  # [batch, d_sae], with autograd in case the batch is dense
@@ -149,24 +165,23 @@ def relu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: 
         dense = int(torch.count_nonzero(on)) > max_density * on.numel()
     if dense:
         f = F.relu(pre)
-        return f @ W_dec + b_dec, f, None, pre
+        return KernelOutput(f @ W_dec + b_dec, f, None, pre)
     pre = pre.detach()
     at = Active.of_mask(on)
     acts = GatherPre.apply(xc, W_enc, b_enc, at, pre)  # > 0 already
-    return SparseDecode.apply(at, acts, W_dec) + b_dec, acts, at.cols, pre
+    return KernelOutput(SparseDecode.apply(at, acts, W_dec) + b_dec, acts, at, pre, acts)
 
 
 def jumprelu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, threshold: Tensor,
                      bandwidth: float, apply_b_dec_to_input: bool = True,
-                     max_density: float = SPARSE_MAX_DENSITY) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+                     max_density: float = SPARSE_MAX_DENSITY) -> KernelOutput:
     """JumpReLU SAE forward, through the sparse kernels when the batch is sparse enough. x: ``[batch, d_in]``,
     threshold ``[d_sae]`` (with its autograd: the straight-through estimator reaches it).
 
     A latent carries a gradient when it is active (``pre > threshold``) or inside the estimator's window
     (``(pre - threshold) / bandwidth > -1/2``, which includes active), so the kernels over those entries give the
-    dense JumpReLU SAE's values and gradients. Returns ``(x_hat, acts [nnz], cols [nnz], pre [nnz])`` (those
-    entries, row-major; ``pre`` gathered there) when at most ``max_density`` of the entries are in the window, else
-    the dense ``(x_hat, f [batch, d_sae], None, pre [batch, d_sae])``.
+    dense JumpReLU SAE's values and gradients; the path is sparse when at most ``max_density`` of the entries are in
+    the window.
     """
     xc = x - b_dec if apply_b_dec_to_input else x
     pre = torch.addmm(b_enc, xc, W_enc)
@@ -175,25 +190,25 @@ def jumprelu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_d
         dense = int(torch.count_nonzero(window)) > max_density * window.numel()
     if dense:
         f = JumpReLU.apply(pre, threshold, bandwidth)
-        return f @ W_dec + b_dec, f, None, pre
+        return KernelOutput(f @ W_dec + b_dec, f, None, pre)
     at = Active.of_mask(window)
     vals = GatherPre.apply(xc, W_enc, b_enc, at, pre.detach())
     acts = JumpReLU.apply(vals, threshold[at.cols], bandwidth)
-    return SparseDecode.apply(at, acts, W_dec) + b_dec, acts, at.cols, vals
+    return KernelOutput(SparseDecode.apply(at, acts, W_dec) + b_dec, acts, at, pre.detach(), vals)
 
 
 def latents_forward(xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, idx: Tensor, pre: Tensor) -> Tensor:
     """Decode from chosen latents ``idx [batch, k]`` with gradients to the encoder and decoder (AuxK uses this):
     ``sum_j relu(pre[b, idx[b, j]]) * W_dec[idx[b, j]]`` -> ``[batch, d_in]``."""
-    at = Active.of_topk(idx, W_enc.shape[1])
+    at = Active.of_topk(idx.sort(dim=-1).values, W_enc.shape[1])
     return SparseDecode.apply(at, F.relu(GatherPre.apply(xc, W_enc, b_enc, at, pre)), W_dec)
 
 
 def dense_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int,
-                    apply_b_dec_to_input: bool = True) -> tuple[Tensor, Tensor]:
-    """Plain-torch TopK SAE (dense everywhere): ``(x_hat [batch, d_in], f [batch, d_sae])``."""
+                    apply_b_dec_to_input: bool = True) -> KernelOutput:
+    """Plain-torch TopK SAE (dense everywhere), for the tests: ``acts`` ``[batch, d_sae]``."""
     xc = x - b_dec if apply_b_dec_to_input else x
     pre = xc @ W_enc + b_enc
     vals, idx = pre.topk(k, dim=-1)
     f = torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
-    return f @ W_dec + b_dec, f
+    return KernelOutput(f @ W_dec + b_dec, f, None, pre)

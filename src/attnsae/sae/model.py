@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from attnsae.errors import AttnsaeError, short
 from attnsae.models import DTYPES, dtype_name
-from attnsae.sae import ARCHITECTURES
+from attnsae.sae import ARCHITECTURES, kernels
+from attnsae.sae.functions import Heaviside, JumpReLU, rectangle  # noqa: F401  (the SAE's activations)
 # SAELens' values. The module itself applies no normalisation: with anything but "none" the caller scales the
 # activations before `encode` and undoes it after `decode`.
 NORMALIZE_ACTIVATIONS: tuple[str, ...] = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
@@ -117,75 +118,6 @@ class SAEOutput(NamedTuple):
     pre_acts: Tensor  # [..., d_sae]
 
 
-def rectangle(x: Tensor) -> Tensor:
-    """The rectangle kernel: 1 on (-1/2, 1/2), else 0."""
-    return ((x > -0.5) & (x < 0.5)).to(x.dtype)
-
-
-def _threshold_grad(grad: Tensor, threshold: Tensor) -> Tensor:
-    """The threshold's gradient from per-element terms ``grad [..., d]``: summed over rows for a threshold ``[d]``,
-    as is for one gathered per element (``[..., d]``, the sparse kernels')."""
-    return grad if grad.shape == threshold.shape else grad.reshape(-1, threshold.shape[-1]).sum(0)
-
-
-class Heaviside(torch.autograd.Function):
-    """``1[pre > threshold]`` with the JumpReLU paper's straight-through estimator for the threshold (its L0 loss).
-
-    ``d/dthreshold := -(1 / bandwidth) * rectangle((pre - threshold) / bandwidth)``; no gradient to ``pre``.
-    pre: [..., d_sae], threshold: [d_sae] (or per element, pre's shape).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[None, Tensor, None]:
-        pre, threshold = ctx.saved_tensors
-        grad_threshold = -(1.0 / ctx.bandwidth) * rectangle((pre - threshold) / ctx.bandwidth) * grad_out
-        return None, _threshold_grad(grad_threshold, threshold), None
-
-
-class JumpReLU(torch.autograd.Function):
-    """``f = pre * (pre > threshold)`` with a straight-through estimator for the threshold.
-
-    Rajamanoharan et al. 2024 ("Jumping Ahead"): the pseudo-derivative
-    ``df/dthreshold := -(threshold / bandwidth) * rectangle((pre - threshold) / bandwidth)``;
-    ``df/dpre = 1[pre > threshold]`` (no estimator on the input). pre: [..., d_sae], threshold: [d_sae] (or per
-    element, pre's shape).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return pre * (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None]:
-        pre, threshold = ctx.saved_tensors
-        bandwidth = ctx.bandwidth
-        grad_pre = grad_out * (pre > threshold).to(grad_out.dtype)
-        grad_threshold = -(threshold / bandwidth) * rectangle((pre - threshold) / bandwidth) * grad_out
-        return grad_pre, _threshold_grad(grad_threshold, threshold), None
-
-
-def sparse_decode(top_indices: Tensor, top_acts: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
-    """Decode from the k active latents only: ``sum_j top_acts[..., j] * W_dec[top_indices[..., j]] + b_dec``.
-
-    top_indices (int64), top_acts: [..., k]; W_dec: [d_sae, d_in]; returns [..., d_in]. Equal (up to summation
-    order) to the dense reference ``dense_f @ W_dec + b_dec`` but touches k rows per token instead of d_sae
-    (``F.embedding_bag`` with per-sample weights; its backward gives grads to top_acts and W_dec).
-    """
-    k = top_indices.shape[-1]
-    x_hat = F.embedding_bag(
-        top_indices.reshape(-1, k), W_dec, per_sample_weights=top_acts.reshape(-1, k).to(W_dec.dtype), mode="sum"
-    )
-    return x_hat.reshape(*top_indices.shape[:-1], W_dec.shape[-1]) + b_dec
-
-
 class SAE(nn.Module):
     """Sparse autoencoder ``x [..., d_in] -> f [..., d_sae] -> x_hat [..., d_in]`` (see the module docstring)."""
 
@@ -272,13 +204,19 @@ class SAE(nn.Module):
     def forward(self, x: Tensor) -> SAEOutput:
         """x: [..., d_in] -> SAEOutput(x_hat [..., d_in], feature_acts [..., d_sae], pre_acts [..., d_sae]).
 
-        TopK decodes through :func:`sparse_decode` (k rows per token); the others through :meth:`decode`.
+        TopK decodes through :class:`attnsae.sae.kernels.SparseDecode` (k rows per token); the others through
+        :meth:`decode`.
         """
         pre = self.pre_acts(x)
         if self.cfg.architecture == "topk":
             values, indices = self._topk(pre)
             feature_acts = torch.zeros_like(pre).scatter(-1, indices, values)
-            return SAEOutput(sparse_decode(indices, values, self.W_dec, self.b_dec), feature_acts, pre)
+            k = indices.shape[-1]
+            cols, order = indices.reshape(-1, k).sort(dim=-1)  # columns ascending: valid CSR for the backward
+            at = kernels.Active.of_topk(cols, self.d_sae)
+            x_hat = kernels.SparseDecode.apply(at, values.reshape(-1, k).gather(-1, order).reshape(-1)
+                                               .to(self.W_dec.dtype), self.W_dec)
+            return SAEOutput(x_hat.reshape(*pre.shape[:-1], self.d_in) + self.b_dec, feature_acts, pre)
         feature_acts = self.activation(pre)
         return SAEOutput(self.decode(feature_acts), feature_acts, pre)
 

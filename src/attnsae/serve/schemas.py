@@ -9,7 +9,8 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
                            "dashboard": bool (feature pages served under /dashboard/), "version"}
     POST /api/features    {"tokens": [int] S, "token_strs": [str] S, "layers": [int],
                            "order": "act" | "dfa" | "logit",
-                           "rows": [[{"layer", "feature", "act", "dfa", "logit", "family"?}] ranked] S,
+                           "rows": [[{"layer", "feature", "act", "dfa", "logit" (null where logit effects are
+                                      refused), "family"?}] ranked] S,
                            "predictions": [[{"token", "str", "prob"}] top 3] S}
     POST /api/dfa         {"layer", "feature", "position", "act", "pre_act", "bias", "dfa_total",
                            "n_heads", "token_strs": [str] S,
@@ -22,7 +23,8 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
                                   "position", "feature"?, "head"?, "source"?, "coef"?, "activation"?,
                                   "expandable": bool, "ref"?: NODE_REF to POST back as "node" to expand it}
     POST /api/effect      {"layer", "feature", "position", "act",
-                           "logit_effect": {"top_strs", "top_values", "bottom_strs", "bottom_values", ...},
+                           "logit_effect": {"top_strs", "top_values", "bottom_strs", "bottom_values",
+                                            "definition", ...} | null, "logit_effect_refused": str | null,
                            "predictions": [{"token", "str", "logit", "prob"}] k}
     POST /api/attention   {"layer", "head", "dest", "weights": [float] S}   (one row of hook_pattern)
     POST /api/intervene   {"layer", "feature", "position" (null: all), "scale",

@@ -245,7 +245,7 @@ def _logit_summaries(model, sae: SAE, cfg: DashboardConfig, chunk: int = 512) ->
     out = []
     n = min(cfg.n_logits, model.cfg.d_vocab)
     for f0 in range(0, sae.cfg.d_sae, chunk):
-        eff = logit_effect_matrix(model, sae, range(f0, min(f0 + chunk, sae.cfg.d_sae)), through_ln_final=True)
+        eff = logit_effect_matrix(model, sae, range(f0, min(f0 + chunk, sae.cfg.d_sae)))
         top, bot = eff.topk(n, dim=1), eff.topk(n, dim=1, largest=False)
         lo, width, counts = _histogram(eff, cfg.logit_bins)
         for r in range(len(eff)):

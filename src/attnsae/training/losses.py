@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnsae.sae import kernels
-from attnsae.sae.model import SAE, Heaviside
+from attnsae.sae.functions import Heaviside
+from attnsae.sae.model import SAE
 from attnsae.training.config import SAESpec
 
 
@@ -53,38 +54,37 @@ def sae_loss(sae: SAE, spec: SAESpec, x: Tensor, dead: Tensor | None, sparsity_s
     Every term is a mean over the rows of ``x`` except AuxK's normaliser, a batch statistic: ``mean`` (see
     :func:`variance`) makes it the global batch's when ``x`` is one data-parallel replica's share."""
     arch = sae.cfg.architecture
-    sparse = None
     if arch == "topk" and sparse_kernel:
-        sparse = kernels.topk_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.k,
-                                      sae.cfg.apply_b_dec_to_input)
+        out = kernels.topk_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.k,
+                                   sae.cfg.apply_b_dec_to_input)
     elif arch == "relu" and sparse_kernel:
-        sparse = kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.apply_b_dec_to_input)
+        out = kernels.relu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.apply_b_dec_to_input)
     elif arch == "jumprelu" and sparse_kernel:
-        sparse = kernels.jumprelu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold,
-                                          sae.cfg.jumprelu_bandwidth, sae.cfg.apply_b_dec_to_input)
-    cols = None
-    if sparse is not None and sparse[2] is not None:
-        x_hat, f, cols, pre = sparse  # f: the values at the entries cols (topk: [batch, k]; else [nnz]; pre too)
-        on = f > 0
-        fired = torch.bincount(cols[on], minlength=sae.d_sae)
-        l0 = on.sum() / len(x)
+        out = kernels.jumprelu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold,
+                                       sae.cfg.jumprelu_bandwidth, sae.cfg.apply_b_dec_to_input)
     else:
-        # dense: a batch too busy for the kernels (f [batch, d_sae] from relu/jumprelu_forward), or the SAE's forward
-        x_hat, f, pre = (sparse[0], sparse[1], sparse[3]) if sparse is not None else sae(x)
-        fired = (f > 0).sum(0)
-        l0 = (f > 0).sum(-1).float().mean()
+        x_hat, f, pre = sae(x)
+        out = kernels.KernelOutput(x_hat, f, None, pre)
+    x_hat, f, at, pre = out.x_hat, out.acts, out.at, out.pre
+    on = f > 0
+    if at is not None:  # the active entries only
+        fired = torch.bincount(at.cols[on], minlength=sae.d_sae)
+        l0 = on.sum() / len(x)
+    else:  # dense [batch, d_sae]
+        fired = on.sum(0)
+        l0 = on.sum(-1).float().mean()
     err = x - x_hat
     parts = {"mse": err.pow(2).sum(-1).mean()}
     if arch == "relu":
-        l1 = f.abs().sum() / len(x) if cols is not None else f.abs().sum(-1).mean()
+        l1 = f.abs().sum() / len(x) if at is not None else f.abs().sum(-1).mean()
         parts["l1"] = spec.l1_coeff * sparsity_scale * l1
     elif arch == "topk":
         parts["auxk"] = (spec.aux_coeff * auxk_loss(sae, x, pre, err, dead, spec.aux_k, mean) if dead is not None
                          else parts["mse"] * 0)
     else:
-        threshold = sae.threshold if cols is None else sae.threshold[cols]
-        soft = Heaviside.apply(pre, threshold, sae.cfg.jumprelu_bandwidth)
-        l0_soft = soft.sum() / len(x) if cols is not None else soft.sum(-1).mean()
+        threshold, pre_l0 = (sae.threshold, pre) if at is None else (sae.threshold[at.cols], out.pre_at)
+        soft = Heaviside.apply(pre_l0, threshold, sae.cfg.jumprelu_bandwidth)
+        l0_soft = soft.sum() / len(x) if at is not None else soft.sum(-1).mean()
         parts["l0"] = spec.l0_coeff * sparsity_scale * l0_soft
     return StepOutput(sum(parts.values()), parts, x_hat, fired, l0)
 

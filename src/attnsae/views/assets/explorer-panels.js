@@ -456,13 +456,20 @@ export function createPanels(ctx) {
     if (!r || g !== gen) return;
     shown.effect = r;
     const le = r.logit_effect || {};
+    if (!r.logit_effect) {  // a model whose LM head no linear read-out explains (an encoder's MLM transform, ...)
+      put($("effect"), el("div", {},
+        el("p", {class: "hint", id: "effect-refused"}, r.logit_effect_refused || "no logit effect on this model"),
+        el("h4", {}, "model predicts after ", posChip(position)), predictionList(r.predictions || [])));
+      return;
+    }
     put($("effect"), el("div", {class: "three-col"},
       el("div", {id: "effect-top"}, el("h4", {}, "promotes"), tokenButtons(le.top_strs || [], le.top_values || [], "promote")),
       el("div", {id: "effect-bottom"}, el("h4", {}, "suppresses"), tokenButtons(le.bottom_strs || [], le.bottom_values || [], "suppress")),
       el("div", {id: "effect-predictions"}, el("h4", {}, "model predicts after ", posChip(position)),
         predictionList(r.predictions || []))),
-      el("p", {class: "hint"}, `direct effect of one unit of ${featureName(layer, feature)} (act ${fmt(r.act)}) on the logits, ` +
-        "through W_O and the unembedding; click a token to use it in the logit difference below (shift-click: second token)"));
+      el("p", {class: "hint"}, `direct effect of one unit of ${featureName(layer, feature)} (act ${fmt(r.act)}) on the logits: ` +
+        `${le.definition}; the same numbers as the chips' "logit" and the dashboards. Click a token to use it in the logit ` +
+        "difference below (shift-click: second token)"));
   }
 
   function predictionList(preds, cls = "", before = null) {
