@@ -310,3 +310,33 @@ def loss_both_ways(sae, spec, x) -> list[tuple]:
         out.loss.backward()
         runs.append((out, [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in sae.parameters()]))
     return runs
+
+
+def step_hook(do: str, at: int = 0, rank: int = 0, env: dict | None = None) -> dict:
+    """An environment in which process ``rank`` of an ``attnsae train`` run does ``do`` ("stop", "raise",
+    "other-out") at step ``at`` (tests/step_hook/sitecustomize.py); a single process counts as rank 0."""
+    from pathlib import Path
+
+    env = dict(os.environ if env is None else env)
+    hook = str(Path(__file__).parent / "step_hook")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (hook, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("RANK", "0")  # one process is rank 0; torchrun sets each worker's own
+    return dict(env, ATTNSAE_TEST_DO=do, ATTNSAE_TEST_RANK=str(rank), ATTNSAE_TEST_AT_STEP=str(at))
+
+
+def wait_until_stopped(pid: int, proc=None, timeout: float = 300) -> None:
+    """Wait until process ``pid`` has stopped itself (SIGSTOP: state T); fail if ``proc`` ends first."""
+    import time
+    from pathlib import Path
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before it stopped")
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for the process to stop itself")

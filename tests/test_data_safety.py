@@ -20,20 +20,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, step_hook, wait_until_stopped
 
-# a small, fast training run of the reference model (128 tokens a step); LONG makes it last 400 steps
+# a small, fast training run of the reference model (128 tokens a step); LONG makes it last 60 steps
 TRAIN = ["train", "--layers", "0", "--d-sae", "64", "--context-size", "16", "--max-corpus-tokens", "1024",
          "--total-tokens", "512", "--batch-size", "128", "--buffer-size", "256", "--model-batch-size", "8",
          "--warmup-steps", "1", "--resample-times", "0", "--ckpt-every", "2", "--log-every", "1", "--no-progress",
          "--threads", "1"]
-LONG = ["--total-tokens", str(128 * 400)]
+LONG = ["--total-tokens", str(128 * 60)]
 SAE_NAME = "layer0_relu_64_l1_2"
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    """``attnsae ARGS`` in a plain subprocess (one thread), stderr captured."""
+def start(*args: str, cwd: Path, do: str | None = None, at: int = 0) -> subprocess.Popen:
+    """``attnsae ARGS`` in a plain subprocess (one thread), stderr captured; with ``do`` ("stop": right after the
+    checkpoint of step ``at``; "pause": once step ``at`` is done), a training run stops itself (tests/step_hook)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if do is not None:
+        env = step_hook(do, at, env=env)
     return subprocess.Popen([sys.executable, "-m", "attnsae", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
@@ -84,9 +87,8 @@ def test_a_second_train_into_a_running_runs_folder_is_refused(tmp_path):
     """While a run goes on in OUT (held stopped here), a second ``train`` into OUT is refused in one line; the first
     then finishes with its metrics its own (no interleaved records)."""
     out = tmp_path / "run"
-    first = start(*TRAIN, *LONG, "--out", str(out), cwd=tmp_path)
-    wait_for(lambda: (out / "checkpoint.pt").exists(), first, "the first checkpoint")
-    first.send_signal(signal.SIGSTOP)
+    first = start(*TRAIN, *LONG, "--out", str(out), cwd=tmp_path, do="stop", at=4)
+    wait_until_stopped(first.pid, first)
     try:
         second = run_cli(*TRAIN, *LONG, "--out", str(out), "--resume", cwd=tmp_path)
         assert_one_line_error(second, "another `attnsae train` is running in", "choose another --out")
@@ -95,7 +97,7 @@ def test_a_second_train_into_a_running_runs_folder_is_refused(tmp_path):
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 401))
+    assert steps == list(range(1, 61))
 
 
 # ----------------------------------------------------------------------------------------------- --overwrite
@@ -106,11 +108,10 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_has_a_checkpoint(fin
     into the folder puts the previous run back, byte for byte."""
     out = tmp_path / "run"
     subprocess.run(["cp", "-a", str(finished_run), str(out)], check=True)
-    new = start(*TRAIN, *LONG, "--ckpt-every", "1000", "--lr", "2e-3", "--overwrite", "--out", str(out), cwd=tmp_path)
+    new = start(*TRAIN, *LONG, "--ckpt-every", "1000", "--lr", "2e-3", "--overwrite", "--out", str(out), cwd=tmp_path,
+                do="pause", at=3)
     aside = out / ".attnsae-previous-run"
-    metrics = out / "metrics.jsonl"
-    wait_for(lambda: aside.exists() and metrics.exists() and metrics.stat().st_size > 0, new,
-             "the new run's first metrics")
+    wait_until_stopped(new.pid, new)  # step 3 done, no checkpoint yet (the first would come at step 60)
     new.send_signal(signal.SIGKILL)
     new.wait(timeout=60)
     assert same_tree(aside, finished_run), "the previous run must be set aside whole"
@@ -128,7 +129,8 @@ def test_overwrite_replaces_the_run_once_the_new_one_has_its_checkpoint(finished
     (out / "notes.txt").write_text("the user's own file")
     proc = run_cli(*TRAIN, "--lr", "2e-3", "--overwrite", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", SAE_NAME, "metrics.jsonl", "notes.txt", "run_config.json"]
+    assert sorted(os.listdir(out)) == ["checkpoint", "checkpoint.pt", SAE_NAME, "metrics.jsonl", "notes.txt",
+                                       "run_config.json"]
     assert json.loads((out / "run_config.json").read_text())["lr"] == 2e-3
     assert (out / "notes.txt").read_text() == "the user's own file"
 
@@ -138,8 +140,8 @@ def test_overwrite_replaces_the_run_once_the_new_one_has_its_checkpoint(finished
 
 def test_sigterm_stops_training_like_ctrl_c_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
-    proc = start(*TRAIN, *LONG, "--out", str(out), cwd=tmp_path)
-    wait_for(lambda: (out / "checkpoint.pt").exists(), proc, "the first checkpoint")
+    proc = start(*TRAIN, *LONG, "--out", str(out), cwd=tmp_path, do="stop", at=4)
+    wait_until_stopped(proc.pid, proc)
     code, err = stop_then(proc, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, err
     lines = [line for line in err.splitlines() if line.startswith("attnsae:")]
@@ -147,10 +149,12 @@ def test_sigterm_stops_training_like_ctrl_c_and_says_how_to_resume(tmp_path):
     assert f"in {out} is kept; rerun the same command with --resume" in lines[0]
     assert "Traceback" not in err
     step = int(lines[0].split("at step ")[1].split()[0])
+    assert step == 4
     import torch
 
     assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"] == step
-    assert sorted(os.listdir(out)) == ["checkpoint.pt", "metrics.jsonl", "run_config.json"]  # no temporary files
+    assert sorted(os.listdir(out)) == ["checkpoint", "checkpoint.pt", "metrics.jsonl", "run_config.json"]
+    assert os.listdir(out / "checkpoint") == [f"{SAE_NAME}.step{step}.pt"]  # no temporary files, no older shards
     resumed = run_cli(*TRAIN, *LONG, "--out", str(out), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert (out / SAE_NAME / "sae_weights.safetensors").exists()
@@ -164,7 +168,7 @@ def temporaries(parent: Path, name: str) -> list[str]:
 
 
 def test_sigterm_while_caching_leaves_nothing_behind(tmp_path):
-    proc = start(*CACHE, "--max-corpus-tokens", "400000", "--cache-out", str(tmp_path / "c"), cwd=tmp_path)
+    proc = start(*CACHE, "--max-corpus-tokens", "150000", "--cache-out", str(tmp_path / "c"), cwd=tmp_path)
     wait_for(lambda: temporaries(tmp_path, "c"), proc, "the cache's temporary folder")
     code, err = stop_then(proc, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM and "attnsae: stopped by SIGTERM" in err, err
@@ -173,7 +177,7 @@ def test_sigterm_while_caching_leaves_nothing_behind(tmp_path):
 
 def test_a_killed_cache_blocks_no_rerun_and_its_leftovers_go(tmp_path):
     """SIGKILL runs no cleanup: the temporary folder stays, hidden; the rerun succeeds and removes it."""
-    proc = start(*CACHE, "--max-corpus-tokens", "400000", "--cache-out", str(tmp_path / "c"), cwd=tmp_path)
+    proc = start(*CACHE, "--max-corpus-tokens", "150000", "--cache-out", str(tmp_path / "c"), cwd=tmp_path)
     wait_for(lambda: temporaries(tmp_path, "c"), proc, "the cache's temporary folder")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)

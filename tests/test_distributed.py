@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from attnsae.training import distributed
 from attnsae.training.trainer import fit
-from conftest import run_cli
+from conftest import run_cli, step_hook, wait_until_stopped
 from dist_runs import RUNS, LayerSource
 
 HERE = Path(__file__).parent
@@ -67,8 +67,13 @@ def test_several_processes_train_the_saes_of_one(four_ranks, tmp_path, modules, 
     one_ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     many_ck = torch.load(many / "checkpoint.pt", weights_only=False)
     assert one_ck["state"]["resamples"] == many_ck["state"]["resamples"]
-    for fa, fb in zip(one_ck["firing"], many_ck["firing"]):  # all-reduced firing counts: exactly the same
+    assert one_ck["shards"] == many_ck["shards"]  # the same files, whichever process wrote them
+    for rel in one_ck["shards"].values():  # all-reduced firing counts: exactly the same
+        fa = torch.load(tmp_path / rel, weights_only=False)["firing"]
+        fb = torch.load(many / rel, weights_only=False)["firing"]
         assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    assert sorted(p.name for p in (many / "checkpoint").iterdir()) == sorted(
+        rel.split("/")[1] for rel in one_ck["shards"].values())  # earlier steps' shards are gone
     if run == "relu":
         assert sum(r["resampled"] for r in one_ck["state"]["resamples"]) > 0  # resampling took part
     one = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -124,28 +129,94 @@ def _worker_pids(launcher: int) -> dict[int, int]:
     return out
 
 
+def _one_line_each(err: str, n: int) -> list[str]:
+    """The error lines of a failed torchrun: one per rank, no traceback of attnsae's code."""
+    lines = [line for line in err.splitlines() if line.startswith("attnsae: error:")]
+    assert len(lines) == n, err[-3000:]
+    assert "attnsae/" not in err, err[-3000:]
+    return lines
+
+
 def test_torchrun_on_the_reference_model_survives_a_killed_rank(tmp_path):
+    """Rank 1 stops itself right after the checkpoint of step 15 and is killed there: rank 0 ends with one line, and
+    --resume (two processes) ends with the SAEs of one uninterrupted process."""
     one = run_cli(*REF_ARGS, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     out = tmp_path / "two"
     cmd = torchrun(2, "-m", "attnsae", *REF_ARGS, "--out", str(out))
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=step_hook("stop", 15, rank=1, env=_env()), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # kill rank 1 once a checkpoint exists
-        m = out / "metrics.jsonl"
-        if m.exists() and any(json.loads(l)["step"] >= 15 for l in m.read_text().splitlines() if l.strip()):
-            break
+    while 1 not in _worker_pids(proc.pid) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    wait_until_stopped(_worker_pids(proc.pid)[1], proc)  # rank 1 stopped itself right after step 15's checkpoint
     os.kill(_worker_pids(proc.pid)[1], signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
-    lines = [l for l in err.splitlines() if l.startswith("attnsae: error:")]
-    assert len(lines) == 1 and "rank 0 of 2" in lines[0] and "--resume" in lines[0], err[-3000:]
-    assert 'attnsae/' not in err, err[-3000:]  # no traceback from attnsae's code
-    assert 0 < torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"] < 40
+    (line,) = _one_line_each(err, 1)
+    assert "rank 0 of 2" in line and "--resume" in line
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"] == 15
     res = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    names = sorted(p.name for p in (tmp_path / "one").iterdir() if p.is_dir())
-    assert len(names) == 2 and names == sorted(p.name for p in out.iterdir() if p.is_dir())
+    names = sorted(p.name for p in (tmp_path / "one").iterdir() if p.is_dir() and p.name != "checkpoint")
+    assert len(names) == 2 and names == sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "checkpoint")
     assert_same_saes(tmp_path / "one", out, names, atol=1e-4)
+
+
+def test_a_rank_that_raises_ends_every_rank_with_one_line(tmp_path):
+    """Module parallel under torchrun: rank 1 raises at step 10 (after that checkpoint): it says why, rank 0 ends too,
+    within seconds, one line each; the checkpoint of step 10 stays. (Data parallel without torchrun: below.)"""
+    out = tmp_path / "run"
+    cmd = torchrun(2, "-m", "attnsae", *REF_ARGS, "--module-parallel", "2", "--out", str(out))
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=step_hook("raise", 10, rank=1, env=_env()), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    lines = _one_line_each(proc.stderr, 2)
+    assert any("injected failure at step 10" in line for line in lines), lines
+    other = next(line for line in lines if "injected" not in line)
+    assert "rank 0 of 2" in other and "--resume" in other, other
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"] == 10
+    assert time.time() - t0 < 120
+
+
+def test_processes_that_see_different_out_folders_are_refused(tmp_path):
+    """Rank 1 trains into another folder than rank 0 (an --out that is not shared): every rank refuses, in one line,
+    before training; nothing is written."""
+    out = tmp_path / "run"
+    one = run_cli(*REF_ARGS, "--out", str(out))  # a run rank 0 would resume; rank 1's folder has none
+    assert one.returncode == 0, one.stderr
+    before = sorted(p.name for p in out.iterdir())
+    cmd = torchrun(2, "-m", "attnsae", *REF_ARGS, "--out", str(out), "--resume")
+    proc = subprocess.run(cmd, env=step_hook("other-out", rank=1, env=_env()), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    for line in _one_line_each(proc.stderr, 2):
+        assert "is not the same folder on every process" in line, line
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert not (tmp_path / "run-elsewhere").exists()
+
+
+def test_without_torchrun_a_rank_that_raises_ends_the_other_in_seconds(tmp_path):
+    """Any launcher that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (no torchrun to signal the others): rank 1
+    raises at step 10, and rank 0, waiting in a collective, ends with one "lost contact" line, no hang."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    procs = []
+    t0 = time.time()
+    for rank in (0, 1):
+        env = dict(step_hook("raise", 10, rank=1, env=_env()), RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", "attnsae", *REF_ARGS, "--out", str(out)], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 2 for p in procs), errs
+    (failing,) = _one_line_each(errs[1], 1)
+    (other,) = _one_line_each(errs[0], 1)
+    assert "injected failure at step 10" in failing
+    assert "rank 0 of 2: lost contact with another rank" in other and "--resume" in other
+    assert time.time() - t0 < 120

@@ -15,7 +15,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
-def test_the_sparse_kernels_on_cuda_give_the_cpu_losses_and_gradients(arch):
+def test_the_sparse_kernels_on_cuda_give_the_cpu_losses_and_gradients(arch, monkeypatch):
+    from attnsae.sae import kernels
+
+    monkeypatch.setattr(kernels, "CHECK_INVARIANTS", True)  # cuSPARSE may assume sorted columns: PyTorch checks
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d_in=64, d_sae=4096, architecture=arch, k=16 if arch == "topk" else None))
     x = torch.randn(512, 64)
@@ -44,3 +47,19 @@ def test_a_run_on_cuda_trains_the_saes_of_the_cpu(tmp_path):
         assert b.device.type == "cuda"
         for k, v in a.state_dict().items():
             torch.testing.assert_close(v, b.state_dict()[k].cpu(), rtol=1e-3, atol=1e-4)
+
+
+def test_fused_attention_on_cuda_gives_the_bridges_hook_z(ref_model):
+    from attnsae.activations import harvest_z
+    from attnsae.fast_attention import fused_attention
+
+    model = ref_model.to("cuda")
+    try:
+        tokens = model.to_tokens("import os\nfor i in range(10):\n    print(os.path.join('a', str(i)))\n")
+        _, cache = model.run_with_cache(tokens)
+        with fused_attention(model) as n:
+            assert n == model.cfg.n_layers
+            z = harvest_z(model, tokens, [1])[1]
+        torch.testing.assert_close(z, cache["blocks.1.attn.hook_z"].reshape(-1, z.shape[-1]), rtol=1e-4, atol=1e-4)
+    finally:
+        ref_model.to("cpu")

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
@@ -17,7 +16,8 @@ from attnsae.training.config import SAESpec, TrainConfig
 from attnsae.training.losses import sae_loss
 from attnsae.training.resample import resample_dead
 from attnsae.training.trainer import fit
-from conftest import assert_one_line_error, loss_both_ways, make_gpt2_dir, random_sae, run_cli
+from conftest import (assert_one_line_error, loss_both_ways, make_gpt2_dir, random_sae, run_cli, step_hook,
+                      wait_until_stopped)
 
 
 class RandomSource:
@@ -335,23 +335,17 @@ def test_kill_and_resume_gives_identical_weights(tiny_model_dir, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
     out_b = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "attnsae", *args, "--out", str(out_b)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill once a checkpoint past the first resample exists
-        m = out_b / "metrics.jsonl"
-        if m.exists() and any(json.loads(l)["step"] >= 70 for l in m.read_text().splitlines() if l.strip()):
-            break
-        time.sleep(0.05)
+    proc = subprocess.Popen([sys.executable, "-m", "attnsae", *args, "--out", str(out_b)],
+                            env=step_hook("stop", 70, env=env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until_stopped(proc.pid, proc)  # it stopped itself right after the checkpoint of step 70 (past a resample)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    ckpt = torch.load(out_b / "checkpoint.pt", weights_only=False)
-    assert 0 < ckpt["state"]["step"] < 120
+    assert torch.load(out_b / "checkpoint.pt", weights_only=False)["state"]["step"] == 70
     res = subprocess.run([sys.executable, "-m", "attnsae", *args, "--out", str(out_b), "--resume"], env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    names = sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir())
+    names = sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir() and p.name != "checkpoint")
     assert len(names) == 4
     for n in names:
         a = load_file(tmp_path / "a" / n / "sae_weights.safetensors")

@@ -738,17 +738,17 @@ def main(argv: list[str] | None = None) -> int:
         with stop_on_signals():
             args.func(args)
     except AttnsaeError as e:
-        print(f"attnsae: error: {one_line(str(e))}", file=sys.stderr)
+        say(f"attnsae: error: {one_line(str(e))}")
         return 2
     except KeyboardInterrupt as e:  # Ctrl+C or SIGTERM (Stopped), after every cleanup on the way out has run
         stopped = e if isinstance(e, Stopped) else Stopped()
         detail = f"; {stopped.detail}" if stopped.detail else ""
-        print(f"attnsae: stopped by {stopped.name}{detail}", file=sys.stderr)
+        say(f"attnsae: stopped by {stopped.name}{detail}")
         return 128 + stopped.signum
     except OSError as e:  # a full disk is not a bug: the writes that know their file say which one
         if not disk_full(e.filename or ".", e) or args.debug:
             return _internal_error(args, e)
-        print(f"attnsae: error: {one_line(str(write_error(e.filename or 'a file', e)))}", file=sys.stderr)
+        say(f"attnsae: error: {one_line(str(write_error(e.filename or 'a file', e)))}")
         return 2
     except Exception as e:  # a bug: say so in one line, traceback on request
         return _internal_error(args, e)
@@ -759,9 +759,16 @@ def _internal_error(args: argparse.Namespace, e: Exception) -> int:
     if args.debug:
         raise e
     text = " ".join(str(e).split())[:300]
-    print(f"attnsae: error: internal error (a bug in attnsae): {type(e).__name__}: {text}; rerun with "
-          f"`attnsae --debug {args.command} ...` for the traceback and report it", file=sys.stderr)
+    say(f"attnsae: error: internal error (a bug in attnsae): {type(e).__name__}: {text}; rerun with "
+        f"`attnsae --debug {args.command} ...` for the traceback and report it")
     return 3
+
+
+def say(line: str) -> None:
+    """One line on stderr in one write: the processes of a distributed run share the terminal, and print's separate
+    newline lets their lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def one_line(text: str, limit: int = 1000) -> str:

@@ -84,6 +84,10 @@ def atomic_dir(path: str | os.PathLike, owner: str | None = None, inputs: Iterab
         _swap(tmp, path, parent)
     except OSError as e:  # disk full, quota, I/O error: one line, and the temporary folder goes
         raise write_error(path, e) from e
+    except AttnsaeError as e:  # a write inside failed: name the file where the user will look for it
+        if str(tmp) not in str(e):
+            raise
+        raise AttnsaeError(str(e).replace(str(tmp), str(path))) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,17 +1,30 @@
-"""Training state and its atomic checkpoint: everything a killed run needs to resume exactly."""
+"""Training state and its checkpoint: everything a killed run needs to resume exactly, written in shards.
+
+    OUT/checkpoint.pt                    the manifest: TrainState, the settings, and each SAE's shard file
+    OUT/checkpoint/{sae}.step{N}.pt      one SAE's weights, Adam state and firing statistics at step N
+
+The first process of each module group writes its SAEs' shards (atomically, flushed to the disk); process 0 writes
+the manifest once every shard is on disk, then removes the shards of earlier steps. A kill at any moment leaves the
+previous manifest with the shards it names. Any layout resumes any checkpoint: each process reads the shards of the
+SAEs it trains. (A single-file checkpoint of an earlier attnsae, every SAE in ``checkpoint.pt``, still resumes.)
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from attnsae.errors import AttnsaeError
-from attnsae.io import atomic_path
+from attnsae.io import atomic_path, make_dir
 from attnsae.sae.model import SAE
+
+SHARDS = "checkpoint"  # the shard folder beside the manifest checkpoint.pt
+_SHARD = re.compile(r"^(.+)\.step(\d+)\.pt$")
 
 
 @dataclass
@@ -48,15 +61,11 @@ class TrainState:
     resamples: list[dict] = field(default_factory=list)
 
 
-def save_checkpoint(path: Path, state: TrainState, saes: list[SAE | dict], opts: list[torch.optim.Optimizer | dict],
-                    firing: list[FiringStats], settings: dict[str, Any]) -> None:
-    """Write the whole training state to ``path`` atomically (a kill leaves the previous checkpoint); ``saes`` and
-    ``opts`` may be given as their state dicts."""
-    def sd(o):
-        return o if isinstance(o, dict) else o.state_dict()
+# ----------------------------------------------------------------------------------------------- writing
 
-    obj = {"state": asdict(state), "saes": [sd(s) for s in saes], "opts": [sd(o) for o in opts],
-           "firing": [asdict(f) for f in firing], "settings": settings}
+
+def _save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically and flushed to the disk (a kill or a crash leaves the previous file)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             writer = _Writer(f)
@@ -87,22 +96,90 @@ class _Writer:
         self.f.flush()
 
 
-def load_checkpoint(path: Path, saes: list[SAE], opts: list[torch.optim.Optimizer], settings: dict[str, Any],
-                    indices: list[int] | None = None) -> tuple[TrainState, list[FiringStats]]:
-    """Restore ``saes`` and ``opts`` in place from ``path`` (the run's SAEs ``indices``, default all); refuse a
-    checkpoint of other settings."""
+def save_shard(manifest: Path, name: str, step: int, sae: SAE, opt: torch.optim.Optimizer,
+               firing: FiringStats) -> str:
+    """One SAE's state at ``step`` beside the manifest ``manifest``; returns the shard's path relative to its folder."""
+    rel = f"{SHARDS}/{name}.step{step}.pt"
+    make_dir(manifest.parent / SHARDS)
+    _save({"sae": _cpu(sae.state_dict()), "opt": _cpu(opt.state_dict()), "firing": asdict(firing)},
+          manifest.parent / rel)
+    return rel
+
+
+def save_manifest(manifest: Path, state: TrainState, settings: dict[str, Any], shards: dict[str, str]) -> None:
+    """The manifest naming every SAE's shard (``{name: relative path}``, in the run's order); then the shards of
+    other steps go."""
+    _save({"state": asdict(state), "settings": settings, "shards": shards}, manifest)
+    keep = set(shards.values())
+    folder = manifest.parent / SHARDS
+    for f in list(folder.iterdir()) if folder.is_dir() else []:
+        if _SHARD.match(f.name) and f"{SHARDS}/{f.name}" not in keep:
+            f.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: Path, state: TrainState, saes: list[SAE], opts: list[torch.optim.Optimizer],
+                    firing: list[FiringStats], settings: dict[str, Any], names: list[str]) -> None:
+    """Every SAE's shard, then the manifest ``path``: the checkpoint of one process (``names``: the SAEs' names)."""
+    shards = {n: save_shard(path, n, state.step, s, o, f) for n, s, o, f in zip(names, saes, opts, firing)}
+    save_manifest(path, state, settings, shards)
+
+
+def merged_state(state: TrainState, records: list[list[dict]], names: list[str]) -> TrainState:
+    """``state`` with the resampling records of every module group, in the order one process makes them."""
+    by_key = {(r["step"], names.index(r["sae"])): r for rs in records for r in rs}
+    return replace(state, resamples=[by_key[k] for k in sorted(by_key)])
+
+
+def _cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it moved to the CPU (state dicts nest dicts and lists)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _load(path: Path, what: str) -> Any:
     try:
-        ck = torch.load(path, weights_only=False)
-        ck["state"], ck["settings"]
-    except Exception as e:  # truncated / corrupt pickle or zip, or another file
-        raise AttnsaeError(f"corrupt or truncated checkpoint {path} ({type(e).__name__}); start over with "
+        return torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as e:  # truncated / corrupt pickle or zip, a folder, or another file
+        raise AttnsaeError(f"corrupt or truncated {what} {path} ({type(e).__name__}); start over with "
                            "--overwrite") from None
+
+
+def read_manifest(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's manifest, refused when it was made with other ``settings``."""
+    ck = _load(path, "checkpoint")
+    if not isinstance(ck, dict) or "state" not in ck or "settings" not in ck:
+        raise AttnsaeError(f"corrupt or truncated checkpoint {path} (no training state in it); start over with "
+                           "--overwrite")
     if ck["settings"] != settings:
         diff = sorted(k for k in set(settings) | set(ck["settings"]) if settings.get(k) != ck["settings"].get(k))
         raise AttnsaeError(f"checkpoint {path} was made with other settings ({', '.join(diff[:5])} differ); resume "
                            "with the same settings, or start over with --overwrite or another --out")
-    indices = range(len(saes)) if indices is None else indices
+    return ck
+
+
+def load_checkpoint(path: Path, saes: list[SAE], opts: list[torch.optim.Optimizer], settings: dict[str, Any],
+                    indices: list[int], names: list[str]) -> tuple[TrainState, list[FiringStats]]:
+    """Restore ``saes`` and ``opts`` in place: the run's SAEs ``indices`` of ``names`` (every SAE of the run, in its
+    order); refuse a checkpoint of other settings."""
+    ck = read_manifest(path, settings)
+    firing = []
     for sae, opt, i in zip(saes, opts, indices):
-        sae.load_state_dict(ck["saes"][i])
-        opt.load_state_dict(ck["opts"][i])
-    return TrainState(**ck["state"]), [FiringStats(**ck["firing"][i]) for i in indices]
+        if "shards" in ck:
+            if names[i] not in ck["shards"]:
+                raise AttnsaeError(f"checkpoint {path} has no shard of SAE {names[i]}; start over with --overwrite")
+            shard = _load(path.parent / ck["shards"][names[i]], "checkpoint shard")
+            sd, od, fd = shard["sae"], shard["opt"], shard["firing"]
+        else:  # the single-file checkpoint of an earlier attnsae
+            sd, od, fd = ck["saes"][i], ck["opts"][i], ck["firing"][i]
+        sae.load_state_dict(sd)
+        opt.load_state_dict(od)
+        firing.append(FiringStats(**fd))
+    return TrainState(**ck["state"]), firing

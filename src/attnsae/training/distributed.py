@@ -41,6 +41,18 @@ class RankStopped(AttnsaeError):
     """This rank must stop: another rank failed or was killed, or a signal asked it to."""
 
 
+class CommError(RuntimeError):
+    """A collective failed: a peer is gone, or the connection to it broke (only collectives raise it)."""
+
+
+def _collective(fn, *args, **kwargs):
+    """Run one ``torch.distributed`` collective; its failure becomes a :class:`CommError`."""
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeError, dist.DistError) as e:
+        raise CommError(f"{type(e).__name__}: {e}") from e
+
+
 @dataclass
 class Comm:
     """Where this process sits in the run and the collectives the trainer needs; one process: every call is local.
@@ -106,7 +118,7 @@ class Comm:
         """Sum ``t`` over the replicas, in place (the result is on ``t``'s device)."""
         if self.data_world > 1:
             buf = self._on(t)
-            dist.all_reduce(buf, group=self.group)
+            _collective(dist.all_reduce, buf, group=self.group)
             if buf is not t:
                 t.copy_(buf)
         return t
@@ -124,7 +136,7 @@ class Comm:
         src = self.module * self.data_world
         for t in tensors:
             buf = self._on(t)
-            dist.broadcast(buf, src=src, group=self.group)
+            _collective(dist.broadcast, buf, src=src, group=self.group)
             if buf is not t:
                 t.copy_(buf)
 
@@ -136,7 +148,7 @@ class Comm:
         pad = self._on(local.new_zeros((n, *local.shape[1:])))
         pad[:len(local)] = self._on(local)
         parts = [torch.empty_like(pad) for _ in sizes]
-        dist.all_gather(parts, pad, group=self.group)
+        _collective(dist.all_gather, parts, pad, group=self.group)
         return [p[:s].to(local.device) for p, s in zip(parts, sizes)]
 
     # -- collectives over the whole run ---------------------------------------------------------------------------
@@ -146,12 +158,38 @@ class Comm:
         if not self.distributed:
             return [obj]
         out = [None] * self.world if self.rank == 0 else None
-        dist.gather_object(obj, out, dst=0)
+        _collective(dist.gather_object, obj, out, dst=0)
         return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` (a small picklable value) on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        _collective(dist.broadcast_object_list, box, src=0)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (a small picklable value), in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world
+        _collective(dist.all_gather_object, out, obj)
+        return out
+
+    def agree_on_checkpoint(self, step: int, tensors: list[torch.Tensor]) -> None:
+        """After a resume: every rank read the same step (else one line), and each group's replicas take their
+        first rank's loaded state (a file read twice may not be the same file twice)."""
+        steps = self.all_gather_object(step)
+        if min(steps) != max(steps):
+            raise AttnsaeError(f"the processes resumed from different steps ({min(steps)} to {max(steps)}): --out is "
+                               "not the same folder on every machine, or its copies lag; give a folder every "
+                               "machine shares, then --resume")
+        self.broadcast_(tensors)
 
     def barrier(self) -> None:
         if self.distributed:
-            dist.barrier()
+            _collective(dist.barrier)
 
 
 def init(modules: int = 1, device: str = "cpu", timeout_s: float = 1800) -> tuple[Comm, str]:
@@ -202,12 +240,6 @@ def _stop_on_signal(comm: Comm) -> None:
                           "the same command with --resume to continue from the last checkpoint")
 
     signal.signal(signal.SIGTERM, stop)
-
-
-def is_comm_error(e: BaseException) -> bool:
-    """Whether ``e`` came from a collective whose peer is gone (gloo: the connection closed; NCCL: a timeout)."""
-    words = ("gloo", "nccl", "connection", "peer", "timed out", "timeout")
-    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(w in str(e).lower() for w in words))
 
 
 def lost_rank(comm: Comm, e: BaseException) -> AttnsaeError:

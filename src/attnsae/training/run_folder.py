@@ -28,7 +28,7 @@ from typing import Iterator
 from attnsae.errors import AttnsaeError
 from attnsae.io import make_dir, try_dir_lock
 
-RUN_FILES = ("run_config.json", "checkpoint.pt", "metrics.jsonl")
+RUN_FILES = ("run_config.json", "checkpoint.pt", "metrics.jsonl", "checkpoint")  # checkpoint/: its shards
 SAE_FILES = ("cfg.json", "sae_weights.safetensors", "feature_frequency.json")  # what a run writes in an SAE folder
 ASIDE = ".attnsae-previous-run"
 
@@ -50,6 +50,11 @@ class RunFolder:
 
     def existing_run(self) -> list[str]:
         return [f for f in RUN_FILES if (self.out / f).exists()]
+
+    def view(self) -> list[tuple[str, int]]:
+        """What this process sees of the run: each run file there and its size (the same on every process of a run
+        whose folder all of them share)."""
+        return [(f, (self.out / f).stat().st_size) for f in RUN_FILES if (self.out / f).is_file()]
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -130,6 +135,7 @@ class RunFolder:
             return f"the run in {self.out} is as it was"
         for f in ("run_config.json", "metrics.jsonl"):  # written by this new run before its first checkpoint
             (self.out / f).unlink(missing_ok=True)
+        shutil.rmtree(self.out / "checkpoint", ignore_errors=True)  # shards of a first checkpoint cut short
         return "no run was kept" if self.created else f"{self.out} is as it was"
 
     # ------------------------------------------------------------------------------------------------ internals

@@ -20,7 +20,7 @@ import contextlib
 import json
 import time
 import zlib
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,7 +36,8 @@ from attnsae.memory import check_fits
 from attnsae.models import load_model, model_name
 from attnsae.sae.formats import save_sae
 from attnsae.sae.model import SAE, SAEConfig
-from attnsae.training.checkpoint import FiringStats, TrainState, load_checkpoint, save_checkpoint
+from attnsae.training.checkpoint import (FiringStats, TrainState, load_checkpoint, merged_state, save_manifest,
+                                         save_shard)
 from attnsae.training import distributed
 from attnsae.training.config import SAESpec, TrainConfig
 from attnsae.training.data import make_source
@@ -57,22 +58,18 @@ def train(cfg: TrainConfig) -> tuple[list[SAE], list[SAESpec]]:
         torch.set_num_threads(cfg.threads)
     comm, device = distributed.init(cfg.module_parallel, cfg.device)
     try:
-        saes, specs = _train(cfg, comm, device)
-    except AttnsaeError:
-        raise
-    except Exception as e:
-        if comm.distributed and distributed.is_comm_error(e):
-            raise distributed.lost_rank(comm, e) from None
-        raise
-    distributed.close(comm)
-    return saes, specs
+        return _train(cfg, comm, device)
+    except distributed.CommError as e:  # a collective failed: a peer is gone, or the connection to it broke
+        raise distributed.lost_rank(comm, e) from None
+    finally:
+        distributed.close(comm)
 
 
 def _train(cfg: TrainConfig, comm: distributed.Comm, device: str) -> tuple[list[SAE], list[SAESpec]]:
     distributed.check_batch(comm, cfg.batch_size)
     folder = RunFolder(check_writable_dir(cfg.out), cfg.resume, cfg.overwrite, owner=comm.rank == 0)
     with folder.locked():
-        folder.check(inputs=[cfg.cache] if cfg.cache else [])
+        decide(folder, comm, inputs=[cfg.cache] if cfg.cache else [])
         if cfg.cache:
             read_manifest(cfg.cache)  # a wrong cache path fails before the (slow) model load
         model = load_model(cfg.model, device=device)
@@ -105,6 +102,27 @@ def _train(cfg: TrainConfig, comm: distributed.Comm, device: str) -> tuple[list[
             folder.settle()
             raise
     return (saes, [s for s in specs if s.layer in source.layers]) if comm.leader else ([], [])
+
+
+def decide(folder: RunFolder, comm: distributed.Comm, inputs: list[str]) -> None:
+    """Process 0 checks the folder (a run there, --resume, --overwrite) and every process follows its verdict; then
+    every process must see the same run files (an --out that is not one shared folder, or whose copies lag, would
+    give diverged replicas or a hang), else each refuses in one line."""
+    verdict = None
+    if comm.rank == 0:
+        try:
+            folder.check(inputs)
+        except AttnsaeError as e:
+            verdict = str(e)
+    verdict = comm.broadcast_object(verdict)
+    if verdict is not None:
+        raise AttnsaeError(verdict)
+    views = comm.all_gather_object(folder.view())
+    if any(v != views[0] for v in views):
+        rank = next(r for r, v in enumerate(views) if v != views[0])
+        raise AttnsaeError(f"--out {folder.out} is not the same folder on every process (rank 0 sees "
+                           f"{views[0] or 'no run'}, rank {rank} sees {views[rank] or 'no run'}); give a folder "
+                           "every machine shares")
 
 
 def check_memory(cfg: TrainConfig, specs: list[SAESpec], d_in: int, comm: distributed.Comm) -> None:
@@ -156,7 +174,8 @@ def fit(cfg: TrainConfig, specs: list[SAESpec], source: ActivationSource, out: s
     root = comm.rank == 0
     resuming = cfg.resume and ckpt.exists()
     if resuming:
-        state, firing = load_checkpoint(ckpt, saes, opts, settings, mine)
+        state, firing = load_checkpoint(ckpt, saes, opts, settings, mine, names)
+        comm.agree_on_checkpoint(state.step, [t for sae, opt in zip(saes, opts) for t in _state_tensors(sae, opt)])
         if on_checkpoint:
             on_checkpoint(state.step)
     if root:
@@ -212,9 +231,9 @@ def fit(cfg: TrainConfig, specs: list[SAESpec], source: ActivationSource, out: s
 
 
 class Checkpointer:
-    """Writes ``checkpoint.pt`` atomically from rank 0 with every SAE of the run, in spec order: each module group's
-    first rank sends its SAEs' states (on the CPU) and resampling records, so the file is the same at any layout and
-    any layout resumes it."""
+    """Writes the run's checkpoint (:mod:`attnsae.training.checkpoint`): each module group's first rank writes its
+    SAEs' shards, then rank 0 the manifest, once every shard is on disk (it gathers the shard names and resampling
+    records, small objects, never the weights). The files are the same at any layout, and any layout resumes them."""
 
     def __init__(self, path: Path, comm: distributed.Comm, mine: list[int], names: list[str],
                  settings: dict[str, Any], on_saved: Callable[[int], None] | None = None) -> None:
@@ -223,42 +242,24 @@ class Checkpointer:
 
     def __call__(self, state: TrainState, saes: list[SAE], opts: list[torch.optim.Optimizer],
                  firing: list[FiringStats]) -> None:
-        self._write(state, saes, opts, firing)
+        shards = {}
+        if self.comm.leader:
+            shards = {self.names[i]: save_shard(self.path, self.names[i], state.step, sae, opt, fs)
+                      for i, sae, opt, fs in zip(self.mine, saes, opts, firing)}
+        parts = self.comm.gather_to_root((shards, state.resamples if self.comm.leader else []))
+        if parts is not None:
+            files = {k: v for part in parts for k, v in part[0].items()}
+            save_manifest(self.path, merged_state(state, [part[1] for part in parts], self.names), self.settings,
+                          {n: files[n] for n in self.names})
+        self.comm.barrier()
         if self.on_saved and self.comm.rank == 0:
             self.on_saved(state.step)
 
-    def _write(self, state: TrainState, saes: list[SAE], opts: list[torch.optim.Optimizer],
-               firing: list[FiringStats]) -> None:
-        if not self.comm.distributed:
-            save_checkpoint(self.path, state, saes, opts, firing, self.settings)
-            return
-        part = None
-        if self.comm.leader:
-            part = (self.mine, [_cpu(s.state_dict()) for s in saes], [_cpu(o.state_dict()) for o in opts], firing,
-                    state.resamples)
-        parts = self.comm.gather_to_root(part)
-        if parts is not None:
-            slots: list[Any] = [None] * len(self.names)
-            records = {}
-            for p in filter(None, parts):
-                for j, i in enumerate(p[0]):
-                    slots[i] = (p[1][j], p[2][j], p[3][j])
-                records.update({(r["step"], self.names.index(r["sae"])): r for r in p[4]})
-            merged = replace(state, resamples=[records[k] for k in sorted(records)])  # as one process orders them
-            save_checkpoint(self.path, merged, [s[0] for s in slots], [s[1] for s in slots], [s[2] for s in slots],
-                            self.settings)
-        self.comm.barrier()
 
-
-def _cpu(obj: Any) -> Any:
-    """``obj`` with every tensor in it moved to the CPU (state dicts nest dicts and lists)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
+def _state_tensors(sae: SAE, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """An SAE's parameters and Adam moments: what its replicas must hold alike."""
+    moments = [opt.state[p][k] for p in sae.parameters() if p in opt.state for k in ("exp_avg", "exp_avg_sq")]
+    return [*sae.parameters(), *moments]
 
 
 def step(cfg: TrainConfig, specs: list[SAESpec], saes: list[SAE], opts: list[torch.optim.Optimizer],
@@ -347,8 +348,7 @@ def resample(cfg: TrainConfig, specs: list[SAESpec], saes: list[SAE], opts: list
             seed = np.random.SeedSequence([cfg.seed, state.step, zlib.crc32(spec.name.encode())]).generate_state(1)
             inputs = torch.cat([d[spec.layer] for d in data]).to(sae.device)
             n += resample_dead(sae, opt, dead.to(sae.device), inputs, torch.Generator().manual_seed(int(seed[0])))
-        moments = [opt.state[p][k] for p in sae.parameters() if p in opt.state for k in ("exp_avg", "exp_avg_sq")]
-        comm.broadcast_([*sae.parameters(), *moments, n])
+        comm.broadcast_([*_state_tensors(sae, opt), n])
         fs.last_fired[dead] = state.step
         state.resamples.append({"sae": spec.name, "step": state.step, "resampled": int(n)})
 
