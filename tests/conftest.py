@@ -244,23 +244,23 @@ def browser(_chromium):
 
 
 # ----------------------------------------------------------------------------------------------- background runs
-# The quickstart test's run (about 4 minutes on 2 cores) starts when collection ends, in its own process, and runs
-# beside the other tests, most of which wait on subprocesses, the browser or Python rather than on both cores;
-# tests/test_quickstart.py's fixture collects it (background_run("quickstart")).
+# The quickstart test's run (about 4 minutes on 2 cores) and the SmolLM2 pipeline (tests/smollm2_pipeline.py, a
+# minute and a half) start when collection ends, each in its own process with one thread, and run beside the other
+# tests, most of which wait on subprocesses, the browser or Python rather than on both cores; their tests collect
+# them (background_run("quickstart"), background_run("smollm2")).
 
 BACKGROUND: dict[str, tuple] = {}
 
 
 def start_background(name: str, args: list[str], root) -> None:
-    """Start ``attnsae ARGS`` (a plain subprocess, offline) as background run ``name``; its output logs go into
-    folder ``root`` (beside its ``--out``, which must be new)."""
+    """Start ``python ARGS`` (a plain subprocess, offline, one thread) as background run ``name``; its output logs go
+    into folder ``root`` (beside what it writes, which must be new)."""
     import sys
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     log = open(os.path.join(root, f"{name}.log"), "w+")
     err = open(os.path.join(root, f"{name}.err"), "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "attnsae", *args], stdout=log, stderr=err, env=env,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=err, env=env, stdin=subprocess.DEVNULL)
     BACKGROUND[name] = (proc, log, err)
 
 
@@ -275,13 +275,17 @@ def background_run(name: str, timeout: float) -> subprocess.CompletedProcess:
 
 def pytest_collection_finish(session) -> None:
     """After selection (``-m``, ``-k``): start the quickstart run if any of its tests will run."""
-    if any(item.path.name == "test_quickstart.py" for item in session.items):
-        import tempfile
+    import tempfile
 
+    if any(item.path.name == "test_quickstart.py" for item in session.items):
         from test_quickstart import BUDGET
 
         root = tempfile.mkdtemp(prefix="attnsae-quickstart-")
-        start_background("quickstart", ["quickstart", "--out", os.path.join(root, "out"), *BUDGET], root)
+        start_background("quickstart", ["-m", "attnsae", "quickstart", "--out", os.path.join(root, "out"), *BUDGET],
+                         root)
+    if any(item.name.startswith("test_the_pipeline_runs_on_it") for item in session.items):
+        root = tempfile.mkdtemp(prefix="attnsae-smollm2-")
+        start_background("smollm2", [os.path.join(os.path.dirname(__file__), "smollm2_pipeline.py"), root], root)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

@@ -22,12 +22,12 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli, step_hook, wait_until_stopped
 
-# a small, fast training run of the reference model (128 tokens a step); LONG makes it last 60 steps
+# a small, fast training run of the reference model (128 tokens a step); LONG makes it last 24 steps
 TRAIN = ["train", "--layers", "0", "--d-sae", "64", "--context-size", "16", "--max-corpus-tokens", "1024",
          "--total-tokens", "512", "--batch-size", "128", "--buffer-size", "256", "--model-batch-size", "8",
          "--warmup-steps", "1", "--resample-times", "0", "--ckpt-every", "2", "--log-every", "1", "--no-progress",
          "--threads", "1"]
-LONG = ["--total-tokens", str(128 * 60)]
+LONG = ["--total-tokens", str(128 * 24)]
 SAE_NAME = "layer0_relu_64_l1_2"
 
 
@@ -97,7 +97,7 @@ def test_a_second_train_into_a_running_runs_folder_is_refused(tmp_path):
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(1, 25))
 
 
 # ----------------------------------------------------------------------------------------------- --overwrite
@@ -111,7 +111,7 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_has_a_checkpoint(fin
     new = start(*TRAIN, *LONG, "--ckpt-every", "1000", "--lr", "2e-3", "--overwrite", "--out", str(out), cwd=tmp_path,
                 do="pause", at=3)
     aside = out / ".attnsae-previous-run"
-    wait_until_stopped(new.pid, new)  # step 3 done, no checkpoint yet (the first would come at step 60)
+    wait_until_stopped(new.pid, new)  # step 3 done, no checkpoint yet (the first would come at step 24)
     new.send_signal(signal.SIGKILL)
     new.wait(timeout=60)
     assert same_tree(aside, finished_run), "the previous run must be set aside whole"
@@ -168,7 +168,7 @@ def temporaries(parent: Path, name: str) -> list[str]:
 
 
 def test_sigterm_while_caching_leaves_nothing_behind(tmp_path):
-    proc = start(*CACHE, "--max-corpus-tokens", "150000", "--cache-out", str(tmp_path / "c"), cwd=tmp_path)
+    proc = start(*CACHE, "--max-corpus-tokens", "40000", "--cache-out", str(tmp_path / "c"), cwd=tmp_path)
     wait_for(lambda: temporaries(tmp_path, "c"), proc, "the cache's temporary folder")
     code, err = stop_then(proc, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM and "attnsae: stopped by SIGTERM" in err, err
@@ -177,7 +177,7 @@ def test_sigterm_while_caching_leaves_nothing_behind(tmp_path):
 
 def test_a_killed_cache_blocks_no_rerun_and_its_leftovers_go(tmp_path):
     """SIGKILL runs no cleanup: the temporary folder stays, hidden; the rerun succeeds and removes it."""
-    proc = start(*CACHE, "--max-corpus-tokens", "150000", "--cache-out", str(tmp_path / "c"), cwd=tmp_path)
+    proc = start(*CACHE, "--max-corpus-tokens", "40000", "--cache-out", str(tmp_path / "c"), cwd=tmp_path)
     wait_for(lambda: temporaries(tmp_path, "c"), proc, "the cache's temporary folder")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
