@@ -78,7 +78,7 @@ def unchunked(model, sae, tokens: torch.Tensor) -> list[float]:
 
 def child(folder: str, mode: str, n: int, ctx: int) -> None:
     """One measurement; prints a JSON line {peak_mib, seconds, ce}."""
-    from attnsae.architecture import describe
+    from attnsae.models.architecture import describe
     from attnsae.evals.metrics import evaluate
     from attnsae.models import load_model
     from attnsae.sae.model import SAE, SAEConfig

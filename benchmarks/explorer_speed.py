@@ -28,7 +28,7 @@ import time
 import torch
 from fastapi.testclient import TestClient
 
-from attnsae.cli import load_saes_and_model
+from attnsae.jobs.inputs import load_saes_and_model
 from attnsae.models import model_name
 from attnsae.serve.app import create_app
 

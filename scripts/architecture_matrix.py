@@ -3,7 +3,7 @@
     python scripts/architecture_matrix.py --smollm2   # about 3 minutes on 2 CPU cores
 
 Each family of ``tests/tiny_archs.py`` is built in a temporary folder, loaded, and run through
-:func:`attnsae.evals.exactness.check_stages`; ``tests/test_architectures.py`` asserts the same cells. The shipped
+:func:`attnsae.jobs.exactness.check_stages`; ``tests/test_architectures.py`` asserts the same cells. The shipped
 reference model follows, and with ``--smollm2`` the real SmolLM2-135M (fetched and converted on first use).
 """
 
@@ -24,7 +24,7 @@ COMMAND = "python scripts/architecture_matrix.py --smollm2"
 
 
 def header(layer: int, tol: float) -> str:
-    from attnsae.evals import exactness as ex
+    from attnsae.jobs import exactness as ex
 
     return f"""# Architecture matrix
 
@@ -35,7 +35,7 @@ Each family below is a tiny random-weight model from `tests/tiny_archs.py` ({tin
 `attnsae.load_model`; the last rows are real trained models (the SAE then sits on their last
 layer). Every stage runs on {ex.BATCH} random contexts of {ex.POS} tokens (BOS first) with a random SAE
 on `blocks.{layer}.attn.hook_z` and is compared with a direct computation written independently of the stage
-(`attnsae.evals.exactness`, whose docstring gives each one). A cell is
+(`attnsae.jobs.exactness`, whose docstring gives each one). A cell is
 
 * **exact**: the stage agrees with its direct computation; the number is the measured max relative error
   (tolerance {tol:.0e});
@@ -64,8 +64,8 @@ def main() -> None:
     import argparse
     from importlib.metadata import version
 
-    from attnsae.architecture import STAGES, describe
-    from attnsae.evals.exactness import check_stages, tolerance
+    from attnsae.models.architecture import STAGES, describe
+    from attnsae.jobs.exactness import check_stages, tolerance
     from attnsae.models import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,7 +88,7 @@ def main() -> None:
     text += "| family | " + " | ".join(STAGES) + " |\n|---|" + "---|" * len(STAGES) + "\n" + "\n".join(rows) + "\n"
     if notes:
         text += "\n" + "\n".join(f"{n}. {what}" for what, n in notes.items()) + "\n"
-    text += "\n## What makes each family distinct\n\nAs `attnsae info` reports it (`attnsae.architecture.describe`, " \
+    text += "\n## What makes each family distinct\n\nAs `attnsae info` reports it (`attnsae.models.architecture.describe`, " \
             "read from the model on a probe):\n\n" + "\n".join(families) + "\n"
     packages = ("torch", "transformers", "transformer-lens")
     text += "\nVersions: " + ", ".join(f"{p} {version(p)}" for p in packages) + ".\n"

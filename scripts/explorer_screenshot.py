@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from fastapi.testclient import TestClient
 from playwright.sync_api import sync_playwright
 
-from attnsae.cli import load_saes_and_model
+from attnsae.jobs.inputs import load_saes_and_model
 from attnsae.serve.app import create_app, serve_in_thread
 
 PROMPT = ("import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n"

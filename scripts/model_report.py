@@ -29,7 +29,7 @@ from attnsae.corpus import load_corpus
 from attnsae.evals.metrics import evaluate
 from attnsae.io import atomic_write_json, atomic_write_text, make_dir
 from attnsae.models import load_model
-from attnsae.reading import read_features
+from attnsae.jobs.reading import read_features
 from attnsae.sae.checks import sae_layer
 from attnsae.sae.formats import load_sae
 from attnsae.views.tables import eval_markdown

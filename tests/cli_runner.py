@@ -40,6 +40,8 @@ for line in requests:
             os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # read by torch at import, before the fork: apply it
+            torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         for fd, path in ((1, req["stdout"]), (2, req["stderr"])):

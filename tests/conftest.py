@@ -14,6 +14,61 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# ----------------------------------------------------------------------------------------------- tiers and threads
+# `python -m pytest -q tests` runs every tier on two pytest-xdist workers (pyproject.toml's addopts), one test file
+# per worker at a time. Tiers (markers; `-m unit` is the developer's loop):
+#   unit         in-process checks: exactness, kernels, configs, formats, views; every test not marked otherwise
+#   integration  starts a process or a browser (the CLI, torchrun, the explorer's page) or loads SmolLM2
+#   acceptance   a shipped claim measured whole: the quickstart run, the model card's bits per byte
+# A unit test that starts a process fails, naming the marker it needs. Each worker, and every process a test starts,
+# gets an equal share of the cores (THREADS), so two workers never oversubscribe the machine.
+TIERS = ("unit", "integration", "acceptance")
+THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(THREADS)  # read by torch in this worker and in every process it starts
+_in_unit_test = False
+
+
+# the longest files first, so that the two workers finish together (the quickstart alone is minutes on one core)
+LONGEST_FIRST = ("test_quickstart.py", "test_smollm2.py", "test_bad_inputs.py", "test_models.py",
+                 "test_distributed.py", "test_data_safety.py", "test_training.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test that is not integration or acceptance is unit (before ``-m`` selects); the longest files run
+    first."""
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS[1:]):
+            item.add_marker(pytest.mark.unit)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise kept
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    global _in_unit_test
+    _in_unit_test = item.get_closest_marker("unit") is not None
+
+
+def not_in_a_unit_test(what: str) -> None:
+    """Fail the running unit test that does ``what`` (starts a process, opens a browser): it belongs elsewhere."""
+    if _in_unit_test:
+        pytest.fail(f"a unit test {what}: mark it @pytest.mark.integration (see the tiers in tests/conftest.py)",
+                    pytrace=False)
+
+
+_popen_init = subprocess.Popen.__init__
+
+
+def _popen_outside_unit_tests(self, *args, **kwargs) -> None:
+    not_in_a_unit_test("starts a process")
+    _popen_init(self, *args, **kwargs)
+
+
+subprocess.Popen.__init__ = _popen_outside_unit_tests
+
+
 @pytest.fixture(scope="session")
 def ref_model():
     import attnsae
@@ -37,6 +92,7 @@ def run_cli(*args: str, timeout: float = 600, cwd=None, env: dict[str, str] | No
     plain ``python -m attnsae`` subprocess."""
     from cli_runner import run_attnsae
 
+    not_in_a_unit_test("runs the CLI")
     base = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore")
     return run_attnsae(list(args), base, env, cwd=cwd, timeout=timeout)
 
@@ -231,6 +287,7 @@ def _chromium():
     """One headless Chromium per test module (tests/browser.py); skips the test without one (see require_browser)."""
     from browser import Browser, require_browser
 
+    not_in_a_unit_test("opens a browser")
     with Browser(require_browser()) as browser:
         yield browser
 
@@ -241,63 +298,6 @@ def browser(_chromium):
     fresh context; the test's pages are closed after it."""
     yield _chromium
     _chromium.close_pages()
-
-
-# ----------------------------------------------------------------------------------------------- background runs
-# The quickstart test's run (about 4 minutes on 2 cores) and the SmolLM2 pipeline (tests/smollm2_pipeline.py, a
-# minute and a half) start when collection ends, each in its own process with one thread, and run beside the other
-# tests, most of which wait on subprocesses, the browser or Python rather than on both cores; their tests collect
-# them (background_run("quickstart"), background_run("smollm2")).
-
-BACKGROUND: dict[str, tuple] = {}
-
-
-def start_background(name: str, args: list[str], root) -> None:
-    """Start ``python ARGS`` (a plain subprocess, offline, one thread) as background run ``name``; its output logs go
-    into folder ``root`` (beside what it writes, which must be new)."""
-    import sys
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    log = open(os.path.join(root, f"{name}.log"), "w+")
-    err = open(os.path.join(root, f"{name}.err"), "w+")
-    proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=err, env=env, stdin=subprocess.DEVNULL)
-    BACKGROUND[name] = (proc, log, err)
-
-
-def background_run(name: str, timeout: float) -> subprocess.CompletedProcess:
-    """Wait for background run ``name`` and return it as a finished process (stdout and stderr as text)."""
-    proc, log, err = BACKGROUND[name]
-    proc.wait(timeout=timeout)
-    log.seek(0)
-    err.seek(0)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read(), err.read())
-
-
-def pytest_collection_finish(session) -> None:
-    """After selection (``-m``, ``-k``): start the quickstart run if any of its tests will run."""
-    import tempfile
-
-    if any(item.path.name == "test_quickstart.py" for item in session.items):
-        from test_quickstart import BUDGET
-
-        root = tempfile.mkdtemp(prefix="attnsae-quickstart-")
-        start_background("quickstart", ["-m", "attnsae", "quickstart", "--out", os.path.join(root, "out"), *BUDGET],
-                         root)
-    if any(item.name.startswith("test_the_pipeline_runs_on_it") for item in session.items):
-        root = tempfile.mkdtemp(prefix="attnsae-smollm2-")
-        start_background("smollm2", [os.path.join(os.path.dirname(__file__), "smollm2_pipeline.py"), root], root)
-
-
-def pytest_sessionfinish(session, exitstatus) -> None:
-    import shutil
-
-    for proc, log, err in BACKGROUND.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        err.close()
-        shutil.rmtree(os.path.dirname(log.name), ignore_errors=True)
 
 
 def loss_both_ways(sae, spec, x) -> list[tuple]:

@@ -6,13 +6,15 @@ from attnsae.training.config import TrainConfig
 
 
 class LayerSource:
-    """Gaussian activations with a few strong directions, different per layer; batch i is a function of (i, layer)."""
+    """Gaussian activations with a few strong directions, different per layer; batch i is a function of (i, layer).
+    The activation source of the training tests (tests/test_training.py) and of the distributed ones."""
 
     D_IN = 16
 
-    def __init__(self, layers, batch_size, crash_at=None):
+    def __init__(self, layers=(0,), batch_size=64, crash_at=None, nan_at=None):
         self.layers, self.batch_size, self.d_in = list(layers), batch_size, self.D_IN
         self.crash_at = crash_at  # batch index at which reading fails, as if the run were killed there
+        self.nan_at = nan_at  # batch index with a NaN in it
 
     def batches(self, start=0):
         i = start
@@ -24,6 +26,8 @@ class LayerSource:
                 g = torch.Generator().manual_seed(1000 * i + l)
                 x = torch.randn(self.batch_size, self.d_in, generator=g)
                 x[:, l % self.d_in] *= 5
+                if i == self.nan_at:
+                    x[3, 2] = float("nan")
                 out[l] = x
             yield out
             i += 1

@@ -1,5 +1,5 @@
 """The architecture matrix: on a tiny random model of every family in ``tiny_archs.FAMILIES``, every stage matches
-its direct computation or refuses with exactly the architecture's one-line reason (``attnsae.evals.exactness``), and
+its direct computation or refuses with exactly the architecture's one-line reason (``attnsae.jobs.exactness``), and
 the verdicts are the expected ones, so that a change which flips a cell fails here.
 
 Each model is built and loaded once per session; the whole file takes well under two minutes on two cores.
@@ -58,7 +58,7 @@ def arch_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def matrix(arch_models):
     """``get(family) -> list[StageCheck]``, computed once per family."""
-    from attnsae.evals.exactness import check_stages
+    from attnsae.jobs.exactness import check_stages
 
     done: dict[str, list] = {}
 
@@ -72,7 +72,7 @@ def matrix(arch_models):
 
 @pytest.mark.parametrize("family", tiny_archs.FAMILIES)
 def test_every_stage_is_exact_or_refused_with_its_reason(family, arch_models, matrix):
-    from attnsae.architecture import STAGES, describe
+    from attnsae.models.architecture import STAGES, describe
 
     checks = matrix(family)
     arch = describe(arch_models(family)[1])
@@ -98,7 +98,7 @@ def test_verdicts_are_the_expected_ones(family, matrix):
 
 @pytest.mark.parametrize("family", tiny_archs.FAMILIES)
 def test_describe_reads_each_familys_layout(family, arch_models):
-    from attnsae.architecture import describe
+    from attnsae.models.architecture import describe
 
     arch = describe(arch_models(family)[1])
     kv, causal, windows, positions, (pre, post) = LAYOUTS[family]
@@ -114,9 +114,10 @@ def _shown(norm, known: bool) -> str:
     return "?" if not known else str(norm) if norm else "none"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", ["gemma3", "bert"])
 def test_info_prints_the_layout(family, arch_models):
-    from attnsae.architecture import describe
+    from attnsae.models.architecture import describe
 
     folder, model = arch_models(family)
     proc = run_cli("info", "--model", folder, timeout=120)
@@ -151,12 +152,13 @@ def test_a_tokenizer_without_any_start_token_is_refused():
         bos_token_id(tok)
 
 
+@pytest.mark.integration
 def test_attribute_on_an_encoder_shows_plain_dfa_and_says_why(arch_models, tmp_path):
     """RDFA cannot split BERT's post-LN residual stream and its MLM head is no linear read-out: `attribute` prints the
     DFA terms (a depth-0 tree that closes) and one note per refusal, and exits 0."""
     import json
 
-    from attnsae.architecture import describe
+    from attnsae.models.architecture import describe
     from attnsae.sae.formats import save_sae
     from conftest import random_sae
 
@@ -184,8 +186,8 @@ def test_dashboards_run_on_an_encoder(arch_models, tmp_path):
 
     import torch
 
-    from attnsae.architecture import describe
-    from attnsae.reading import read_features
+    from attnsae.models.architecture import describe
+    from attnsae.jobs.reading import read_features
     from conftest import random_sae
 
     folder, model = arch_models("bert")
@@ -208,7 +210,7 @@ def test_attribute_the_explorer_and_the_dashboards_show_one_logit_effect(family,
 
     from attnsae.attribution import attribute
     from attnsae.attribution.logits import logit_effect_matrix
-    from attnsae.attribution.session import PromptSession
+    from attnsae.serve.session import PromptSession
     from attnsae.studies.examples import DashboardConfig, _logit_summaries
     from conftest import random_sae
 
@@ -233,9 +235,10 @@ def test_attribute_the_explorer_and_the_dashboards_show_one_logit_effect(family,
     assert chip["logit"] == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.integration
 def test_an_encoder_saved_without_its_mlm_head_is_known_to_have_an_untrained_head(tmp_path, arch_models):
     """Tied embeddings do not prove a head: a BERT saved as a bare BertModel loads with a random MLM transform."""
-    from attnsae.architecture import describe
+    from attnsae.models.architecture import describe
     from attnsae.models import load_model
 
     folder = tiny_archs.build_bert_headless(tmp_path / "bert_headless")
@@ -251,8 +254,8 @@ def test_an_encoder_saved_without_its_mlm_head_is_known_to_have_an_untrained_hea
 def test_the_explorer_reads_an_encoder_with_plain_dfa_as_attribute_does(arch_models):
     """No refusal of the whole model: features and DFA as usual, no RDFA expansion below the (source, head) terms,
     and the Effect panel says why it has no logit effect (the MLM head is no linear read-out)."""
-    from attnsae.architecture import describe
-    from attnsae.attribution.session import PromptSession
+    from attnsae.models.architecture import describe
+    from attnsae.serve.session import PromptSession
     from conftest import random_sae
 
     _, model = arch_models("bert")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import attnsae.models
-from attnsae.attribution.rdfa import CLOSURE_TOLERANCE
+from attnsae.attribution.rdfa_tree import CLOSURE_TOLERANCE
 from attnsae.attribution.report import AttributionReport
 from attnsae.cli import main
 from conftest import assert_one_line_error, run_cli, saved_sae
@@ -37,6 +37,7 @@ def in_process(ref_model, monkeypatch, capsys):
     return run
 
 
+@pytest.mark.integration
 def test_attribute_json_holds_the_exact_tree(ref_model, tokenizer, sae_dirs, tmp_path):
     """The CLI's numbers against a computation that shares nothing with it but the saved weights and the model: the
     tokens, the feature's pre-activation at every position (from hook_z of a plain forward), the chosen position,
@@ -108,16 +109,19 @@ def test_attribute_prints_sources_tree_and_logits(in_process, sae_dirs):
         assert needle in out
 
 
+@pytest.mark.integration
 def test_feature_out_of_range_is_one_line(sae_dirs):
     proc = run_cli("attribute", "--sae", sae_dirs["l1"], "--prompt", "x", "--feature", "128")
     assert_one_line_error(proc, "feature 128 is out of range", "0..127")
 
 
+@pytest.mark.integration
 def test_sae_on_another_hook_is_one_line(sae_dirs):
     proc = run_cli("attribute", "--sae", sae_dirs["resid"], "--prompt", "x", "--feature", "0")
     assert_one_line_error(proc, "blocks.1.hook_resid_pre", "attn.hook_z")
 
 
+@pytest.mark.integration
 def test_prompt_longer_than_context_is_one_line(sae_dirs):
     proc = run_cli("attribute", "--sae", sae_dirs["l1"], "--prompt", "a b c d " * 200, "--feature", "0")
     assert_one_line_error(proc, "longer than the model's context of 256")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from attnsae.attribution import attn_activations, dfa, dfa_from_activations, dfa_reference, rdfa
-from attnsae.attribution.weights import kv_of_head
+from attnsae.models.hooks import kv_of_head
 from attnsae.errors import AttnsaeError
 from attnsae.models import load_model
 from conftest import assert_tree_closes, make_gpt2_dir, make_llama_dir, random_sae, random_tokens

@@ -71,6 +71,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_dfa_8x256_tokens_all_features_of_16384_stays_within_bound(ref_model, tmp_path):
     tokens = torch.randint(1, 8192, (8, 256), generator=torch.Generator().manual_seed(0))
     tokens[:, 0] = 0

@@ -26,6 +26,8 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "BAD_INPUTS.md"
 WORKERS = 3
@@ -240,7 +242,7 @@ CASES: list[Case] = [
     C("train-batch-size-0", "train --out {d}/r --batch-size 0", "batch_size must be >= 1", "--batch-size 0"),
     C("train-context-size-1", "train --out {d}/r --context-size 1", "context_size must be >= 2",
       "a context of one token"),
-    C("train-architecture", "train --out {d}/r --architecture gated", "architecture must be one of",
+    C("train-architecture", "train --out {d}/r --architecture gated", "invalid choice: 'gated'",
       "an unknown architecture"),
     C("train-layers-repeat", "train --out {d}/r --layers 0 0", "repeats a layer", "a layer given twice"),
     C("train-topk-k-above-d-sae", "train --out {d}/r --architecture topk --ks 128 --d-sae 64",
@@ -289,7 +291,10 @@ CASES: list[Case] = [
     C("cache-out-under-file", "cache --cache-out {d}/blocker/c", "cannot create output folder",
       "--cache-out under a file (unwritable)", blocker),
     C("cache-out-missing", "cache --layers 0", "--cache-out", "no --cache-out"),
-    C("cache-lr-neg", "cache --cache-out {d}/c --lr -1", "lr must be > 0", "a bad training setting"),
+    C("cache-training-flag", "cache --cache-out {d}/c --lr 1e-3", "unrecognized arguments: --lr",
+      "a training setting given to cache (its --help lists only what it uses)"),
+    C("cache-batch-size-0", "cache --cache-out {d}/c --model-batch-size 0", "model_batch_size must be >= 1",
+      "a bad harvest setting"),
     # -- corpus
     C("corpus-save-folder", "corpus --save {d}/dir", "already exists", "--save an existing folder", some_dir),
     C("corpus-save-under-file", "corpus --save {d}/blocker/t.npy", "cannot create output folder",
@@ -323,8 +328,10 @@ CASES: list[Case] = [
     C("eval-inf-weights", "eval --sae {fx}/sae_inf --out {d}/out", "non-finite", "inf in the SAE weights"),
     C("eval-wrong-d-in", "eval --sae {fx}/sae_d_in --out {d}/out", "d_in 128",
       "an SAE of another model shape (d_in)"),
-    C("eval-other-model", "eval --sae {fx}/sae_gpt2 --out {d}/out", "trained on model 'gpt2'",
-      "an SAE trained on another model"),
+    C("eval-other-model", "eval --sae {fx}/sae_gpt2 --model attnsae-stdlib-2l --out {d}/out",
+      "trained on model 'gpt2'", "an SAE trained on another model than --model"),
+    C("eval-sae-model-unreachable", "eval --sae {fx}/sae_gpt2 --out {d}/out", "could not load model 'gpt2'",
+      "an SAE whose hub model cannot be loaded offline (it is the model eval loads by default)"),
     C("eval-hook-other", "eval --sae {fx}/sae_resid --out {d}/out", "hook_resid_pre",
       "an SAE on a hook other than hook_z"),
     C("eval-out-under-file", f"eval {SAE} --out {{d}}/blocker/out", "cannot create output folder",

@@ -9,6 +9,7 @@ COMMAND_NAMES = ["quickstart", "train", "cache", "eval", "dashboard", "attribute
                  "study"]
 
 
+@pytest.mark.integration
 def test_every_subcommand_has_help(capsys):
     """`attnsae --help` lists exactly the command table, each `attnsae CMD --help` works, and every module a
     command imports when it runs exists and holds the names it imports (a missing one must not go unnoticed)."""
@@ -29,7 +30,11 @@ def test_every_subcommand_has_help(capsys):
             main([name, "--help"])
         assert e.value.code == 0
         assert capsys.readouterr().out.startswith("usage: attnsae " + name)
-    imports = [n for n in ast.walk(ast.parse(inspect.getsource(attnsae.cli)))
+    import attnsae.cli.commands
+    import attnsae.cli.flags
+
+    imports = [n for module in (attnsae.cli, attnsae.cli.commands, attnsae.cli.flags)
+               for n in ast.walk(ast.parse(inspect.getsource(module)))
                if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("attnsae")]
     assert len(imports) > 20
     for node in imports:
@@ -89,6 +94,7 @@ def test_bad_numeric_flags_are_one_line_errors(argv, needle, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_bad_numeric_flag_through_the_console_entry_point(tmp_path):
     proc = run_cli("dashboard", "--sae", str(tmp_path / "no_sae"), "--n-top", "0", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2
@@ -117,21 +123,65 @@ def test_valid_numeric_flags_are_accepted():
         1e-3, 1, 1, [0.9, 0.999], 1, 4000)
 
 
+@pytest.mark.integration
 def test_console_entry_point_runs():
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("attnsae ")
 
 
-def test_train_exposes_every_recipe_setting():
+def _options(command: str) -> dict[str, object]:
+    """``{option string: argparse action}`` of ``attnsae COMMAND``."""
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    return {o: a for a in parser._actions for o in a.option_strings}
+
+
+def test_train_has_a_flag_with_a_help_line_for_every_setting_and_nothing_else():
+    """One flag per TrainConfig field (booleans also as --no-...), its help line the field's own, choices where the
+    field has them; and `cache` offers only what a cache uses."""
     from dataclasses import fields
 
-    from attnsae.training.config import TrainConfig
+    from attnsae.training.config import CACHE_FIELDS, TrainConfig
 
-    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    def flags(names):
+        out = {"-h", "--help", "--config", "--debug"}
+        for f in fields(TrainConfig):
+            if f.name in names:
+                out.add("--" + f.name.replace("_", "-"))
+                if f.type in (bool, "bool"):
+                    out.add("--no-" + f.name.replace("_", "-"))
+        return out
+
+    train = _options("train")
+    names = [f.name for f in fields(TrainConfig)]
+    assert set(train) == flags(names)
     for f in fields(TrainConfig):
-        assert "--" + f.name.replace("_", "-") in help_text
+        action = train["--" + f.name.replace("_", "-")]
+        assert action.help.startswith(f.metadata["help"]) and len(f.metadata["help"]) > 15, f.name
+        assert action.choices == f.metadata["rule"].get("choices"), f.name
+    assert train["--architecture"].choices == ("relu", "topk", "jumprelu")
+    assert train["--lr-schedule"].choices == ("constant", "cosine", "linear")
+    assert train["--act-dtype"].choices == ("float32", "bfloat16")
+    assert set(_options("cache")) == flags(CACHE_FIELDS) | {"--cache-out"}
+    assert "--lr" not in _options("cache") and "--resume" not in _options("cache")
 
 
+def test_every_sae_setting_reaches_the_sae_it_trains(capsys):
+    """--aux-k, the JumpReLU bandwidth and starting threshold and apply_b_dec_to_input go from the command line
+    through the config to the SAE's own config (two hops: TrainConfig -> SAESpec -> SAEConfig)."""
+    from attnsae.cli import train_config
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--architecture", "jumprelu", "--jumprelu-bandwidth", "0.02",
+                              "--jumprelu-init-threshold", "0.05", "--no-apply-b-dec-to-input", "--aux-k", "7"])
+    (spec,) = train_config(args).specs(d_in=64)
+    cfg = spec.sae_config(64, model_name="m")
+    assert (cfg.jumprelu_bandwidth, cfg.jumprelu_init_threshold, cfg.apply_b_dec_to_input) == (0.02, 0.05, False)
+    assert spec.aux_k == 7 and cfg.d_sae == 8 * 64 and cfg.hook_name == "blocks.0.attn.hook_z"
+    assert main(["train", "--jumprelu-bandwidth", "0", "--out", "x"]) == 2
+    assert "jumprelu_bandwidth must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.integration
 def test_unwritable_output_folder_is_one_line_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -112,3 +112,21 @@ def test_stdlib_validation_corpus_rows(tokenizer):
     assert c.tokens.shape == (20000 // 127, 128)
     assert (c.tokens[:, 0] == tokenizer.bos_token_id).all()
     assert c.stats.n_skipped == 0
+
+
+def test_a_stdlib_other_than_the_reference_models_is_said_once(monkeypatch):
+    """The stdlib corpus is the running Python's standard library: on another one than the reference model was
+    measured on (its card's fingerprint), the quickstart and eval say in one line that their numbers will differ."""
+    import json
+
+    from attnsae import corpus
+    from attnsae.jobs.inputs import stdlib_note
+    from attnsae.models import REFERENCE_DIR
+
+    card = json.loads((REFERENCE_DIR / "card.json").read_text())["corpus"]
+    for fingerprint, expected in ((card["validation"]["sha256"], None), ("another", card["python"])):
+        monkeypatch.setattr(corpus, "fingerprint", lambda files, f=fingerprint: f)
+        stdlib_note.cache_clear()
+        note = stdlib_note()
+        assert note is None if expected is None else (expected in note and "\n" not in note), note
+    stdlib_note.cache_clear()

@@ -119,6 +119,7 @@ def cli_inputs(tmp_path_factory, tiny_model, tiny_model_dir):
     return root, paths, str(_stdlib_text(root / "text.txt"))
 
 
+@pytest.mark.integration
 def test_cli_writes_the_site_families_heads_and_neuronpedia_export(cli_inputs, tiny_model_dir):
     root, paths, text = cli_inputs
     out = root / "site"
@@ -133,8 +134,12 @@ def test_cli_writes_the_site_families_heads_and_neuronpedia_export(cli_inputs, t
     assert summary["corpus"]["n_tokens"] == 20 * 31
     heads = json.loads((out / "heads.json").read_text())
     assert heads["n_heads"] == 8 and len(heads["heads"]) == 8
-    assert heads["summary"] == f"{heads['n_polysemantic']} of 8 heads polysemantic"
-    assert all(h["verdict"] in ("monosemantic", "polysemantic") and len(h["features"]) <= 10 for h in heads["heads"])
+    crit = heads["criterion_params"]
+    for h in heads["heads"]:  # each verdict follows from its score and the recorded threshold
+        assert 1 <= len(h["features"]) <= 10 and h["verdict"] == ("monosemantic" if h["score"] >= crit["min_related"]
+                                                              else "polysemantic"), h
+    n_poly = sum(h["verdict"] == "polysemantic" for h in heads["heads"])
+    assert heads["n_polysemantic"] == n_poly and heads["summary"] == f"{n_poly} of 8 heads polysemantic"
     fams = json.loads((out / "families.json").read_text())
     assert set(fams["thresholds"]) >= {"induction", "local", "far"} and "criterion" in fams
     for name in ("sae0", "sae1"):
@@ -157,6 +162,7 @@ def _no_trace(root: Path, out: Path) -> None:
     assert not [p for p in root.iterdir() if p.name.startswith(".site")]
 
 
+@pytest.mark.integration
 def test_sae_that_does_not_fit_the_model_is_one_line_and_writes_nothing(cli_inputs, tiny_model_dir, ref_model):
     root, paths, text = cli_inputs
     out = root / "site-bad-sae"
@@ -166,6 +172,7 @@ def test_sae_that_does_not_fit_the_model_is_one_line_and_writes_nothing(cli_inpu
     _no_trace(root, out)
 
 
+@pytest.mark.integration
 def test_zero_tokens_is_one_line_and_writes_nothing(cli_inputs, tiny_model_dir):
     root, paths, text = cli_inputs
     out = root / "site-zero"
@@ -174,6 +181,7 @@ def test_zero_tokens_is_one_line_and_writes_nothing(cli_inputs, tiny_model_dir):
     _no_trace(root, out)
 
 
+@pytest.mark.integration
 def test_unwritable_output_folder_is_one_line_and_writes_nothing(cli_inputs, tiny_model_dir):
     root, paths, text = cli_inputs
     blocker = root / "a-file"
@@ -187,7 +195,7 @@ def test_a_failure_midway_leaves_the_previous_site_untouched(cli_inputs, tiny_mo
     """The site is written into a temporary folder and swapped in whole: an error inside leaves no trace."""
     from attnsae.io import write_marker
     from attnsae.models import load_model
-    from attnsae.reading import read_features
+    from attnsae.jobs.reading import read_features
     from attnsae.sae.formats import load_sae
     from attnsae.views import site
 

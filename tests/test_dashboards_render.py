@@ -18,6 +18,8 @@ from browser import Browser, Page
 from attnsae.views.dashboards import CHUNK_SIZE, write_dashboards
 from attnsae.views.heads_report import write_head_report
 
+pytestmark = pytest.mark.integration
+
 FAMILIES = ["induction", "short-range", "long-range", "unclear"]
 # Strings a page must show as text, never run: each would execute or break markup if inserted unescaped.
 NASTY = ["</script><script>window.__pwned = 1</script>", '<img src=x onerror="window.__pwned = 2">', '"', "'",

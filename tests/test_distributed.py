@@ -26,6 +26,8 @@ from attnsae.training.trainer import fit
 from conftest import run_cli, step_hook, wait_until_stopped
 from dist_runs import RUNS, LayerSource
 
+pytestmark = pytest.mark.integration
+
 HERE = Path(__file__).parent
 
 

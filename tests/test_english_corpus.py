@@ -20,7 +20,7 @@ import pytest
 
 from attnsae import downloads
 from attnsae.corpus import CorpusStats, iter_documents, split_of
-from attnsae.corpus import english
+from attnsae.corpus import cleaning, english
 from attnsae.corpus.rserialize import read_lazyload_db, to_python, unserialize
 from attnsae.errors import AttnsaeError
 
@@ -36,7 +36,7 @@ VERSE = ("Tyger Tyger, burning bright,\nIn the forests of the night;\nWhat immor
 
 def test_unwrap_joins_wrapped_prose_and_keeps_verse():
     text = textwrap.fill(SENTENCE, width=60) + "\n\n\n" + VERSE + "  \n\n" + textwrap.fill(SENTENCE, width=60)
-    assert english.unwrap(text) == SENTENCE + "\n\n" + VERSE + "\n\n" + SENTENCE
+    assert cleaning.unwrap(text) == SENTENCE + "\n\n" + VERSE + "\n\n" + SENTENCE
 
 
 def test_unwrap_joins_indented_prose_and_long_verse_lines():
@@ -47,7 +47,7 @@ def test_unwrap_joins_indented_prose_and_long_verse_lines():
                "The carpenter singing his as he measures his plank or beam,\n"
                "The boatman singing what belongs to him in his boat, the deckhand\n    singing on the steamboat deck,\n"
                "Singing with open mouths their strong melodious songs.")
-    out = english.unwrap(indented + "\n\n" + whitman).split("\n\n")
+    out = cleaning.unwrap(indented + "\n\n" + whitman).split("\n\n")
     assert out[0] == "Now the doctor told his story with rather wild gestures, and with a passion I think. " \
                      "He was quite conscious of it."
     assert out[1].split("\n")[3] == "The boatman singing what belongs to him in his boat, the deckhand singing on " \
@@ -58,11 +58,11 @@ def test_unwrap_joins_indented_prose_and_long_verse_lines():
 def test_book_chunks_drop_boilerplate_and_emphasis():
     book = ("[A Book 1900]\n\n" + textwrap.fill("She was _very_ glad. " + SENTENCE, 70) + "\n\n") * 30
     book += "End of Project Gutenberg's A Book\n\n*** END OF THE PROJECT GUTENBERG EBOOK ***\nSmall print."
-    chunks = english.book_chunks(book)
+    chunks = cleaning.book_chunks(book)
     text = "\n\n".join(chunks)
     assert "Gutenberg" not in text and "Small print" not in text and "_" not in text
     assert "[A Book 1900]\n\nShe was very glad. " + SENTENCE + "\n\n[A Book 1900]" in text
-    assert all(len(c) >= english.CHUNK_CHARS for c in chunks[:-1]) and len(chunks) > 1
+    assert all(len(c) >= cleaning.CHUNK_CHARS for c in chunks[:-1]) and len(chunks) > 1
     assert text.count("[A Book 1900]") == 30  # chunks cut at paragraph breaks, losing nothing
 
 
@@ -70,16 +70,16 @@ def test_mail_body_keeps_the_message_only():
     raw = ("From: a@b.c\nSubject: hi\nContent-Type: text/plain; charset=iso-8859-1\n"
            "Content-Transfer-Encoding: quoted-printable\n\n"
            "Bob wrote:\n> quoted text\n> more quoted\n\nCaf=E9 at noon, then the meeting.\n\n-- \nBob's signature\n")
-    assert english.clean_mail(english.mail_body(raw)) == "Bob wrote:\n\nCafé at noon, then the meeting."
+    assert cleaning.clean_mail(cleaning.mail_body(raw)) == "Bob wrote:\n\nCafé at noon, then the meeting."
     html_mail = ("From: a@b.c\nContent-Type: text/html\n\n<html><head><style>p {color: red}</style></head>"
                  "<body><p>Hello &amp; welcome</p><p>See <b>you</b> soon</p></body></html>")
-    assert english.clean_mail(english.mail_body(html_mail)) == "Hello & welcome\n\nSee you soon"
+    assert cleaning.clean_mail(cleaning.mail_body(html_mail)) == "Hello & welcome\n\nSee you soon"
 
 
 def test_play_scenes_are_plain_text():
     md = ("# A Play\n\n## ACT I\n\n### SCENE I. A room.\n\n_Enter HAMLET_\n\n**HAMLET**  \nTo be, or not to be:  \n"
           "that is the question.\n\n_\\[Aside]_  \n\n### SCENE II. Elsewhere.\n\n**Ghost**  \nRemember me.\n")
-    assert english.play_scenes(md) == [
+    assert cleaning.play_scenes(md) == [
         "A Play\nACT I\nSCENE I. A room.\n\nEnter HAMLET\n\nHAMLET: To be, or not to be:\nthat is the question.\n\n"
         "[Aside]",
         "SCENE II. Elsewhere.\n\nGhost: Remember me.",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tiny_archs
-from attnsae.architecture import describe
+from attnsae.models.architecture import describe
 from attnsae.cli import main
 from attnsae.errors import AttnsaeError
 from attnsae.evals import metrics
@@ -175,6 +175,7 @@ def sae_dirs(tmp_path_factory, tiny_model):
     return {name: str(save_sae(sae, root / name)) for name, sae in made.items()}
 
 
+@pytest.mark.integration
 def test_cli_eval_writes_one_report_for_several_saes(tiny_model_dir, sae_dirs, tmp_path):
     out = tmp_path / "ev"
     proc = run_cli("eval", "--sae", sae_dirs["l0"], sae_dirs["l1"], "--model", tiny_model_dir, "--n-tokens", "300",

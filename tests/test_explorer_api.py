@@ -10,7 +10,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from attnsae.attribution import dfa as library_dfa, logit_effect, rdfa as library_rdfa
-from attnsae.attribution.inputs import capture, tokenize
+from attnsae.attribution.inputs import tokenize
+from attnsae.models.hooks import capture
 from attnsae.evals.splice import splice_saes
 from attnsae.serve.app import create_app
 from attnsae.serve.schemas import MAX_BODY_BYTES, MAX_PROMPT_CHARS

@@ -14,6 +14,8 @@ import pytest
 from browser import require_browser
 from conftest import fake_dashboards, random_sae
 
+pytestmark = pytest.mark.integration
+
 PROMPT = ("import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n"
           "    return os.path.join(path, sys.argv[1])\n")
 

@@ -96,11 +96,25 @@ def test_planted_features_get_their_known_family(planted):
         assert st["induction"] >= 0.5 and st["induction"] >= 5 * st["chance"]
 
 
+def _label_by_hand(st: dict, t: dict) -> str:
+    """The module docstring's rules, written out again from the recorded numbers."""
+    if st["n_examples"] < t["min_examples"]:
+        return "unclear"
+    if st["induction"] >= t["induction"] and st["induction"] >= t["induction_lift"] * st["chance"]:
+        return "induction"
+    return "short-range" if st["local"] >= t["local"] else "long-range" if st["far"] >= t["far"] else "unclear"
+
+
 def test_bundle_records_the_statistics_and_thresholds_behind_each_label(planted):
-    b = planted.bundle
-    assert b["families"]["thresholds"] == fam.FamilyThresholds().to_dict()
-    assert "induction" in b["families"]["criterion"]
-    for block, labels in zip(b["saes"], planted.labels):
+    """The file a reader gets is enough to re-derive every label: the thresholds (the documented defaults) and each
+    feature's statistics, which give back its label by the documented rules."""
+    fams = planted.bundle["families"]
+    assert fams["thresholds"] == {"induction": 0.5, "induction_lift": 5.0, "local": 0.6, "far": 0.5,
+                                  "local_window": 4, "far_distance": 8, "min_examples": 3}
+    for needle in ("≥50%", "≥5×", "≥60% lies within 4 tokens", "≥50% lies more than 8 tokens back", "fewer than 3"):
+        assert needle in fams["criterion"], needle
+    for block, labels in zip(planted.bundle["saes"], planted.labels):
         assert [f["family"] for f in block["features"]] == labels
         for f in block["features"]:
-            assert set(fam.STATS) <= set(f["family_stats"]) and f["family_stats"]["n_examples"] >= 3
+            assert set(fam.STATS) <= set(f["family_stats"])
+            assert _label_by_hand(f["family_stats"], fams["thresholds"]) == f["family"], f["family_stats"]

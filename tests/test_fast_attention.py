@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch.nn.modules.module import register_module_forward_hook
 
-from attnsae.fast_attention import fused_attention
+from attnsae.models.fast_attention import fused_attention
 
 PROMPT = "import os\nfor i in range(10):\n    print(os.path.join('a', str(i)))\n"
 
@@ -116,7 +116,8 @@ def test_a_hook_added_midway_is_honoured(ref_model):
             ref_model(t)
         finally:
             ref_model.reset_hooks()
-    assert len(got) == 1 and torch.equal(got[0], cache["blocks.1.attn.hook_pattern"])
+    assert len(got) == 1  # the hook fired: layer 1 ran the bridge's attention, on layer 0's fused output
+    torch.testing.assert_close(got[0], cache["blocks.1.attn.hook_pattern"], rtol=1e-5, atol=1e-6)
 
 
 def test_train_mode_keeps_attention_dropout(tiny_model):
@@ -146,7 +147,7 @@ def test_generation_with_a_kv_cache_matches_the_bridge(ref_model):
 
 
 def test_a_fast_path_that_disagrees_is_refused_at_entry(tiny_model_dir, monkeypatch):
-    from attnsae import fast_attention
+    from attnsae.models import fast_attention
     from attnsae.models import load_model
 
     model = load_model(tiny_model_dir)  # its own object: the verdict is kept per model

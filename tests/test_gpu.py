@@ -51,7 +51,7 @@ def test_a_run_on_cuda_trains_the_saes_of_the_cpu(tmp_path):
 
 def test_fused_attention_on_cuda_gives_the_bridges_hook_z(ref_model):
     from attnsae.activations import harvest_z
-    from attnsae.fast_attention import fused_attention
+    from attnsae.models.fast_attention import fused_attention
 
     model = ref_model.to("cuda")
     try:

@@ -45,6 +45,7 @@ def test_atomic_dir_refuses_a_file_in_its_place(tmp_path):
     assert (tmp_path / "site").read_text() == "a file"
 
 
+@pytest.mark.integration
 def test_dir_lock_makes_a_second_process_wait_and_creates_nothing(tmp_path):
     """Another process holds the lock on a cache folder that does not exist yet (so the lock is on its nearest
     existing ancestor); this process gets the lock only after the other has finished its block."""

@@ -14,7 +14,7 @@ import torch
 from attnsae.errors import AttnsaeError
 from attnsae.evals.splice import splice_saes
 from attnsae.models import load_model
-from attnsae.case_studies import run_ioi
+from attnsae.jobs.studies import run_ioi
 from attnsae.studies.ioi import (build_ioi_dataset, corrupt, feature_ablation, noise, patch_scan,
                                  run_logit_diff, single_token_names, validate_ioi, zero_at_positions)
 from attnsae.studies.ioi import patching
@@ -186,7 +186,7 @@ def ds_of(res: dict) -> list:
     return res["dataset"]["prompts"]
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # SmolLM2
 def test_smollm2_does_ioi():
     model = load_model("smollm2-135m")
     ds = build_ioi_dataset(model.tokenizer, 8, seed=0)
@@ -195,6 +195,7 @@ def test_smollm2_does_ioi():
     assert summary["mean_logit_diff"] > 3 and summary["accuracy"] == 1.0
 
 
+@pytest.mark.integration
 def test_cli_study_ioi_refuses_a_model_that_cannot_do_it(tmp_path):
     """The reference model reads code: `attnsae study ioi` on it is one error line, and no folder is written."""
     from conftest import assert_one_line_error, run_cli

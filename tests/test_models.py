@@ -57,7 +57,7 @@ def test_reference_model_matches_hf_logits(ref_model):
         torch.testing.assert_close(ref_model(tokens), hf(tokens).logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.slow  # the whole validation split through the model
+@pytest.mark.acceptance  # the model card's claim, re-measured on the whole validation split
 def test_model_card_validation_bits_per_byte_is_measured_and_below_one(ref_model, card, val_rows):
     v = card["loss"]["validation"]
     assert v["bits_per_byte"] <= 1.0
@@ -133,12 +133,14 @@ def test_lr_schedule_warms_up_then_decays_to_ten_percent():
 # ----------------------------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.integration
 def test_unknown_model_name_is_one_clear_error():
     with pytest.raises(AttnsaeError, match="could not load model"):
         load_model("no-such-org/no-such-model-xyz")
     assert_one_line_error(run_cli("info", "--model", "no-such-org/no-such-model-xyz"), "could not load model")
 
 
+@pytest.mark.integration
 def test_missing_weights_is_one_clear_error(tmp_path):
     d = tmp_path / "m"
     d.mkdir()
@@ -148,6 +150,7 @@ def test_missing_weights_is_one_clear_error(tmp_path):
     assert_one_line_error(run_cli("info", "--model", str(d)), "could not load the model")
 
 
+@pytest.mark.integration
 def test_corrupt_weights_is_one_clear_error(tmp_path):
     d = tmp_path / "m"
     shutil.copytree(REFERENCE_DIR, d)
@@ -156,14 +159,17 @@ def test_corrupt_weights_is_one_clear_error(tmp_path):
     assert_one_line_error(run_cli("info", "--model", str(d)), "could not load the model")
 
 
+@pytest.mark.integration
 def test_directory_without_config_is_one_clear_error(tmp_path):
     assert_one_line_error(run_cli("info", "--model", str(tmp_path)), "config.json")
 
 
+@pytest.mark.integration
 def test_empty_corpus_is_one_clear_error(tmp_path):
     assert_one_line_error(run_cli("corpus", "--source", str(tmp_path)), "no full context")
 
 
+@pytest.mark.integration
 def test_context_larger_than_n_ctx_is_one_clear_error():
     assert_one_line_error(run_cli("corpus", "--context-size", "512"), "n_ctx")
 

@@ -166,7 +166,7 @@ def test_feature_reading_one_head_is_carried_by_it(ref_model):
 
 def test_study_writes_its_folder(ref_model, tmp_path):
     from attnsae.corpus import load_corpus
-    from attnsae.case_studies import run_prefix_induction
+    from attnsae.jobs.studies import run_prefix_induction
 
     tokens = load_corpus(ref_model.tokenizer, "stdlib", "validation", 64, max_tokens=6 * 63, progress=False).tokens
     out = tmp_path / "study"
@@ -181,6 +181,7 @@ def test_study_writes_its_folder(ref_model, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+@pytest.mark.integration
 def test_cli_study_prefix_induction_writes_its_folder(tmp_path):
     """`attnsae study prefix-induction` on the reference model (small sweep) prints the headline table naming its
     induction heads and writes the study's files."""

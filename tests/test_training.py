@@ -18,27 +18,7 @@ from attnsae.training.resample import resample_dead
 from attnsae.training.trainer import fit
 from conftest import (assert_one_line_error, loss_both_ways, make_gpt2_dir, random_sae, run_cli, step_hook,
                       wait_until_stopped)
-
-
-class RandomSource:
-    """Gaussian activations with a few strong directions; batch i is a function of (seed, i)."""
-
-    def __init__(self, d_in=16, batch_size=64, layers=(0,), nan_at=None, crash_at=None):
-        self.d_in, self.batch_size, self.layers, self.nan_at = d_in, batch_size, list(layers), nan_at
-        self.crash_at = crash_at  # batch index at which reading fails, as if the run were killed there
-
-    def batches(self, start=0):
-        i = start
-        while True:
-            if self.crash_at is not None and i == self.crash_at:
-                raise KeyboardInterrupt
-            g = torch.Generator().manual_seed(i)
-            x = torch.randn(self.batch_size, self.d_in, generator=g)
-            x[:, 0] *= 5
-            if self.nan_at is not None and i == self.nan_at:
-                x[3, 2] = float("nan")
-            yield {l: x for l in self.layers}
-            i += 1
+from dist_runs import LayerSource
 
 
 def test_relu_loss_is_the_papers():
@@ -141,7 +121,7 @@ def test_training_reduces_loss_and_keeps_decoder_unit_norm(tmp_path):
     cfg = TrainConfig(total_tokens=64 * 150, batch_size=64, lr=3e-3, warmup_steps=10, log_every=10,
                       ckpt_every=1000, resample_every=10**9, progress=False)
     specs = [SAESpec(layer=0, d_sae=32, l1_coeff=0.05), SAESpec(layer=0, d_sae=32, l1_coeff=0.5)]
-    saes = fit(cfg, specs, RandomSource(), tmp_path)
+    saes = fit(cfg, specs, LayerSource(), tmp_path)
     recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     for name in (s.name for s in specs):
         mine = [r for r in recs if r["sae"] == name]
@@ -238,7 +218,8 @@ def test_resampling_follows_anthropic_recipe(tmp_path, monkeypatch):
     cfg = TrainConfig(total_tokens=64 * 100, batch_size=64, lr=1e-3, warmup_steps=10, log_every=1, ckpt_every=1000,
                       resample_every=40, resample_times=2, resample_window=20, resample_batches=4,
                       dead_cutoff=0.015, buffer_size=64, progress=False)
-    specs = [SAESpec(layer=0, d_sae=64, l1_coeff=1.0), SAESpec(layer=0, d_sae=64, architecture="jumprelu")]
+    specs = [SAESpec(layer=0, d_sae=64, l1_coeff=1.0, apply_b_dec_to_input=False),
+             SAESpec(layer=0, d_sae=64, architecture="jumprelu", apply_b_dec_to_input=False)]
 
     def checking_resample(sae, opt, dead, inputs, g):
         name = specs[0].name if sae.cfg.architecture == "relu" else specs[1].name
@@ -271,7 +252,7 @@ def test_resampling_follows_anthropic_recipe(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_mod, "sae_loss", recording_loss)
     monkeypatch.setattr(trainer_mod, "resample_dead", checking_resample)
-    trainer_mod.fit(cfg, specs, _PhasedSource(), tmp_path, sae_meta={"apply_b_dec_to_input": False})
+    trainer_mod.fit(cfg, specs, _PhasedSource(), tmp_path)
 
     assert [(c["sae"], c["step"]) for c in calls] == [(specs[0].name, 40), (specs[1].name, 40),
                                                       (specs[0].name, 80), (specs[1].name, 80)]
@@ -303,7 +284,7 @@ def test_lr_warms_up_from_tenth_and_rewarms_after_resample():
 def test_non_finite_activations_stop_with_the_step(tmp_path):
     cfg = TrainConfig(total_tokens=64 * 20, batch_size=64, log_every=5, ckpt_every=5, progress=False)
     with pytest.raises(AttnsaeError, match="non-finite activations at step 7"):
-        fit(cfg, [SAESpec(layer=0, d_sae=32)], RandomSource(nan_at=7), tmp_path)
+        fit(cfg, [SAESpec(layer=0, d_sae=32)], LayerSource(nan_at=7), tmp_path)
     assert not (tmp_path / SAESpec(layer=0, d_sae=32).name).exists()
 
 
@@ -311,11 +292,11 @@ def test_in_process_resume_is_exact_for_topk_with_auxk(tmp_path):
     spec = [SAESpec(layer=0, architecture="topk", d_sae=64, k=3)]
     cfg = TrainConfig(total_tokens=64 * 40, batch_size=64, log_every=5, ckpt_every=15, dead_window=5,
                       progress=False)
-    full = fit(cfg, spec, RandomSource(), tmp_path / "a")[0]
+    full = fit(cfg, spec, LayerSource(), tmp_path / "a")[0]
     with pytest.raises(KeyboardInterrupt):  # stopped at step 20: the checkpoint of step 15 remains
-        fit(cfg, spec, RandomSource(crash_at=20), tmp_path / "b")
+        fit(cfg, spec, LayerSource(crash_at=20), tmp_path / "b")
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]["step"] == 15
-    resumed = fit(replace(cfg, resume=True), spec, RandomSource(), tmp_path / "b")[0]
+    resumed = fit(replace(cfg, resume=True), spec, LayerSource(), tmp_path / "b")[0]
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
 
@@ -327,6 +308,7 @@ TRAIN_ARGS = ["train", "--layers", "0", "1", "--architecture", "relu", "--l1-coe
               "20", "--threads", "1", "--no-progress"]
 
 
+@pytest.mark.integration
 def test_kill_and_resume_gives_identical_weights(tiny_model_dir, tmp_path):
     """A real SIGKILL of a training subprocess, then --resume: same weights as an uninterrupted run."""
     args = TRAIN_ARGS + ["--model", tiny_model_dir]
@@ -358,9 +340,10 @@ def test_kill_and_resume_gives_identical_weights(tiny_model_dir, tmp_path):
     assert strip(la) == strip(lb)
 
 
+@pytest.mark.integration
 def test_train_bad_inputs_are_one_line_errors(tiny_model_dir, tmp_path):
     base = ["train", "--model", tiny_model_dir, "--out", str(tmp_path / "o"), "--no-progress", "--context-size", "32"]
-    assert_one_line_error(run_cli(*base, "--architecture", "gated"), "architecture must be one of")
+    assert_one_line_error(run_cli(*base, "--architecture", "gated"), "invalid choice: 'gated'", "jumprelu")
     assert_one_line_error(run_cli(*base, "--layers", "7"), "unknown layer 7")
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "checkpoint.pt").write_bytes(b"PK\x03\x04garbage")
@@ -431,6 +414,7 @@ def test_train_config_coerces_and_validates_every_field():
         TrainConfig.from_dict({"lrr": 1})
 
 
+@pytest.mark.integration
 def test_training_from_a_cache_of_another_model_is_refused(tiny_model_dir, tmp_path):
     common = ["--context-size", "32", "--max-corpus-tokens", "4000", "--no-progress", "--layers", "0"]
     proc = run_cli("cache", "--model", tiny_model_dir, "--cache-out", str(tmp_path / "cache"), *common)

@@ -2,7 +2,7 @@
 
 * :func:`harvest_z` runs one forward pass that stops after the last layer needed and returns
   ``{layer: z_cat [tokens, n_heads*d_head]}`` (attention through SDPA where the bridge allows it:
-  :mod:`attnsae.fast_attention`).
+  :mod:`attnsae.models.fast_attention`).
 * :class:`ModelActivations` streams batches ``{layer: [batch, d_in]}`` straight from a model. Its shuffle buffer is a
   *chunk shuffle*: ``buffer_size`` activations (from consecutive, randomly ordered contexts) are harvested, permuted
   and served, then the next chunk. Batch ``i`` is a pure function of ``(seed, i)``, so a resumed run sees exactly
@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attnsae.errors import AttnsaeError, short
-from attnsae.fast_attention import fused_attention
+from attnsae.models.fast_attention import fused_attention
 from attnsae.io import atomic_dir, atomic_write_json, read_json
 
 ACT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

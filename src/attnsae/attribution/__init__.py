@@ -10,7 +10,8 @@
 * :mod:`~attnsae.attribution.report` — all of it for one prompt and feature (what ``attnsae attribute`` prints).
 
 Helpers: :mod:`~attnsae.attribution.weights` (value-path weights from a bridge, GPT-2 and Llama/GQA) and
-:mod:`~attnsae.attribution.inputs` (checks of SAEs, features and prompts; hook capture). Results are dataclasses of
+:mod:`~attnsae.attribution.inputs` (checks of SAEs, features and prompts); hook capture is
+:mod:`attnsae.models.hooks`. Results are dataclasses of
 tensors or lists with ``to_dict()`` for JSON.
 """
 
@@ -25,7 +26,8 @@ from attnsae.attribution.dfa import (
 )
 from attnsae.attribution.head_shares import HeadAttribution, head_attribution, head_shares
 from attnsae.attribution.logits import LogitEffect, logit_effect, logit_effect_matrix
-from attnsae.attribution.rdfa import RDFANode, RDFAResult, RDFATracer, rdfa
+from attnsae.attribution.rdfa import RDFATracer, rdfa
+from attnsae.attribution.rdfa_tree import RDFANode, RDFAResult
 from attnsae.attribution.report import AttributionReport, attribute
 
 __all__ = [

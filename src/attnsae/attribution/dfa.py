@@ -40,12 +40,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from attnsae.architecture import require
-from attnsae.attribution.inputs import attention_mask, capture, check_features, tokenize
-from attnsae.models import check_tokens
-from attnsae.sae.checks import check_sae, cpu_sae
-from attnsae.attribution.weights import kv_of_head
+from attnsae.attribution.inputs import check_features, tokenize
 from attnsae.errors import AttnsaeError
+from attnsae.models import check_tokens
+from attnsae.models.architecture import require
+from attnsae.models.hooks import attention_mask, capture, kv_of_head
+from attnsae.sae.checks import check_sae, cpu_sae
 from attnsae.sae.model import SAE
 
 ITEM = 4  # bytes per float32

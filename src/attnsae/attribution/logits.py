@@ -22,7 +22,7 @@ import torch
 
 from attnsae.attribution.inputs import check_features
 from attnsae.sae.checks import check_sae
-from attnsae.architecture import require
+from attnsae.models.architecture import require
 from attnsae.attribution.weights import layer_weights, unembed_weights
 from attnsae.sae.model import SAE
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from attnsae.architecture import describe
+from attnsae.models.architecture import describe
 from attnsae.attribution.inputs import check_features, tokenize
 from attnsae.sae.checks import check_sae
 from attnsae.attribution.logits import LogitEffect, logit_effect
-from attnsae.attribution.rdfa import CLOSURE_TOLERANCE, RDFAResult, RDFATracer
+from attnsae.attribution.rdfa import RDFATracer
+from attnsae.attribution.rdfa_tree import CLOSURE_TOLERANCE, RDFAResult
 from attnsae.sae.model import SAE
 
 

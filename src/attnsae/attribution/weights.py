@@ -1,5 +1,5 @@
 """The weights attribution reads, taken from a TransformerLens ``TransformerBridge`` in the layout
-:func:`attnsae.architecture.describe` found on a probe.
+:func:`attnsae.models.architecture.describe` found on a probe.
 
 One layer's value path is ``norm_in -> W_V (+ b_V) -> pattern -> z -> W_O (+ b_O) -> norm_out``:
 
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnsae.architecture import Norm, describe, norm_weights, param
 from attnsae.errors import AttnsaeError
+from attnsae.models.architecture import Norm, describe, norm_weights, param
+from attnsae.models.hooks import kv_of_head
 
 
 @dataclass
@@ -82,13 +83,6 @@ class LayerWeights:
             y = y - y.mean(-1, keepdim=True)
         s = scale[..., None] if isinstance(scale, Tensor) else scale
         return y * self.post_w / s
-
-
-def kv_of_head(n_heads: int, n_kv_heads: int) -> Tensor:
-    """``kv(h) = h // (n_heads // n_kv_heads)``: int64 [n_heads]."""
-    if n_heads % n_kv_heads:
-        raise AttnsaeError(f"{n_heads} query heads do not split evenly over {n_kv_heads} value heads")
-    return torch.arange(n_heads) // (n_heads // n_kv_heads)
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ All sums are streamed batch by batch in float64: one clean run per batch, one sp
 mean-ablated run per distinct layer.
 
 **Memory.** No run materialises ``[batch, pos, d_vocab]`` logits when the LM head is a linear read-out of the final
-norm (:func:`attnsae.architecture.describe`'s ``lm_head == "linear"``): each run stops at ``ln_final.hook_out``
+norm (:func:`attnsae.models.architecture.describe`'s ``lm_head == "linear"``): each run stops at ``ln_final.hook_out``
 (``[batch, pos, d_model]``) and the logits, log-softmax, CE and KL are computed a chunk of positions at a time,
 ``logits = h @ W_U + b_U``, with a chunk's ``[rows, d_vocab]`` float32 tensors held within ``max_chunk_bytes``. The
 clean run's final hidden states are kept for the batch and the clean chunk's log-probabilities are recomputed for
@@ -44,7 +44,7 @@ batch that stops at the last needed layer) for the reconstruction metrics, the C
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,12 +53,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from attnsae.activations import StopForward, harvest_z
-from attnsae.architecture import describe, param
+from attnsae.models.architecture import describe, param
 from attnsae.errors import AttnsaeError
-from attnsae.fast_attention import fused_attention
-from attnsae.io import finite
+from attnsae.models.fast_attention import fused_attention
 from attnsae.models import check_tokens, model_name
 from attnsae.sae.model import SAE, SAEOutput
+from attnsae.evals.report import LOSS_FIELDS, EvalReport, SAEEval  # noqa: F401  (LOSS_FIELDS: the report's)
 from attnsae.evals.splice import ablate_z, mean_z, splice_saes
 from attnsae.sae.checks import check_sae
 
@@ -67,9 +67,6 @@ MAX_CHUNK_BYTES = 256 * 2**20  # default budget of one position chunk's [rows, d
 LIVE_CHUNK_TENSORS = 4  # [rows, d_vocab] float32 tensors (or their equivalent) alive at once while scoring a chunk
 MAX_BATCH = 16  # default contexts per forward pass
 MAX_BATCH_LOGITS = 2**25  # with a non-linear LM head: logits per batch (128 MiB in float32) the default allows
-# the SAEEval fields that need loss runs (NaN when CE and KL are refused)
-LOSS_FIELDS = ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_recovered_zero", "ce_recovered_mean", "kl_sae",
-               "kl_zero", "kl_mean")
 
 
 # ----------------------------------------------------------------------------------------------- reconstruction
@@ -156,74 +153,6 @@ def reconstruction_metrics(sae: SAE, batches: Iterable[Tensor]) -> Reconstructio
 
 
 # ----------------------------------------------------------------------------------------------- with the model
-
-
-@dataclass
-class SAEEval:
-    """Everything :func:`evaluate` measures for one SAE (see the module docstring for definitions)."""
-
-    name: str
-    layer: int
-    hook_name: str
-    d_in: int
-    d_sae: int
-    architecture: str
-    n_tokens: int  # tokens the reconstruction metrics and firing frequencies are over
-    l0: float
-    explained_variance: float
-    nmse: float
-    cosine: float
-    ce_clean: float
-    ce_sae: float
-    ce_zero: float
-    ce_mean: float
-    ce_recovered_zero: float
-    ce_recovered_mean: float
-    kl_sae: float
-    kl_zero: float
-    kl_mean: float
-    dead_frac: float
-    dense_frac: float
-    head_fvu: list[float]
-    head_error_share: list[float]
-    feature_frequency: list[float] = field(repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        """The scalar metrics (no per-head or per-feature lists)."""
-        d = asdict(self)
-        for k in ("head_fvu", "head_error_share", "feature_frequency"):
-            d.pop(k)
-        return d
-
-
-@dataclass
-class EvalReport:
-    """Results of :func:`evaluate` for several SAEs on one model and one set of tokens."""
-
-    model: str
-    n_contexts: int
-    context_size: int
-    n_loss_tokens: int  # next-token predictions per run: n_contexts * (context_size - 1); 0 when CE is refused
-    keep_bos: bool
-    mean_ablation: str
-    saes: list[SAEEval]
-    meta: dict[str, Any] = field(default_factory=dict)  # where the tokens came from, set by the caller
-    ce_refused: str | None = None  # why CE and KL were not measured (then NaN); None when they were
-
-    def to_dict(self, feature_frequency: bool = True) -> dict[str, Any]:
-        """Plain JSON-ready dict; NaN and infinities become None."""
-        d = asdict(self)
-        if not feature_frequency:
-            for s in d["saes"]:
-                s.pop("feature_frequency")
-        return finite(d)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvalReport:
-        nan = float("nan")
-        saes = [SAEEval(**{k: (nan if v is None and k not in ("name", "hook_name") else v) for k, v in s.items()})
-                for s in d["saes"]]
-        return cls(**{**d, "saes": saes})
 
 
 def ce_recovered(ce_baseline: float, ce_sae: float, ce_clean: float) -> float:

@@ -1,6 +1,6 @@
 """The Circuit Explorer's server: a FastAPI app over one model and its attention SAEs (``attnsae explore``).
 
-The app holds no maths: every answer is a :class:`~attnsae.attribution.session.PromptSession` method's plain data
+The app holds no maths: every answer is a :class:`~attnsae.serve.session.PromptSession` method's plain data
 (the API is described in :mod:`attnsae.serve.schemas` and served at ``/openapi.json``). Sessions are kept per
 prompt, the ``max_sessions`` most recently used, so clicks on a prompt cost no forward pass; one lock serialises
 the model.
@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from attnsae import __version__
-from attnsae.attribution.session import PromptSession
+from attnsae.serve.session import PromptSession
 from attnsae.errors import AttnsaeError
 from attnsae.models import model_name, n_ctx
 from attnsae.sae.model import SAE

@@ -2,7 +2,7 @@
 
 Every analysis endpoint is ``POST /api/<name>`` with a JSON body naming the ``prompt`` (text; BOS is prepended as in
 training). Positions index the tokens including BOS (0 is BOS). Answers (plain JSON, built by
-:mod:`attnsae.attribution.session`'s ``to_dict`` methods)::
+:mod:`attnsae.serve.session`'s ``to_dict`` methods)::
 
     GET  /api/info        {"model", "n_layers", "n_heads", "d_head", "n_ctx", "max_prompt_chars",
                            "saes": [{"layer", "d_sae", "hook_name", "architecture", "name"}],

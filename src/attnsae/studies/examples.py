@@ -30,18 +30,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attnsae.studies import families as fam
 from attnsae.activations import hook_z_name
-from attnsae.architecture import describe
 from attnsae.attribution.dfa import dfa_from_activations, from_cache, hook_names
 from attnsae.attribution.head_shares import head_shares
-from attnsae.attribution.inputs import capture
-from attnsae.sae.checks import check_sae, cpu_sae, fingerprint
 from attnsae.attribution.logits import logit_effect_matrix
 from attnsae.errors import AttnsaeError
 from attnsae.io import printable
 from attnsae.models import model_name
+from attnsae.models.architecture import describe
+from attnsae.models.hooks import capture
+from attnsae.sae.checks import check_sae, cpu_sae, fingerprint
 from attnsae.sae.model import SAE
+from attnsae.studies import families as fam
+from attnsae.studies.results import Dashboards
 from attnsae.studies.scan import FeatureScan, ScanConfig, scan_features, select_examples
 
 
@@ -64,22 +65,6 @@ class DashboardConfig:
             raise AttnsaeError(f"--n-bands must be in 1..{n} (the firings sampled per feature), got {self.n_bands}")
         if not 0 <= self.per_band <= n:
             raise AttnsaeError(f"--per-band must be in 0..{n} (the firings sampled per feature), got {self.per_band}")
-
-
-@dataclass
-class Dashboards:
-    """The bundle (JSON-ready, schema in :mod:`attnsae.views.dashboards`) and per-SAE results behind it.
-
-    labels[k]: family per feature of SAE k ("dead" if it never fired); stats[k]: feature-level family statistics.
-    """
-
-    bundle: dict
-    scans: list[FeatureScan]
-    labels: list[list[str]]
-    stats: list[list[dict]]
-    counts: dict[str, dict[str, int]]  # per SAE name: features per family (attnsae.studies.families.breakdown)
-    head_shares: list[Tensor]  # per SAE, the exact weight-based head attribution [d_sae, n_heads] (the bundle rounds)
-    seconds: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- examples

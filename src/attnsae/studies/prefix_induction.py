@@ -9,7 +9,7 @@
    (:mod:`attnsae.studies.prefix_features`), and specificity plots of the commonest ones against two proxies
    (:mod:`attnsae.studies.specificity`);
 
-and returns the result as plain data; :func:`attnsae.case_studies.run_prefix_induction` writes it into one folder
+and returns the result as plain data; :func:`attnsae.jobs.studies.run_prefix_induction` writes it into one folder
 (:mod:`attnsae.views.prefix_report`).
 
 A head's verdict is a stated rule: on text, the share of its attention kept when the longer prefix is broken

@@ -22,6 +22,7 @@ import torch
 from attnsae.errors import AttnsaeError
 from attnsae.io import atomic_path, make_dir
 from attnsae.sae.model import SAE
+from attnsae.training.config import ADDED_SETTINGS
 
 SHARDS = "checkpoint"  # the shard folder beside the manifest checkpoint.pt
 _SHARD = re.compile(r"^(.+)\.step(\d+)\.pt$")
@@ -158,8 +159,9 @@ def read_manifest(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(ck, dict) or "state" not in ck or "settings" not in ck:
         raise AttnsaeError(f"corrupt or truncated checkpoint {path} (no training state in it); start over with "
                            "--overwrite")
-    if ck["settings"] != settings:
-        diff = sorted(k for k in set(settings) | set(ck["settings"]) if settings.get(k) != ck["settings"].get(k))
+    saved = {**{k: v for k, v in ADDED_SETTINGS.items() if k in settings}, **ck["settings"]}
+    if saved != settings:
+        diff = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
         raise AttnsaeError(f"checkpoint {path} was made with other settings ({', '.join(diff[:5])} differ); resume "
                            "with the same settings, or start over with --overwrite or another --out")
     return ck

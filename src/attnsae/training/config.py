@@ -15,21 +15,31 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 import os
 import types
 import typing
+from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from attnsae.errors import AttnsaeError, short
 from attnsae.sae import ARCHITECTURES
+
+if typing.TYPE_CHECKING:
+    from attnsae.sae.model import SAEConfig
+
 SPARSITY_FIELD = {"relu": "l1_coeffs", "topk": "ks", "jumprelu": "l0_coeffs"}  # architecture -> its sparsity list
 SPEC_KEY = {"relu": "l1_coeff", "topk": "k", "jumprelu": "l0_coeff"}
 # settings that steer the process, not the result: they may change between a run and its --resume (a run folder
 # may also move: `out` is where, not what)
 RUN_CONTROL = ("resume", "overwrite", "progress", "threads", "device", "wandb_project", "out", "module_parallel")
+# the settings `attnsae cache` uses: which activations of which text (a run that reads the cache takes these from it)
+CACHE_FIELDS = ("model", "device", "source", "split", "text_field", "context_size", "prepend_bos", "drop_bos",
+                "act_dtype", "model_batch_size", "max_corpus_tokens", "layers", "threads", "progress")
+# settings added since runs were first saved: a checkpoint that lacks one was made with its default
+ADDED_SETTINGS = {"aux_k": None, "jumprelu_bandwidth": 1e-3, "jumprelu_init_threshold": 1e-3,
+                  "apply_b_dec_to_input": True}
 # seeds reach torch.manual_seed, torch.Generator().manual_seed (both < 2**64) and numpy's SeedSequence (any int >= 0);
 # 0..2**63 - 1 is what all of them accept and what fits an int64 wherever a seed is stored
 SEED_MAX = 2**63 - 1
@@ -37,9 +47,10 @@ CONFIG_MAX_BYTES = 1 << 20  # a config file is a page of settings: 1 MiB is far 
 CONFIG_MAX_VALUES = 10_000  # values of a YAML document once its aliases are expanded ("billion laughs" stops here)
 
 
-def _rule(**kw: Any) -> dict[str, Any]:
-    """Validation metadata of a field: ``ge``/``gt``/``le`` bounds (each list item too), ``choices``, ``n`` items."""
-    return {"rule": kw}
+def _rule(help: str, **kw: Any) -> dict[str, Any]:
+    """A field's metadata: ``help``, its one line in ``attnsae train --help`` (the one place a setting is described),
+    and its validation rule: ``ge``/``gt``/``le``/``lt`` bounds (each list item too), ``choices``, ``n`` items."""
+    return {"help": help, "rule": kw}
 
 
 def usable_cores() -> int:
@@ -60,7 +71,7 @@ def check_seed(value: int, name: str = "seed") -> int:
 
 @dataclass
 class SAESpec:
-    """One SAE of a run: the layer it reads and its own hyper-parameters."""
+    """One SAE of a run: the layer it reads and its own hyper-parameters (:meth:`sae_config` makes its SAE)."""
 
     layer: int
     architecture: str = "relu"
@@ -70,71 +81,124 @@ class SAESpec:
     l0_coeff: float = 1.0  # jumprelu
     aux_coeff: float = 1 / 32  # topk: AuxK loss weight
     aux_k: int | None = None  # topk: latents used by AuxK (default d_in // 2)
+    apply_b_dec_to_input: bool = True
+    jumprelu_bandwidth: float = 1e-3
+    jumprelu_init_threshold: float = 1e-3
 
     @property
     def name(self) -> str:
         hp = {"relu": f"l1_{self.l1_coeff:g}", "topk": f"k{self.k}", "jumprelu": f"l0_{self.l0_coeff:g}"}
         return f"layer{self.layer}_{self.architecture}_{self.d_sae}_{hp[self.architecture]}"
 
+    def sae_config(self, d_in: int, **meta: Any) -> SAEConfig:
+        """The :class:`SAEConfig` of this SAE on ``blocks.{layer}.attn.hook_z``; ``meta``: provenance (model_name,
+        context_size, ...)."""
+        from attnsae.sae.model import SAEConfig  # torch: imported when SAEs are made, not when settings are read
+
+        return SAEConfig(d_in=d_in, d_sae=self.d_sae, architecture=self.architecture, k=self.k, layer=self.layer,
+                         hook_name=f"blocks.{self.layer}.attn.hook_z", apply_b_dec_to_input=self.apply_b_dec_to_input,
+                         jumprelu_bandwidth=self.jumprelu_bandwidth,
+                         jumprelu_init_threshold=self.jumprelu_init_threshold, **meta)
+
 
 @dataclass
 class TrainConfig:
-    """A whole training run (defaults: the paper's recipe, PAPER_NOTES §2, on the reference model)."""
+    """A whole training run (defaults: the paper's recipe, PAPER_NOTES §2, on the reference model). Each field's
+    ``help`` is its line in ``attnsae train --help``."""
 
     # model and data
-    model: str | None = None  # None: the shipped reference model
-    device: str = "cpu"
-    source: str = "stdlib"
-    split: str = "train"
-    text_field: str = "text"
-    context_size: int = field(default=128, metadata=_rule(ge=2))
-    prepend_bos: bool = True
-    drop_bos: bool = True
-    buffer_size: int = field(default=262_144, metadata=_rule(ge=1))
-    act_dtype: str = field(default="float32", metadata=_rule(choices=("float32", "bfloat16")))
-    model_batch_size: int = field(default=32, metadata=_rule(ge=1))
-    cache: str | None = None  # read activations from an `attnsae cache` folder instead of the model
-    max_corpus_tokens: int | None = field(default=None, metadata=_rule(ge=1))
+    model: str | None = field(default=None, metadata=_rule(
+        "model: a name `attnsae models` lists, a local HF folder, a .gguf file or a hub name (default: the shipped "
+        "reference model)"))
+    device: str = field(default="cpu", metadata=_rule("torch device of the model and the SAEs: cpu, cuda, cuda:1"))
+    source: str = field(default="stdlib", metadata=_rule(
+        "training text: stdlib, english, a .txt/.jsonl/.npy file, a folder of them, or a hub dataset"))
+    split: str = field(default="train", metadata=_rule("split of the source: train or validation (a hub dataset: any)"))
+    text_field: str = field(default="text", metadata=_rule("the text column of a .jsonl file or a hub dataset"))
+    context_size: int = field(default=128, metadata=_rule("tokens per context, BOS included", ge=2))
+    prepend_bos: bool = field(default=True, metadata=_rule("start each context with the BOS token"))
+    drop_bos: bool = field(default=True, metadata=_rule("leave position 0 (BOS) out of the training activations"))
+    buffer_size: int = field(default=262_144, metadata=_rule(
+        "activations held and shuffled per layer (rows; at least --batch-size)", ge=1))
+    act_dtype: str = field(default="float32", metadata=_rule(
+        "dtype the activations are held in (the shuffle buffer, the cache)", choices=("float32", "bfloat16")))
+    model_batch_size: int = field(default=32, metadata=_rule("contexts per model forward pass when harvesting", ge=1))
+    cache: str | None = field(default=None, metadata=_rule(
+        "read the activations from this `attnsae cache` folder instead of running the model"))
+    max_corpus_tokens: int | None = field(default=None, metadata=_rule(
+        "read at most this many tokens of the source (default: all of it)", ge=1))
     # SAEs
-    layers: list[int] = field(default_factory=lambda: [0], metadata=_rule(ge=0))
-    architecture: str = field(default="relu", metadata=_rule(choices=ARCHITECTURES))
-    d_sae: list[int] | None = field(default=None, metadata=_rule(ge=1))  # None: expansion_factor * d_in
-    expansion_factor: int = field(default=8, metadata=_rule(ge=1))
-    l1_coeffs: list[float] = field(default_factory=lambda: [2.0], metadata=_rule(ge=0))
-    ks: list[int] = field(default_factory=lambda: [32], metadata=_rule(ge=1))
-    l0_coeffs: list[float] = field(default_factory=lambda: [1.0], metadata=_rule(ge=0))
-    per_layer: bool = False  # pair sparsity values and d_sae with layers instead of taking the product
-    aux_coeff: float = field(default=1 / 32, metadata=_rule(ge=0))
+    layers: list[int] = field(default_factory=lambda: [0], metadata=_rule(
+        "the layers whose attention output is read (blocks.L.attn.hook_z, heads concatenated)", ge=0))
+    architecture: str = field(default="relu", metadata=_rule(
+        "SAE activation: relu (L1 penalty), topk (k latents) or jumprelu (L0 penalty)", choices=ARCHITECTURES))
+    d_sae: list[int] | None = field(default=None, metadata=_rule(
+        "dictionary sizes, one SAE each (default: --expansion-factor x d_in)", ge=1))
+    expansion_factor: int = field(default=8, metadata=_rule("d_sae = this x d_in when --d-sae is not given", ge=1))
+    l1_coeffs: list[float] = field(default_factory=lambda: [2.0], metadata=_rule(
+        "relu: L1 coefficients, one SAE each (the penalty is coeff x sum_i f_i x ||W_dec[i]||)", ge=0))
+    ks: list[int] = field(default_factory=lambda: [32], metadata=_rule("topk: latents kept per token, one SAE each",
+                                                                       ge=1))
+    l0_coeffs: list[float] = field(default_factory=lambda: [1.0], metadata=_rule(
+        "jumprelu: L0 coefficients, one SAE each", ge=0))
+    per_layer: bool = field(default=False, metadata=_rule(
+        "pair the sparsity values and --d-sae with --layers (one each, or one for all) instead of every combination"))
+    aux_coeff: float = field(default=1 / 32, metadata=_rule("topk: weight of the AuxK loss on dead latents", ge=0))
+    aux_k: int | None = field(default=None, metadata=_rule(
+        "topk: dead latents AuxK reconstructs the residual from (default: d_in / 2)", ge=1))
+    jumprelu_bandwidth: float = field(default=1e-3, metadata=_rule(
+        "jumprelu: width of the straight-through estimator's window around the threshold", gt=0))
+    jumprelu_init_threshold: float = field(default=1e-3, metadata=_rule("jumprelu: every threshold's starting value",
+                                                                        gt=0))
+    apply_b_dec_to_input: bool = field(default=True, metadata=_rule(
+        "subtract the decoder bias from the input before encoding"))
     # the loop
-    total_tokens: int = field(default=2_000_000, metadata=_rule(ge=1))
-    batch_size: int = field(default=4096, metadata=_rule(ge=1))
-    lr: float = field(default=1e-3, metadata=_rule(gt=0))
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99], metadata=_rule(ge=0, lt=1, n=2))
-    warmup_steps: int = field(default=1000, metadata=_rule(ge=0))
-    warmup_from: float = field(default=0.1, metadata=_rule(ge=0, le=1))  # warm-up starts at warmup_from * lr
-    lr_schedule: str = field(default="constant", metadata=_rule(choices=("constant", "cosine", "linear")))
-    lr_end_frac: float = field(default=0.0, metadata=_rule(ge=0, le=1))
-    l1_warmup_steps: int = field(default=0, metadata=_rule(ge=0))
-    resample_every: int = field(default=25_000, metadata=_rule(ge=1))
-    resample_times: int = field(default=4, metadata=_rule(ge=0))
-    resample_window: int = field(default=12_500, metadata=_rule(ge=1))
-    resample_batches: int = field(default=100, metadata=_rule(ge=1))
-    dead_cutoff: float = field(default=1e-6, metadata=_rule(ge=0, le=1))
-    dead_window: int = field(default=1000, metadata=_rule(ge=1))  # steps without firing: dead (metrics, AuxK)
-    seed: int = field(default=0, metadata=_rule(ge=0))  # at most SEED_MAX (validate)
-    log_every: int = field(default=50, metadata=_rule(ge=1))
-    ckpt_every: int = field(default=500, metadata=_rule(ge=1))
-    sparse_kernel: bool = True  # TopK, and ReLU/JumpReLU batches sparse enough: attnsae.sae.kernels (sparse backward)
-    wandb_project: str | None = None
+    total_tokens: int = field(default=2_000_000, metadata=_rule("training tokens (activations) per SAE", ge=1))
+    batch_size: int = field(default=4096, metadata=_rule(
+        "activations per step (the global batch: under torchrun it splits over each module group's processes)", ge=1))
+    lr: float = field(default=1e-3, metadata=_rule("Adam's learning rate", gt=0))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99], metadata=_rule("Adam's two betas", ge=0, lt=1,
+                                                                                   n=2))
+    warmup_steps: int = field(default=1000, metadata=_rule(
+        "steps of linear learning-rate warm-up (restarted after each resample)", ge=0))
+    warmup_from: float = field(default=0.1, metadata=_rule("the warm-up starts at this fraction of --lr", ge=0, le=1))
+    lr_schedule: str = field(default="constant", metadata=_rule(
+        "learning rate after the warm-up", choices=("constant", "cosine", "linear")))
+    lr_end_frac: float = field(default=0.0, metadata=_rule(
+        "cosine and linear end at this fraction of --lr", ge=0, le=1))
+    l1_warmup_steps: int = field(default=0, metadata=_rule(
+        "steps over which the sparsity penalty ramps up from 0", ge=0))
+    resample_every: int = field(default=25_000, metadata=_rule("steps between dead-latent resamplings", ge=1))
+    resample_times: int = field(default=4, metadata=_rule("resamplings at most (0: never resample)", ge=0))
+    resample_window: int = field(default=12_500, metadata=_rule(
+        "a latent that did not fire in this many steps before a resampling is resampled", ge=1))
+    resample_batches: int = field(default=100, metadata=_rule(
+        "batches whose losses choose the resampled directions", ge=1))
+    dead_cutoff: float = field(default=1e-6, metadata=_rule(
+        "firing frequency below which a latent counts as dead in the metrics", ge=0, le=1))
+    dead_window: int = field(default=1000, metadata=_rule(
+        "steps without firing after which a latent is dead (metrics, AuxK)", ge=1))
+    seed: int = field(default=0, metadata=_rule("seed of the SAEs' initialisation and the data order (0 .. 2**63-1)",
+                                                ge=0))
+    log_every: int = field(default=50, metadata=_rule("steps between metrics lines (metrics.jsonl)", ge=1))
+    ckpt_every: int = field(default=500, metadata=_rule("steps between checkpoints", ge=1))
+    sparse_kernel: bool = field(default=True, metadata=_rule(
+        "sparse forward/backward over the active latents (TopK; ReLU and JumpReLU batches sparse enough)"))
+    wandb_project: str | None = field(default=None, metadata=_rule("also log the metrics to this W&B project"))
     # where, and how to treat an existing run there
-    out: str = "attnsae-out/train"
-    resume: bool = False
-    overwrite: bool = False
-    threads: int | None = field(default=None, metadata=_rule(ge=1))  # at most usable_cores() (validate)
-    progress: bool = True
+    out: str = field(default="attnsae-out/train", metadata=_rule(
+        "run folder: checkpoints, metrics and one SAE folder per SAE"))
+    resume: bool = field(default=False, metadata=_rule(
+        "continue the run in --out from its last checkpoint (same settings and data)"))
+    overwrite: bool = field(default=False, metadata=_rule(
+        "start the run in --out over (the previous run is kept until the new one's first checkpoint)"))
+    threads: int | None = field(default=None, metadata=_rule(
+        "CPU threads (default: torch's choice; at most the cores this process may use)", ge=1))
+    progress: bool = field(default=True, metadata=_rule("show progress bars"))
     # under torchrun: the processes form module_parallel groups, each owning a block of the layers (the processes of
     # a group share its SAEs, data parallel); see attnsae.training.distributed
-    module_parallel: int = field(default=1, metadata=_rule(ge=1))
+    module_parallel: int = field(default=1, metadata=_rule(
+        "under torchrun: groups of processes, each training a block of the layers", ge=1))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -186,8 +250,10 @@ class TrainConfig:
             rows = [(l, sparsity[i % len(sparsity)], d_saes[i % len(d_saes)]) for i, l in enumerate(self.layers)]
         else:
             rows = [(l, v, d) for l in self.layers for d in d_saes for v in sparsity]
-        specs = [SAESpec(layer=l, architecture=self.architecture, d_sae=d, aux_coeff=self.aux_coeff, **{key: v})
-                 for l, v, d in rows]
+        common = dict(architecture=self.architecture, aux_coeff=self.aux_coeff, aux_k=self.aux_k,
+                      apply_b_dec_to_input=self.apply_b_dec_to_input, jumprelu_bandwidth=self.jumprelu_bandwidth,
+                      jumprelu_init_threshold=self.jumprelu_init_threshold)
+        specs = [SAESpec(layer=l, d_sae=d, **common, **{key: v}) for l, v, d in rows]
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise AttnsaeError(f"two SAEs with the same settings ({sorted(n for n in names if names.count(n) > 1)[0]});"

@@ -35,7 +35,7 @@ from attnsae.io import (atomic_path, atomic_write_json, atomic_write_text, check
 from attnsae.memory import check_fits
 from attnsae.models import load_model, model_name
 from attnsae.sae.formats import save_sae
-from attnsae.sae.model import SAE, SAEConfig
+from attnsae.sae.model import SAE
 from attnsae.training.checkpoint import (FiringStats, TrainState, load_checkpoint, merged_state, save_manifest,
                                          save_shard)
 from attnsae.training import distributed
@@ -145,8 +145,7 @@ def check_memory(cfg: TrainConfig, specs: list[SAESpec], d_in: int, comm: distri
 
 def new_saes(specs: list[SAESpec], d_in: int, seed: int, meta: dict[str, Any]) -> list[SAE]:
     torch.manual_seed(seed)
-    return [SAE(SAEConfig(d_in=d_in, d_sae=s.d_sae, architecture=s.architecture, k=s.k, layer=s.layer,
-                          hook_name=f"blocks.{s.layer}.attn.hook_z", **meta)) for s in specs]
+    return [SAE(s.sae_config(d_in, **meta)) for s in specs]
 
 
 def fit(cfg: TrainConfig, specs: list[SAESpec], source: ActivationSource, out: str | Path,

@@ -194,7 +194,7 @@ def ioi_markdown(result: dict, plots: list[str] = ()) -> str:
 
 def write_ioi_report(result: dict, folder: str | os.PathLike) -> None:
     """``ioi.json``, ``report.md`` and the PNG plots of an IOI result, into the existing ``folder`` (the job's
-    temporary folder: :func:`attnsae.case_studies.run_ioi` puts it in place whole)."""
+    temporary folder: :func:`attnsae.jobs.studies.run_ioi` puts it in place whole)."""
     folder = Path(folder)
     atomic_write_json(result, folder / "ioi.json")
     atomic_write_text(ioi_markdown(result, ioi_plots(result, folder)), folder / "report.md")

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from attnsae.evals.metrics import EvalReport, SAEEval
+from attnsae.evals.report import EvalReport, SAEEval
 from attnsae.io import atomic_path
 
 
@@ -70,7 +70,7 @@ def families_plot(counts: dict[str, dict[str, int]], stats: dict[str, list[dict]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from attnsae.studies.families import FAMILIES
+    from attnsae.studies.results import FAMILIES
 
     colours = {"induction": "#d62728", "short-range": "#1f77b4", "long-range": "#2ca02c", "unclear": "#b0b0b0"}
     fig = Figure(figsize=(12, 4.6), dpi=110)

@@ -85,7 +85,7 @@ def _counts(c: dict) -> str:
 def write_report(result: dict, folder: str | os.PathLike) -> dict:
     """Write ``summary.json``, ``sweep.json`` / ``.png``, ``text.json`` / ``.png``, with an SAE ``features.json`` /
     ``.png`` and ``specificity.json`` / ``.png``, and ``report.md`` into the existing ``folder`` (the job's temporary
-    folder: :func:`attnsae.case_studies.run_prefix_induction` puts it in place whole); return the summary (with
+    folder: :func:`attnsae.jobs.studies.run_prefix_induction` puts it in place whole); return the summary (with
     ``table`` and ``files``)."""
     tmp = Path(folder)
     summary = dict(result["summary"])

@@ -2,7 +2,7 @@
 
 :func:`write_site` takes data only — the dashboards (:class:`attnsae.studies.examples.Dashboards`) and the head
 report (:func:`attnsae.studies.polysemanticity.head_report`) — and writes into ``folder`` (the caller makes it
-atomic, :func:`attnsae.reading.read_features`):
+atomic, :func:`attnsae.jobs.reading.read_features`):
 
 * ``index.html``, ``vocab.js``, ``data/`` — the feature dashboards (:mod:`attnsae.views.dashboards`);
 * ``heads.html``, ``heads.json`` — head polysemanticity (:mod:`attnsae.views.heads_report`);
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from attnsae.io import json_text
 
-from attnsae.studies.examples import Dashboards
+from attnsae.studies.results import Dashboards
 from attnsae.views.dashboards import write_dashboards
 from attnsae.views.heads_report import write_head_report
 from attnsae.views.plots import families_plot

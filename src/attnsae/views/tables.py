@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from attnsae.evals.metrics import LOSS_FIELDS, EvalReport
-from attnsae.studies.families import FAMILIES
+from attnsae.evals.report import LOSS_FIELDS, EvalReport
+from attnsae.studies.results import FAMILIES
 
 # (header, SAEEval field, format)
 EVAL_COLUMNS: list[tuple[str, str, str]] = [

@@ -9,7 +9,7 @@ Steps, each a function of this package:
 4. with SAEs, for each SAE layer: :func:`feature_ablation` at S2 (error kept) and the error-term ablation;
 5. :func:`dfa_by_role` for the top features by |delta logit diff|.
 
-The result is plain data; :func:`attnsae.case_studies.run_ioi` writes it into one folder (``ioi.json``, ``report.md``
+The result is plain data; :func:`attnsae.jobs.studies.run_ioi` writes it into one folder (``ioi.json``, ``report.md``
 and PNG plots, :mod:`attnsae.views.ioi_report`).
 """
 

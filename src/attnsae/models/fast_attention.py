@@ -13,8 +13,9 @@ dashboard scan read ``hook_z`` or the logits), and for them ``softmax(q k^T * sc
   drops the method at its first call).
 * **Hook-complete.** Each call takes the fused path only when nothing could tell the difference; otherwise the
   bridge's own code runs: any hook (forward, pre-forward, backward) on ``hook_attn_scores`` or ``hook_pattern``, any
-  global module hook, train mode (attention dropout), a KV cache (generation), ``output_attentions``, a mask that is
-  not Hugging Face's plain 4D one of the query's shape, or a fully masked row.
+  global module hook, train mode (attention dropout), a KV cache the bridge extends (``past_key_values`` or
+  ``layer_past``: generation), ``output_attentions``, a mask that is not Hugging Face's plain 4D one of the query's
+  shape, or a fully masked row.
 * **Checked.** At the first entry each layer's attention runs both ways on random inputs of one 8-token context (its
   hooks set aside for the call, so no hook of the user's sees it); on a mismatch (another TransformerLens version, an
   architecture that looks plain but is not) the block runs the bridge's own attention throughout and says so once.
@@ -63,8 +64,9 @@ def _fusable(attn, q: torch.Tensor, kwargs: dict) -> bool:
     """Whether this call may take the fused path (the module docstring's list)."""
     if attn not in _ACTIVE or attn.training or kwargs.get("output_attentions"):
         return False
-    if any(kwargs.get(name) is not None for name in ("past_key_values", "layer_past", "cache")):
-        return False  # a KV cache: generation (the bridge updates it and slices the mask's last rows)
+    if kwargs.get("past_key_values") is not None or kwargs.get("layer_past") is not None:
+        return False  # the KV cache the bridge's _update_kv_cache extends (generation); transformers' `cache`, an
+        # empty DynamicCache in every plain forward, the bridge leaves alone, and so does this path
     if _hooked(attn.hook_attn_scores) or _hooked(attn.hook_pattern) or _global_hooks():
         return False
     mask = kwargs.get("attention_mask")

@@ -23,8 +23,9 @@ from torch import Tensor
 
 from attnsae.attribution.inputs import check_features, tokenize
 from attnsae.attribution.logits import logit_effect, logit_effect_matrix
-from attnsae.architecture import describe
-from attnsae.attribution.rdfa import DEFAULT_PATTERN_BYTES, RDFANode, RDFATracer
+from attnsae.models.architecture import describe
+from attnsae.attribution.rdfa import DEFAULT_PATTERN_BYTES, RDFATracer
+from attnsae.attribution.rdfa_tree import RDFANode
 from attnsae.errors import AttnsaeError
 from attnsae.evals.splice import saes_by_layer, splice_saes
 from attnsae.models import model_name, n_ctx
