@@ -51,6 +51,13 @@ def pytest_runtest_setup(item) -> None:
     _in_unit_test = item.get_closest_marker("unit") is not None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item) -> None:
+    """Teardown is not the test's: the session's fixtures (a plugin's too) may start processes as they close."""
+    global _in_unit_test
+    _in_unit_test = False
+
+
 def not_in_a_unit_test(what: str) -> None:
     """Fail the running unit test that does ``what`` (starts a process, opens a browser): it belongs elsewhere."""
     if _in_unit_test:
