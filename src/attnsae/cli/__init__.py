@@ -92,6 +92,3 @@ def one_line(text: str, limit: int = 1000) -> str:
     keep = (limit - 5) // 2
     return f"{text[:keep]} ... {text[-keep:]}"
 
-
-if __name__ == "__main__":
-    sys.exit(main())

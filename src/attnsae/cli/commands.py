@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -319,7 +320,7 @@ def run_study(args: argparse.Namespace) -> None:
         print(f"circuit layers (S2 patching): {result['patching']['layers']}")
         for kind, r in result["noising"].items():
             print(f"noising {kind}: {r['kept']['all']:.0%} of the logit difference kept")
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {os.path.realpath(args.out)}")
 
 
 # ----------------------------------------------------------------------------------------------- explore

@@ -56,8 +56,8 @@ def context_size(text: str) -> int:
 
 def add_model_args(p: argparse.ArgumentParser, sae_default: bool = False) -> None:
     p.add_argument("--model", default=None,
-                   help="model: default the SAEs' own model when it is the reference model, a name `attnsae "
-                   "models` lists, or a local folder"
+                   help="model: default the model the SAEs name (the reference model, a name `attnsae models` "
+                   "lists, a local folder, or a hub name, which needs network the first time)"
                    if sae_default else "model: omit for the shipped reference model, or a name `attnsae models` lists "
                    "(fetched on first use), a .gguf file, a local HF-format directory, or a hub name")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
@@ -91,7 +91,8 @@ def train_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) 
     choices from the field's metadata, plus ``--config FILE`` (flags win)."""
     from attnsae.training.config import TrainConfig, defaults
 
-    p.usage = f"attnsae {p.prog.split()[-1]} [--config FILE] [--SETTING VALUE ...] [-h]"
+    command = p.prog.split()[-1]
+    p.usage = f"attnsae {command} [--config FILE] [--SETTING VALUE ...]{' --cache-out DIR' * (command == 'cache')} [-h]"
     p.add_argument("--config", default=None, metavar="FILE", help="YAML or JSON file of settings (flags override it)")
     hints, default = typing.get_type_hints(TrainConfig), defaults()
     for f in fields(TrainConfig):

@@ -112,9 +112,10 @@ class TrainConfig:
         "reference model)"))
     device: str = field(default="cpu", metadata=_rule("torch device of the model and the SAEs: cpu, cuda, cuda:1"))
     source: str = field(default="stdlib", metadata=_rule(
-        "training text: stdlib, english, a .txt/.jsonl/.npy file, a folder of them, or a hub dataset"))
-    split: str = field(default="train", metadata=_rule("split of the source: train or validation (a hub dataset: any)"))
-    text_field: str = field(default="text", metadata=_rule("the text column of a .jsonl file or a hub dataset"))
+        "training text: stdlib, english, a .txt/.jsonl/.parquet file, a folder of them, or a hub dataset"))
+    split: str = field(default="train", metadata=_rule("split of the source: train or validation"))
+    text_field: str = field(default="text", metadata=_rule(
+        "the text column of a .jsonl or .parquet file or a hub dataset"))
     context_size: int = field(default=128, metadata=_rule("tokens per context, BOS included", ge=2))
     prepend_bos: bool = field(default=True, metadata=_rule("start each context with the BOS token"))
     drop_bos: bool = field(default=True, metadata=_rule("leave position 0 (BOS) out of the training activations"))
@@ -136,7 +137,8 @@ class TrainConfig:
         "dictionary sizes, one SAE each (default: --expansion-factor x d_in)", ge=1))
     expansion_factor: int = field(default=8, metadata=_rule("d_sae = this x d_in when --d-sae is not given", ge=1))
     l1_coeffs: list[float] = field(default_factory=lambda: [2.0], metadata=_rule(
-        "relu: L1 coefficients, one SAE each (the penalty is coeff x sum_i f_i x ||W_dec[i]||)", ge=0))
+        "relu: L1 coefficients, one SAE each (the penalty: coeff x sum_i f_i; decoder rows are kept at unit norm)",
+        ge=0))
     ks: list[int] = field(default_factory=lambda: [32], metadata=_rule("topk: latents kept per token, one SAE each",
                                                                        ge=1))
     l0_coeffs: list[float] = field(default_factory=lambda: [1.0], metadata=_rule(
@@ -171,13 +173,13 @@ class TrainConfig:
     resample_every: int = field(default=25_000, metadata=_rule("steps between dead-latent resamplings", ge=1))
     resample_times: int = field(default=4, metadata=_rule("resamplings at most (0: never resample)", ge=0))
     resample_window: int = field(default=12_500, metadata=_rule(
-        "a latent that did not fire in this many steps before a resampling is resampled", ge=1))
+        "steps before each resampling over which --dead-cutoff is measured", ge=1))
     resample_batches: int = field(default=100, metadata=_rule(
         "batches whose losses choose the resampled directions", ge=1))
     dead_cutoff: float = field(default=1e-6, metadata=_rule(
-        "firing frequency below which a latent counts as dead in the metrics", ge=0, le=1))
+        "a latent that fired on at most this share of the resample window's tokens is resampled", ge=0, le=1))
     dead_window: int = field(default=1000, metadata=_rule(
-        "steps without firing after which a latent is dead (metrics, AuxK)", ge=1))
+        "steps without firing after which a latent counts as dead (the logged dead fraction, AuxK)", ge=1))
     seed: int = field(default=0, metadata=_rule("seed of the SAEs' initialisation and the data order (0 .. 2**63-1)",
                                                 ge=0))
     log_every: int = field(default=50, metadata=_rule("steps between metrics lines (metrics.jsonl)", ge=1))

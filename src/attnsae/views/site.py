@@ -1,6 +1,6 @@
 """The reading site: feature dashboards, the families breakdown and the head report, written into one folder.
 
-:func:`write_site` takes data only — the dashboards (:class:`attnsae.studies.examples.Dashboards`) and the head
+:func:`write_site` takes data only — the dashboards (:class:`attnsae.studies.results.Dashboards`) and the head
 report (:func:`attnsae.studies.polysemanticity.head_report`) — and writes into ``folder`` (the caller makes it
 atomic, :func:`attnsae.jobs.reading.read_features`):
 
