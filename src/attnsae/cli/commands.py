@@ -106,7 +106,7 @@ def corpus_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_corpus(args: argparse.Namespace) -> None:
-    from attnsae.jobs.data import read_corpus
+    from attnsae.jobs.corpus_cache import read_corpus
 
     c, dt = read_corpus(args.model, args.device, **corpus_of(args), max_tokens=args.max_tokens, save=args.save,
                         progress=args.progress)
@@ -138,7 +138,7 @@ def cache_args(p: argparse.ArgumentParser) -> None:
 
 def run_cache(args: argparse.Namespace) -> None:
     cfg = train_config(args, skip=("cache_out",))  # validated before torch is imported
-    from attnsae.jobs.data import cache_activations
+    from attnsae.jobs.corpus_cache import cache_activations
 
     print(f"wrote activation cache {cache_activations(cfg, args.cache_out)}")
 

@@ -58,7 +58,7 @@ from attnsae.errors import AttnsaeError
 from attnsae.models.fast_attention import fused_attention
 from attnsae.models import check_tokens, model_name
 from attnsae.sae.model import SAE, SAEOutput
-from attnsae.evals.report import LOSS_FIELDS, EvalReport, SAEEval  # noqa: F401  (LOSS_FIELDS: the report's)
+from attnsae.evals.eval_report import LOSS_FIELDS, EvalReport, SAEEval  # noqa: F401  (LOSS_FIELDS: the report's)
 from attnsae.evals.splice import ablate_z, mean_z, splice_saes
 from attnsae.sae.checks import check_sae
 

@@ -3,8 +3,9 @@
 Harvest ``hook_z`` from a corpus's train split (stdlib for the reference model, english for SmolLM2), train one SAE
 per chosen layer from a single activation stream, save them (SAELens format), then evaluate each on held-out
 validation tokens (L0, explained variance, CE loss recovered, ...), print the table and plot the feature densities;
-finally scan validation tokens for the reading site (:mod:`attnsae.jobs.reading`: feature dashboards, feature families, head report) and print
-the path to open, and the ``attnsae explore`` command that opens the Circuit Explorer on the new SAEs.
+finally scan validation tokens for the reading site (:mod:`attnsae.jobs.reading`: feature dashboards, feature
+families, head report) and print the path to open, and the ``attnsae explore`` command that opens the Circuit
+Explorer on the new SAEs.
 """
 
 from __future__ import annotations
@@ -79,9 +80,9 @@ class QuickstartConfig:
             train["total_tokens"] = train_tokens
         steps = max(1, train["total_tokens"] // train["batch_size"])
         train.update(warmup_steps=max(1, steps // 20), dead_window=max(10, steps // 10))
-        budgets = {k: v for k, v in (("eval_tokens", preset.get("eval_tokens")), ("eval_tokens", eval_tokens),
-                                     ("dashboard_tokens", preset.get("dashboard_tokens")),
-                                     ("dashboard_tokens", dashboard_tokens)) if v is not None}
+        budgets = {k: v for k, v in preset.items() if k != "train"}  # the preset's, then the ones given
+        budgets.update({k: v for k, v in (("eval_tokens", eval_tokens), ("dashboard_tokens", dashboard_tokens))
+                        if v is not None})
         return cls(train=TrainConfig(**train), out=out, every_layer="layers" not in train, **budgets)
 
 
@@ -125,7 +126,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
                           paths=[str(out / "saes" / s.name) for s in specs])
     explore = explore_command([str(out / "saes" / s.name) for s in specs], cfg.train.model,
                               out / "dashboard" if site else None)
-    summary = {"config": {**asdict(cfg), "train": run.to_dict()}, "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},
+    summary = {"config": {**asdict(cfg), "train": run.to_dict()},
+               "saes": {f"L{s.layer}": str(out / "saes" / s.name) for s in specs},
                "explore": explore, "corpus_note": note,
                "validation": report.to_dict(feature_frequency=False), "dashboard": site,
                "seconds": {"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)}}

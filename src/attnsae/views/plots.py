@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from attnsae.evals.report import EvalReport, SAEEval
+from attnsae.evals.eval_report import EvalReport, SAEEval
 from attnsae.io import atomic_path
 
 

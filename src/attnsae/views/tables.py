@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from attnsae.evals.report import LOSS_FIELDS, EvalReport
+from attnsae.evals.eval_report import LOSS_FIELDS, EvalReport
 from attnsae.studies.results import FAMILIES
 
 # (header, SAEEval field, format)
