@@ -28,6 +28,7 @@ from attnsae import corpus
 from attnsae.io import atomic_path, atomic_write_json
 from attnsae.models import EOT_TOKEN, REFERENCE_DIR, REFERENCE_NAME
 from attnsae.studies.head_scores import head_scores
+from attnsae.views.numbers import compact
 from reference_mix import ReferenceConfig, gpt2_config, mix_batch
 
 DEFAULT_RUN_DIR = Path(os.environ.get("ATTNSAE_CACHE", Path.home() / ".cache" / "attnsae")) / "reference-run"
@@ -248,7 +249,7 @@ def export(run_dir: Path, out: Path) -> None:
                    "validation": meta["validation"]},
         "loss": results,
         "final_train_mix_loss": ck["log"][-1]["loss"],
-        "heads": scores,
+        "heads": compact(scores),
     }
     (out / "card.json").write_text(json.dumps(card, indent=1))
     (out / "train_log.json").write_text(json.dumps(ck["log"]))

@@ -151,6 +151,10 @@ def taken_sae_folder(d: Path, fx: Path) -> None:
     (d / "r" / "layer0_relu_64_l1_2" / "keep.txt").write_text("mine")
 
 
+def user_json(d: Path, fx: Path) -> None:
+    (d / "mine.json").write_text('{"mine": true}')
+
+
 def config(text: str) -> Callable[[Path, Path], None]:
     def setup(d: Path, fx: Path) -> None:
         (d / "cfg.yaml").write_text(text)
@@ -443,6 +447,23 @@ CASES: list[Case] = [
       "a full disk at the first checkpoint (64 KiB tmpfs)", tiny_disk),
     C("cache-disk-full", "cache --cache-out {d}/full/c --layers 0 --context-size 16 --max-corpus-tokens 2048 "
       "--no-progress", "is the disk full", "a full disk while caching (64 KiB tmpfs)", tiny_disk),
+    C("graph-target-not-one-token", f"graph {SAE} --prompt x --out {{d}}/g.json --target hello_world_again_and_again",
+      "not one", "a --target text of several tokens"),
+    C("graph-target-feature-quiet", "graph --sae {fx}/sae_quiet --prompt x --out {d}/g.json --target 0/0@1",
+      "does not fire", "a target feature that does not fire at that position"),
+    C("graph-target-position-past-prompt", f"graph {SAE} --prompt x --out {{d}}/g.json --target 0/0@99",
+      "out of range", "a target position past the prompt"),
+    C("graph-sae-other-model", "graph --sae {fx}/sae_d_in --prompt x --out {d}/g.json", "d_in 128",
+      "an SAE of another model's width"),
+    C("graph-prompt-too-long", ("graph", *SAE.split(), "--prompt", LONG_PROMPT, "--out", "{d}/g.json"),
+      "longer than the model's context", "a prompt longer than n_ctx"),
+    C("graph-node-threshold-0", f"graph {SAE} --prompt x --out {{d}}/g.json --node-threshold 0", "(0, 1]",
+      "--node-threshold 0"),
+    C("graph-edge-threshold-big", f"graph {SAE} --prompt x --out {{d}}/g.json --edge-threshold 1.5", "(0, 1]",
+      "--edge-threshold above 1"),
+    C("graph-out-not-json", f"graph {SAE} --prompt x --out {{d}}/g.txt", "must be a .json", "--out not a .json file"),
+    C("graph-out-user-file", f"graph {SAE} --prompt x --out {{d}}/mine.json", "is not a graph attnsae wrote",
+      "--out a JSON file of the user's", user_json),
     C("attribute-tree-too-big", ("attribute", "--sae", "{fx}/sae_l1", "--upstream-sae", "{fx}/sae", "--prompt",
                                  LONG_PROMPT[:300], "--feature", "0", "--depth", "3", "--top-k", "1000"),
       ("expands up to", "lower --top-k or --depth"), "an RDFA tree of millions of nodes"),
@@ -607,6 +628,7 @@ def make_shared_inputs(fx: Path) -> Path:
     sae("sae_resid", hook="blocks.0.hook_resid_pre")
     sae("sae_nan", poison=("W_enc", float("nan")))
     sae("sae_inf", poison=("b_dec", float("inf")))
+    sae("sae_quiet", poison=("b_enc", -1e4))  # feature 0 never fires
     w = sae("sae_corrupt") / WEIGHTS_FILENAME
     w.write_bytes(b"\x00garbage, not safetensors" * 10)
     w = sae("sae_truncated") / WEIGHTS_FILENAME

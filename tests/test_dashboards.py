@@ -12,6 +12,7 @@ from attnsae.attribution.dfa import attn_activations, dfa_reference
 from attnsae.studies.examples import DashboardConfig, build_dashboards
 from attnsae.sae.formats import save_sae
 from attnsae.studies.scan import ScanConfig
+from attnsae.views.dashboards import display_example
 from conftest import assert_one_line_error, make_gpt2_dir, make_llama_dir, random_sae, run_cli
 
 
@@ -61,14 +62,20 @@ def test_every_example_is_the_activation_it_claims_and_its_dfa_sums_back(dash):
                     assert ex["dfa_total"] + ex["bias"] == pytest.approx(float(pre[b, t, i]), rel=1e-3, abs=1e-4)
                     ref = by_src[b, t, :, i]
                     assert ex["peak"] == int(ref[1:t + 1].argmax()) + 1
-                    for seg in ex["segments"]:
+                    s0, n = ex["start"], len(ex["tokens"])  # raw: the positions the page may show
+                    assert ex["tokens"].tolist() == tokens[b, s0:s0 + n].tolist() and s0 <= t < s0 + n
+                    torch.testing.assert_close(torch.from_numpy(ex["dfa"]), ref[s0:s0 + n], rtol=1e-4, atol=1e-5)
+                    torch.testing.assert_close(torch.from_numpy(ex["acts"]), act[b, s0:s0 + n, i], rtol=1e-4,
+                                               atol=1e-5)
+                    shown = display_example(ex, d.bundle["windows"])
+                    for seg in shown["segments"]:
                         s0, n = seg["start"], len(seg["tokens"])
                         assert seg["tokens"] == tokens[b, s0:s0 + n].tolist()
-                        # stored to 3 significant digits of the segment's largest magnitude
+                        # shown to 3 significant digits of the segment's largest magnitude
                         for got, want in ((seg["dfa"], ref[s0:s0 + n]), (seg["acts"], act[b, s0:s0 + n, i])):
                             assert torch.allclose(torch.tensor(got, dtype=torch.float), want,
                                                   atol=0.006 * float(want.abs().max()) + 1e-6)
-                    assert any(s["start"] <= t < s["start"] + len(s["tokens"]) for s in ex["segments"])
+                    assert any(s["start"] <= t < s["start"] + len(s["tokens"]) for s in shown["segments"])
                     n_checked += 1
     assert n_checked > 20
 
@@ -90,14 +97,15 @@ def test_bundle_features_carry_every_panel(dash):
 
 
 def test_a_written_site_reads_back_feature_by_feature(dash, tmp_path):
-    from attnsae.views.dashboards import read_feature, read_vocab, write_dashboards
+    from attnsae.views.dashboards import display_feature, read_feature, read_vocab, write_dashboards
 
     _, _, _, d = dash
     write_dashboards(d.bundle, tmp_path)
     assert read_vocab(tmp_path) == list(d.bundle["vocab"])
     for block in d.bundle["saes"]:
         for f in block["features"]:  # JSON round trip: what the page shows is what was computed
-            assert read_feature(tmp_path, block["name"], f["i"]) == json.loads(json.dumps(f))
+            assert read_feature(tmp_path, block["name"], f["i"]) == json.loads(json.dumps(
+                display_feature(f, d.bundle["windows"])))
     with pytest.raises(KeyError, match="no SAE named"):
         read_feature(tmp_path, "L99", 0)
     block = d.bundle["saes"][0]

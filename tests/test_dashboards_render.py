@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from browser import Browser, Page
 
-from attnsae.views.dashboards import CHUNK_SIZE, write_dashboards
+from attnsae.views.dashboards import CHUNK_SIZE, display_example, display_feature, write_dashboards
 from attnsae.views.heads_report import write_head_report
 
 pytestmark = pytest.mark.integration
@@ -34,25 +34,28 @@ def _round(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+WINDOWS = {"before": len(NASTY) + 1, "after": 3, "peak_context": 3}
+
+
 def _example(rng: random.Random, act: float, vocab_size: int, two_segments: bool, nasty: bool) -> dict:
-    """One example: an optional far-back segment, then the window around the destination (with every NASTY token
-    at its start when ``nasty``). DFA is zero after the destination, as in the real data."""
+    """One raw example: the window around the destination (every NASTY token at its start when ``nasty``) and, for
+    ``two_segments``, the stretch back to a DFA peak far before it. DFA is zero after the destination, as in the
+    real data."""
     dest = rng.randint(40, 120)
-    back = len(NASTY) + 1 if nasty else 11
-    spans = ([(rng.randint(0, 10), 6)] if two_segments else []) + [(dest - back, back + 4)]
-    segments = []
-    for start, length in spans:
-        tokens = [rng.randrange(len(NASTY), vocab_size) for _ in range(length)]
-        positions = range(start, start + length)
-        segments.append({"start": start, "tokens": tokens,
-                         "acts": [act if p == dest else _round(max(0.0, rng.gauss(0, act / 4))) for p in positions],
-                         "dfa": [_round(rng.gauss(0.1, 0.5)) if p <= dest else 0.0 for p in positions]})
+    lo = dest - WINDOWS["before"]
+    peak = rng.randint(3, 10) if two_segments else None
+    start = peak - WINDOWS["peak_context"] if two_segments else lo
+    positions = range(start, dest + WINDOWS["after"] + 1)
+    tokens = [rng.randrange(len(NASTY), vocab_size) for _ in positions]
     if nasty:
-        segments[-1]["tokens"][:len(NASTY)] = range(len(NASTY))
-    cells = [(seg["start"] + k, d) for seg in segments for k, d in enumerate(seg["dfa"])]
-    total = _round(sum(d for _, d in cells))
+        tokens[lo - start:lo - start + len(NASTY)] = range(len(NASTY))
+    acts = [act if p == dest else _round(max(0.0, rng.gauss(0, act / 4))) for p in positions]
+    dfa = [(3.0 if p == peak else _round(rng.gauss(0.1, 0.5))) if p <= dest else 0.0 for p in positions]
+    if not two_segments:  # the peak lies in the window
+        peak = max((p for p in positions if p <= dest), key=lambda p: dfa[p - start])
+    total = _round(sum(dfa))
     return {"act": act, "ctx": rng.randrange(5000), "dest": dest, "dfa_total": total, "bias": _round(act - total),
-            "peak": max(cells, key=lambda c: c[1])[0], "segments": segments}
+            "peak": peak, "start": start, "tokens": tokens, "acts": acts, "dfa": dfa}
 
 
 def _feature(rng: random.Random, i: int, n_heads: int, vocab_size: int, n_tokens: int, dead: bool) -> dict:
@@ -107,7 +110,7 @@ def make_bundle(n_saes: int = 2, d_sae: int = 2048, n_heads: int = 8, vocab_size
             "vocab": vocab,
             "families": {"labels": FAMILIES, "criterion": "largest share of DFA by source distance <5 & >20",
                          "thresholds": {"induction": 0.4, "short-range": 0.5, "long-range": 0.5}},
-            "heads_href": "heads.html", "saes": saes}
+            "heads_href": "heads.html", "windows": WINDOWS, "saes": saes}
 
 
 def make_report(bundle: dict) -> dict:
@@ -182,8 +185,8 @@ def test_site_has_no_remote_urls_and_feature_data_in_chunks(site):
             prefix, suffix = "window.ATTNSAE_REGISTER(", ");\n"
             assert text.startswith(prefix) and text.endswith(suffix)
             payload = json.loads(text[len(prefix):-len(suffix)])
-            assert payload == {"sae": sae["name"], "chunk": n,
-                               "features": sae["features"][n * CHUNK_SIZE:(n + 1) * CHUNK_SIZE]}
+            shown = [display_feature(f, WINDOWS) for f in sae["features"][n * CHUNK_SIZE:(n + 1) * CHUNK_SIZE]]
+            assert payload == {"sae": sae["name"], "chunk": n, "features": shown}
     index = (out / "index.html").read_text(encoding="utf-8")
     assert "Top activations" not in index  # examples live in the chunks, not in the page
     vocab = (out / "vocab.js").read_text(encoding="utf-8")
@@ -274,7 +277,7 @@ def test_tokens_are_shown_as_text_with_visible_whitespace(site, browser):
     page = _open(browser, out / "index.html", f"#L0/{FEATURE}")
     page.wait_for("document.querySelector('.ex')")
     shown = page.evaluate("[...document.querySelector('.ex .toks').querySelectorAll('.t')].map(e => e.textContent)")
-    tokens = [t for seg in example["segments"] for t in seg["tokens"]]
+    tokens = [t for seg in display_example(example, WINDOWS)["segments"] for t in seg["tokens"]]
     assert len(shown) == len(tokens)
     assert "</script><script>window.__pwned·=·1</script>" in shown
     assert {"↵", "↵↵", "→", "··", "·", "∅", "\\u2028", "·é", "🙂", "␍"} <= set(shown)
@@ -283,8 +286,8 @@ def test_tokens_are_shown_as_text_with_visible_whitespace(site, browser):
     assert any('"</script><script>window.__pwned = 1</script>"' in t for t in titles)
     # two segments: one "…" between them; the first example of FEATURE has two
     assert page.evaluate("document.querySelectorAll('.ex')[0].querySelectorAll('.gap').length") == 1
-    n_two = sum(len(ex["segments"]) == 2 for g in bundle["saes"][0]["features"][FEATURE]["groups"]
-                for ex in g["examples"])
+    n_two = sum(len(display_example(ex, WINDOWS)["segments"]) == 2
+                for g in bundle["saes"][0]["features"][FEATURE]["groups"] for ex in g["examples"])
     assert page.evaluate("document.querySelectorAll('.ex .gap').length") == n_two
     assert page.evaluate("document.querySelectorAll('.ex .t.peak').length") == page.evaluate(
         "document.querySelectorAll('.ex').length")

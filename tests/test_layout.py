@@ -23,7 +23,7 @@ FLOORS: dict[str, int] = {
     "activations": 4,
     "sae": 5,
     "attribution": 6, "evals": 6, "training": 6,
-    "studies": 7,
+    "studies": 7, "graph": 7,
     "views": 8,
     "serve": 9, "jobs": 9,
     "cli": 10,

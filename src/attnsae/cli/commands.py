@@ -30,37 +30,20 @@ def info_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_info(args: argparse.Namespace) -> None:
-    from attnsae.models.architecture import describe
-    from attnsae.corpus import bos_token_id
-    from attnsae.models import load_model, model_name
+    from attnsae.jobs.info import model_info
 
-    model = load_model(args.model, device=args.device)
-    c = model.cfg
-    arch = describe(model)
-    print(f"model      {model_name(model)}")
-    for line in arch.lines():
-        if line.startswith("  "):
-            continue
-        print(line)
-    bos = bos_token_id(model.tokenizer)
-    print(f"vocab      {c.d_vocab}   n_ctx {c.n_ctx}   BOS {model.tokenizer.convert_ids_to_tokens(bos)!r} (id {bos})")
-    print(f"SAE input  blocks.{{L}}.attn.hook_z  (d_in = n_heads * d_head = {c.n_heads * c.d_head})")
+    info = model_info(args.model, args.device, args.check)
+    print("\n".join(info.header))
     if not args.check:
         print("stages (each exact, or refused with the reason; --check measures them):")
-        for line in arch.lines():
-            if line.startswith("  "):
-                print(line)
+        print("\n".join(info.stages))
         return
-    from attnsae.jobs.exactness import check_stages
-
     print("stages, each run against a direct computation on random contexts:")
-    checks = check_stages(model)
-    for c in checks:
+    for c in info.checks:
         print(f"  {c.stage:<20} {c.status.upper() if c.status == 'mismatch' else c.status}: {c.detail}")
-    bad = [c.stage for c in checks if c.status == "mismatch"]
-    if bad:
-        raise AttnsaeError(f"stage(s) {', '.join(bad)} disagree with their direct computation on this model; "
-                           "please report it with the output above")
+    if info.mismatched:
+        raise AttnsaeError(f"stage(s) {', '.join(info.mismatched)} disagree with their direct computation on this "
+                           "model; please report it with the output above")
 
 
 def models_args(p: argparse.ArgumentParser) -> None:
@@ -259,6 +242,54 @@ def run_attribute(args: argparse.Namespace) -> None:
                            "unsupported model, do not trust the tree")
 
 
+# ----------------------------------------------------------------------------------------------- graph
+
+
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
+
+
+def graph_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sae", nargs="*", default=[], metavar="DIR", help="SAEs (one per layer) that split their "
+                   "layers' attention outputs into features; other layers are split into heads (none: heads only)")
+    p.add_argument("--prompt", required=True, help="text to explain (BOS is prepended as in training)")
+    p.add_argument("--target", nargs="+", default=None, metavar="T", help="what to explain: a token (' Mary'), a "
+                   "difference (' Mary' - ' John'), or a feature LAYER/FEATURE@POS; default: the top prediction")
+    add_model_args(p, sae_default=True)
+    p.add_argument("--out", default="graph.json", help="the graph file to write (.json; new, or a graph attnsae "
+                   "wrote)")
+    p.add_argument("--node-threshold", type=_share, default=0.8, help="keep the nodes that carry this share of the "
+                   "target's influence (circuit-tracer's pruning; 1 keeps every node)")
+    p.add_argument("--edge-threshold", type=_share, default=0.98, help="keep the edges that carry this share of the "
+                   "rest (1 keeps every edge: with --node-threshold 1 the graph is unpruned)")
+    p.add_argument("--viewer", default=None, metavar="DIR", help="also write circuit-tracer's viewer files (the "
+                   "graph JSON and graph-metadata.json) into this folder")
+    p.add_argument("--slug", default=None, help="the graph's name in the viewer (default: the --out file's stem)")
+    p.add_argument("--no-faithfulness", action="store_true", help="skip the ablations on the real model")
+    p.add_argument("--top", type=positive, default=10, help="nodes listed, and removed one at a time on the real "
+                   "model")
+    p.add_argument("--qk", type=non_negative, default=0, metavar="N", help="explain why the head of each of the top "
+                   "N edges attended: its attention score split exactly over the nodes at the source (key side) and "
+                   "at the destination (query side)")
+    add_progress_arg(p)
+
+
+def run_graph(args: argparse.Namespace) -> None:
+    from attnsae.jobs.graph import graph_job
+    from attnsae.views.graph_text import graph_summary_text
+
+    summary = graph_job(args.sae, args.prompt, args.target, args.model, args.device, args.out, args.node_threshold,
+                        args.edge_threshold, args.viewer, args.slug, not args.no_faithfulness, args.top, args.qk,
+                        args.progress)
+    print(graph_summary_text(summary))
+
+
 # ----------------------------------------------------------------------------------------------- studies
 
 
@@ -371,6 +402,8 @@ COMMANDS: dict[str, Command] = {
                   dashboard_args, run_dashboard),
     "attribute": ("explain a feature on a prompt: DFA by source and head, recursive DFA, logit effect",
                   attribute_args, run_attribute),
+    "graph": ("the exact attention graph of a prompt: every layer, from a logit (or a feature) back to the tokens, "
+              "pruned as circuit-tracer does, with its faithfulness on the real model", graph_args, run_graph),
     "explore": ("the Circuit Explorer: a local web app to read any prompt through the SAEs (features, DFA, recursive "
                 "DFA, effects, attention, interventions)", explore_args, run_explore),
     "corpus": ("tokenise a corpus split into contexts and report what it holds", corpus_args, run_corpus),

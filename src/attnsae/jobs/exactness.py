@@ -400,9 +400,35 @@ def _families(r: _Run) -> tuple[float, str]:
     return _rel(stats["mass"], mass), ""
 
 
+def _graph(r: _Run) -> tuple[float, str]:
+    """The graph of the top prediction on one context, heads everywhere but the SAE's layer: it closes, its target is
+    the model's logit, its parts sum to the target, and removing nodes from the frozen model moves the target by
+    their effects (a forward pass, not the edges)."""
+    from attnsae.graph.build import build_from
+    from attnsae.graph.frozen import FrozenPrompt, removal
+    from attnsae.graph.graph import KINDS
+    from attnsae.graph.target import TargetSpec, resolve
+
+    fp = FrozenPrompt(r.model, {r.layer: r.sae}, r.tokens[0])
+    tgt = resolve(TargetSpec(), fp, r.model.tokenizer)
+    g = build_from(r.model, fp, tgt, progress=False)
+    d = g.decomposition()
+    logit = r.logits[0, -1].max()
+    errs = [g.closure, _rel(tgt.value, logit), _rel(sum(v for k, v in d.items() if k != "total"), d["total"])]
+    base = float(tgt.frozen_value(fp))
+    for kind in ("token", "feature", "head", "error", "mlp"):
+        ids = g.is_kind(kind).nonzero()[:, 0]
+        if len(ids):
+            i = int(ids[g.effect[ids].abs().argmax()])
+            real = base - float(tgt.frozen_value(fp, edit=removal(KINDS[int(g.kind[i])], int(g.layer[i]),
+                                                                   int(g.pos[i]), int(g.index[i]))))
+            errs.append(_rel(real, g.effect[i], floor=abs(base)))
+    return max(errs), f"; {g.n_nodes} nodes, {g.n_edges} edges"
+
+
 STAGE_CHECKS: dict[str, Callable[[_Run], tuple[float, str]]] = {
     "harvest": _harvest, "train": _train, "eval_reconstruction": _eval_reconstruction, "eval_ce": _eval_ce,
-    "dfa": _dfa, "rdfa": _rdfa, "logit_effect": _logit_effect, "families": _families,
+    "dfa": _dfa, "rdfa": _rdfa, "logit_effect": _logit_effect, "families": _families, "graph": _graph,
 }
 assert tuple(STAGE_CHECKS) == STAGES, "every stage of attnsae.models.architecture.STAGES needs its direct check"
 

@@ -51,7 +51,7 @@ def read_features(model, saes: list[SAE], tokens: Tensor, out: str | Path, cfg: 
         heads = head_report(dash, criterion)
         if writer:
             writer.features(dash.bundle)
-        dash.seconds["total"] = round(time.perf_counter() - t0, 1)
+        dash.seconds["total"] = time.perf_counter() - t0
         summary = write_site(dash, heads, tmp, final=out)
     return summary
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from attnsae.errors import AttnsaeError
 
 PROBE_LEN = 48  # tokens in the probe context (fewer when n_ctx is smaller)
-STAGES = ("harvest", "train", "eval_reconstruction", "eval_ce", "dfa", "rdfa", "logit_effect", "families")
+STAGES = ("harvest", "train", "eval_reconstruction", "eval_ce", "dfa", "rdfa", "logit_effect", "families", "graph")
 
 
 @dataclass
@@ -122,6 +122,14 @@ class Architecture:
                     return f"RDFA is refused: hook_attn_out of layer {b.layer} fits no known layout; plain DFA is exact"
             if not self.embed_hooks:
                 return "RDFA is refused: the embeddings do not sum to blocks.0.hook_resid_pre; plain DFA is exact"
+            return None
+        if stage == "graph":  # every layer's value path, and the logits read linearly
+            for needed in ("rdfa", "logit_effect"):
+                why = self.refusal(needed)
+                if why:
+                    why = why.split(" refused", 1)[1]
+                    return "a graph is refused" + why.replace("; plain DFA is still exact", "").replace(
+                        "; plain DFA is exact", "")
             return None
         # logit_effect
         if self.lm_head != "linear":

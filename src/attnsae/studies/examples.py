@@ -1,14 +1,15 @@
 """Feature dashboards: scan a corpus, explain each example with DFA, label families, and write the site.
 
-:func:`build_dashboards` runs the pipeline and returns a :class:`Dashboards` (the JSON-ready ``bundle`` that
-:mod:`attnsae.views.dashboards` renders, plus the tensors behind it):
+:func:`build_dashboards` runs the pipeline and returns a :class:`Dashboards` (the raw ``bundle`` that
+:mod:`attnsae.views.dashboards` cuts, rounds and renders, plus the tensors behind it):
 
 1. :func:`attnsae.studies.scan.scan_features` streams the tokens once for every SAE (bounded memory);
 2. :func:`attnsae.studies.scan.select_examples` picks each feature's top activations and quantile-band examples;
 3. :func:`gather_examples` reruns only the contexts those examples live in, in batches, and computes the exact DFA
    of each example by source position and head (:func:`attnsae.attribution.dfa_from_activations` with explicit
-   entries). Each example keeps a window of ``window_before`` / ``window_after`` tokens around its destination, plus
-   a short segment around the DFA peak when the peak lies before the window (how induction becomes visible);
+   entries). Each example keeps the raw values of the positions its page may show; the page shows a window of
+   ``window_before`` / ``window_after`` tokens around its destination, plus a short segment around the DFA peak when
+   the peak lies before the window (how induction becomes visible);
 4. families from the top examples' DFA (:mod:`attnsae.studies.families`), the weight-based head attribution, the DFA by
    head averaged over the top examples, and the top and bottom direct logit effects with their histogram.
 
@@ -25,7 +26,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -103,15 +103,6 @@ def example_entries(states: list[FeatureScan], cfg: DashboardConfig, S: int) -> 
     return Entries(**{k: torch.cat(v).long() for k, v in cols.items()}), titles
 
 
-def _round(x: np.ndarray, digits: int = 3) -> list:
-    """Round to ``digits`` significant digits of the array's largest magnitude (compact JSON)."""
-    m = float(np.abs(x).max()) if x.size else 0.0
-    if m == 0 or not np.isfinite(m):
-        return np.zeros_like(x).tolist() if x.size else []
-    dec = min(int(digits - 1 - np.floor(np.log10(m))), 12)
-    return [int(v) if v == int(v) else v for v in np.round(x.astype(np.float64), dec).tolist()]
-
-
 @torch.no_grad()
 def gather_examples(model, saes: list[SAE], tokens: Tensor, entries: Entries, cfg: DashboardConfig,
                     canon: Tensor, on_example: Callable[[int, int, dict], None] | None = None,
@@ -183,23 +174,19 @@ def _feature_acts(sae: SAE, z: Tensor, rows: Tensor, features: Tensor) -> Tensor
 
 
 def _record(cfg: DashboardConfig, ctx: int, dest: int, toks: Tensor, acts: Tensor, res, j: int) -> dict:
-    """One example as the dashboard shows it (schema in :mod:`attnsae.views.dashboards`)."""
+    """One example, raw (the RAW_EXAMPLE of :mod:`attnsae.views.dashboards`, which cuts and rounds what it shows).
+
+    Its tokens, activations and DFA span the positions the page may show: from the earlier of the window's start and
+    the DFA peak's context to the window's end.
+    """
     S = len(toks)
     src = res.by_src[j]
     peak = int(src[1:dest + 1].argmax()) + 1 if dest >= 1 else 0
-    lo, hi = max(0, dest - cfg.window_before), min(S, dest + cfg.window_after + 1)
-    spans = [(lo, hi)]
-    if peak < lo:
-        p_lo, p_hi = max(0, peak - cfg.peak_context), peak + cfg.peak_context + 1
-        spans = [(p_lo, hi)] if p_hi >= lo - 1 else [(p_lo, p_hi), (lo, hi)]
-    a, d = acts.numpy(), src.numpy()
-    return {
-        "act": float(f"{float(res.act[j]):.4g}"), "ctx": ctx, "dest": dest,
-        "dfa_total": float(f"{float(res.by_src[j].sum()):.4g}"), "bias": float(f"{float(res.bias[j]):.4g}"),
-        "peak": peak,
-        "segments": [{"start": s0, "tokens": toks[s0:s1].tolist(), "acts": _round(a[s0:s1]),
-                      "dfa": _round(d[s0:s1])} for s0, s1 in spans],
-    }
+    start = max(0, min(dest - cfg.window_before, peak - cfg.peak_context))
+    end = min(S, dest + cfg.window_after + 1)
+    return {"act": float(res.act[j]), "ctx": ctx, "dest": dest, "dfa_total": float(src.sum()),
+            "bias": float(res.bias[j]), "peak": peak, "start": start, "tokens": toks[start:end].numpy().copy(),
+            "acts": acts[start:end].numpy().copy(), "dfa": src[start:end].numpy().copy()}
 
 
 def _full(cfg: DashboardConfig, toks: Tensor, acts: Tensor, res, j: int) -> dict:
@@ -235,10 +222,9 @@ def _logit_summaries(model, sae: SAE, cfg: DashboardConfig, chunk: int = 512) ->
         lo, width, counts = _histogram(eff, cfg.logit_bins)
         for r in range(len(eff)):
             out.append({
-                "logits": {"pos": [[int(t), float(f"{v:.4g}")] for t, v in zip(top.indices[r], top.values[r])],
-                           "neg": [[int(t), float(f"{v:.4g}")] for t, v in zip(bot.indices[r], bot.values[r])]},
-                "logit_hist": {"start": float(f"{float(lo[r]):.4g}"), "width": float(f"{float(width[r]):.4g}"),
-                               "counts": counts[r].tolist()},
+                "logits": {"pos": [[int(t), float(v)] for t, v in zip(top.indices[r], top.values[r])],
+                           "neg": [[int(t), float(v)] for t, v in zip(bot.indices[r], bot.values[r])]},
+                "logit_hist": {"start": float(lo[r]), "width": float(width[r]), "counts": counts[r].tolist()},
             })
     return out
 
@@ -308,11 +294,10 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
             groups = [{"title": t, "examples": [g.records[e] for e in idx[entries.group[idx] == gi].tolist()]}
                       for gi, t in enumerate(titles[k][f])]
             feats.append({
-                "i": f, "n_fired": int(st.n_fired[f]), "density": float(f"{float(st.density[f]):.4g}"),
-                "max_act": float(f"{float(st.max_act[f]):.4g}"), "mean_act": float(f"{float(st.mean_act[f]):.4g}"),
-                "family": label, "family_stats": {n: (round(v, 4) if isinstance(v, float) else v)
-                                                  for n, v in fs.items()},
-                "head_shares": _round(shares[f].numpy()), "head_dfa": _round(hd.numpy()),
+                "i": f, "n_fired": int(st.n_fired[f]), "density": float(st.density[f]),
+                "max_act": float(st.max_act[f]), "mean_act": float(st.mean_act[f]),
+                "family": label, "family_stats": fs,
+                "head_shares": shares[f].numpy().copy(), "head_dfa": hd.numpy().copy(),
                 "hist": {"start": 0.0, "width": float(st.hist_width[f]), "counts": st.hist[f].tolist()},
                 **logits[f],
                 "top_tokens": [[t, c] for t, c in tok_counts.most_common(5)],
@@ -333,11 +318,11 @@ def build_dashboards(model, saes: list[SAE], tokens: Tensor, cfg: DashboardConfi
         "families": {"labels": list(fam.FAMILIES), "criterion": cfg.families.criterion(),
                      "thresholds": cfg.families.to_dict()},
         "heads_href": "heads.html",
+        "windows": {"before": cfg.window_before, "after": cfg.window_after, "peak_context": cfg.peak_context},
         "saes": sae_blocks,
     }
     t_end = time.perf_counter()
     counts = fam.breakdown(dict(zip(names, labels)))
     return Dashboards(bundle, states, labels, all_stats, counts, all_shares,
-                      {"scan": round(t_scan - t0, 1), "examples": round(t_gather - t_scan, 1),
-                       "assemble": round(t_end - t_gather, 1)})
+                      {"scan": t_scan - t0, "examples": t_gather - t_scan, "assemble": t_end - t_gather})
 

@@ -100,8 +100,6 @@ def head_scores(model, val_rows: torch.Tensor, vocab_size: int, bos_id: int, n_s
     _, logits = hf_patterns_and_logits(model, rep)
     gain_text = repeat_gain(logits, rep, text_half)
     return {
-        "previous_token": [[round(float(v), 4) for v in row] for row in prev],
-        "induction": [[round(float(v), 4) for v in row] for row in ind],
-        "repeat_gain_random": round(gain_random, 4),
-        "repeat_gain_text": round(gain_text, 4),
+        "previous_token": prev.tolist(), "induction": ind.tolist(),
+        "repeat_gain_random": float(gain_random), "repeat_gain_text": float(gain_text),
     }

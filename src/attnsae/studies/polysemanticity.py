@@ -55,8 +55,7 @@ def related(a: dict, b: dict, canon, crit: HeadCriterion) -> bool:
 def head_report(dash: Dashboards, crit: HeadCriterion | None = None) -> dict:
     """The head report of the dashboards (schema in :mod:`attnsae.views.heads_report`).
 
-    Heads rank features by the exact head attribution (``dash.head_shares``), not the bundle's rounded copy, so
-    near-ties are decided by value rather than by feature index.
+    Heads rank features by the exact head attribution (``dash.head_shares``), ties by feature index.
     """
     crit = crit or HeadCriterion()
     bundle = dash.bundle
@@ -73,8 +72,8 @@ def head_report(dash: Dashboards, crit: HeadCriterion | None = None) -> dict:
             heads.append({
                 "layer": block["layer"], "head": h, "sae": block["name"],
                 "verdict": "monosemantic" if pairs and score >= crit.min_related else "polysemantic",
-                "score": round(score, 3), "dominant_family": fam, "dominant_share": round(n / max(len(top), 1), 3),
-                "features": [{"i": f["i"], "share": round(float(shares[f["i"], h]), 4), "family": f["family"],
+                "score": score, "dominant_family": fam, "dominant_share": n / max(len(top), 1),
+                "features": [{"i": f["i"], "share": float(shares[f["i"], h]), "family": f["family"],
                               "density": f["density"], "top_tokens": [vocab[t] for t, _ in f["top_tokens"]],
                               "logits_pos": [vocab[t] for t, _ in f["logits"]["pos"][:5]],
                               "logits_neg": [vocab[t] for t, _ in f["logits"]["neg"][:5]]} for f in top],

@@ -69,8 +69,7 @@ class FeatureView:
 def _group(act: Tensor, share: Tensor, heads: list[str]) -> dict:
     share = share[share.sum(1) > 0]  # a firing with no positive head DFA (bias-driven) has no carrier
     m = share.mean(0) if len(share) else torch.zeros(len(heads))
-    return {"n": len(act), "mean_act": round(float(act.mean()), 4) if len(act) else None,
-            "head_share": [round(float(v), 4) for v in m],
+    return {"n": len(act), "mean_act": float(act.mean()) if len(act) else None, "head_share": m.tolist(),
             "carrier": heads[int(m.argmax())] if len(share) else None}
 
 

@@ -49,11 +49,11 @@ def head_verdicts(sweep: Sweep, text: dict, heads: list[tuple[int, int]], long_c
         retained = t["after"] / t["before"] if t.get("n") and t.get("before") else None
         decide = retained if retained is not None else ratio
         out[head_name(l, h)] = {
-            "sweep_k1": round(float(s[0]), 4), "sweep_kmax": round(float(s[-1]), 4),
-            "sweep_ratio": round(ratio, 4), "text_n": t.get("n", 0), "text_before": t.get("before"),
+            "sweep_k1": float(s[0]), "sweep_kmax": float(s[-1]), "sweep_ratio": ratio, "text_n": t.get("n", 0),
+            "text_before": t.get("before"),
             "text_before_ci95": t.get("before_ci95"), "text_after": t.get("after"),
             "text_after_ci95": t.get("after_ci95"),
-            "retained": None if retained is None else round(retained, 4),
+            "retained": retained,
             "kind": "long-prefix" if decide < long_cutoff else "short-prefix",
             "decided_by": "text" if retained is not None else "sweep",
         }

@@ -118,9 +118,8 @@ class Sweep:
     def to_dict(self) -> dict:
         L, H = self.mean.shape[1:]
         return {"lengths": self.lengths, "n_seqs": self.n_seqs, "seq_len": self.seq_len,
-                "series": {k: [round(v, 4) for v in s] for k, s in self.series().items()},
-                "ci95": {head_name(l, h): [round(float(v), 4) for v in self.ci95[:, l, h]]
-                         for l in range(L) for h in range(H)}}
+                "series": self.series(),
+                "ci95": {head_name(l, h): self.ci95[:, l, h].tolist() for l in range(L) for h in range(H)}}
 
 
 def prefix_sweep(model, n_seqs: int = 400, seq_len: int = 128, max_prefix: int = 9, seed: int = 0,

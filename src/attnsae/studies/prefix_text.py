@@ -94,9 +94,8 @@ def ci95(x: Tensor) -> float:
 
 
 def _summary(before: Tensor, after: Tensor) -> dict:
-    return {"n": len(before), "before": round(float(before.mean()), 4) if len(before) else None,
-            "before_ci95": round(ci95(before), 4), "after": round(float(after.mean()), 4) if len(after) else None,
-            "after_ci95": round(ci95(after), 4)}
+    return {"n": len(before), "before": float(before.mean()) if len(before) else None, "before_ci95": ci95(before),
+            "after": float(after.mean()) if len(after) else None, "after_ci95": ci95(after)}
 
 
 def text_intervention(model, tokens: Tensor, heads: list[tuple[int, int]], classes: TokenClasses,

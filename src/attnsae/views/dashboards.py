@@ -1,6 +1,7 @@
 """Feature dashboards as a self-contained offline website: one page, the vocabulary, and per-feature data in chunks.
 
-The input is a *bundle*, plain data that the dashboards computation builds (floats may be pre-rounded)::
+The input is a *bundle*, the raw data that the dashboards computation builds (floats unrounded, arrays numpy; this
+module cuts each example's display windows and rounds, :mod:`attnsae.views.numbers`)::
 
     bundle = {
       "title": str, "model": str,
@@ -8,6 +9,7 @@ The input is a *bundle*, plain data that the dashboards computation builds (floa
       "vocab": [str] * d_vocab,                     # decoded string of each token id
       "families": {"labels": [str, ...], "criterion": str, "thresholds": {name: float}},
       "heads_href": str | None,                     # relative link to the head report, shown in the header
+      "windows": {"before": int, "after": int, "peak_context": int},  # what an example shows (display_example)
       "saes": [{"name": "L1", "layer": int, "hook_name": "blocks.1.attn.hook_z", "path": str,
                 "fingerprint": str,                 # of the SAE's weights (attnsae.sae.checks.fingerprint)
                 "d_sae": int, "n_heads": int, "d_head": int,
@@ -23,8 +25,15 @@ The input is a *bundle*, plain data that the dashboards computation builds (floa
       "logits": {"pos": [[token_id, value]] * k, "neg": [[token_id, value]] * k},
       "logit_hist": {"start": float, "width": float, "counts": [int] * n_bins},  # logit effect over the vocab
       "top_tokens": [[token_id, count]] * k,        # commonest destination tokens of the top examples
-      "groups": [{"title": str, "examples": [EXAMPLE]}],  # [] for a dead feature
+      "groups": [{"title": str, "examples": [RAW_EXAMPLE]}],  # [] for a dead feature
     }
+    RAW_EXAMPLE = {
+      "act": float, "ctx": int, "dest": int, "dfa_total": float, "bias": float, "peak": int,
+      "start": int, "tokens": [int] * n, "acts": [float] * n, "dfa": [float] * n,   # positions start .. start + n
+    }
+
+What the page reads (:func:`display_feature`, :func:`read_feature`) is FEATURE rounded, each example an EXAMPLE::
+
     EXAMPLE = {
       "act": float, "ctx": int, "dest": int, "dfa_total": float, "bias": float, "peak": int,
       "segments": [{"start": int, "tokens": [int] * n, "acts": [float] * n, "dfa": [float] * n}],  # 1 or 2
@@ -46,6 +55,9 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+
+from attnsae.views.numbers import compact, relative, sig
 from attnsae.views.webpage import asset, js_literal, page
 
 CHUNK_SIZE = 64  # features per data file
@@ -77,6 +89,31 @@ BODY = """\
 </div>"""
 
 
+def display_example(ex: dict, windows: dict) -> dict:
+    """The EXAMPLE a page shows of RAW_EXAMPLE ``ex``: the window of ``windows["before"]`` / ``["after"]`` tokens
+    around the destination, plus ``["peak_context"]`` tokens either side of the DFA peak when the peak lies before
+    the window (one segment when the two touch); activations and DFA to 3 digits of each segment's largest."""
+    start, dest, peak, pc = ex["start"], ex["dest"], ex["peak"], windows["peak_context"]
+    tokens, acts, dfa = (np.asarray(ex[k]) for k in ("tokens", "acts", "dfa"))
+    lo, hi = max(start, dest - windows["before"]), min(start + len(tokens), dest + windows["after"] + 1)
+    spans = [(lo, hi)]
+    if peak < lo:
+        p_lo, p_hi = max(start, peak - pc), peak + pc + 1
+        spans = [(p_lo, hi)] if p_hi >= lo - 1 else [(p_lo, p_hi), (lo, hi)]
+    return {"act": sig(ex["act"]), "ctx": int(ex["ctx"]), "dest": int(dest), "dfa_total": sig(ex["dfa_total"]),
+            "bias": sig(ex["bias"]), "peak": int(peak),
+            "segments": [{"start": int(s0), "tokens": tokens[s0 - start:s1 - start].tolist(),
+                          "acts": relative(acts[s0 - start:s1 - start]), "dfa": relative(dfa[s0 - start:s1 - start])}
+                         for s0, s1 in spans]}
+
+
+def display_feature(feature: dict, windows: dict) -> dict:
+    """The FEATURE a page shows of a bundle's feature: numbers rounded, examples cut (:func:`display_example`)."""
+    groups = [{"title": g["title"], "examples": [display_example(e, windows) for e in g["examples"]]}
+              for g in feature["groups"]]
+    return compact({k: v for k, v in feature.items() if k != "groups"}) | {"groups": groups}
+
+
 def write_dashboards(bundle: dict, out_dir: Path) -> Path:
     """Write the dashboards website for ``bundle`` into the existing folder ``out_dir``; return its index.html."""
     out_dir = Path(out_dir)
@@ -84,13 +121,14 @@ def write_dashboards(bundle: dict, out_dir: Path) -> Path:
     saes, folders = [], set()
     for sae in bundle["saes"]:
         folder = _folder_name(sae["name"], folders)
-        _write_chunks(sae, out_dir / "data" / folder)
-        saes.append(_summary(sae, f"data/{folder}", names))
-    index = {
+        shown = {**sae, "features": [display_feature(f, bundle["windows"]) for f in sae["features"]]}
+        _write_chunks(shown, out_dir / "data" / folder)
+        saes.append(_summary(shown, f"data/{folder}", names))
+    index = compact({
         "title": bundle["title"], "model": bundle["model"], "corpus": bundle["corpus"],
         "families": {**bundle["families"], "names": names}, "heads_href": bundle.get("heads_href"),
         "chunk_size": CHUNK_SIZE, "saes": saes,
-    }
+    })
     (out_dir / "vocab.js").write_text(f"window.ATTNSAE_VOCAB = {js_literal(list(bundle['vocab']))};\n",
                                       encoding="utf-8")
     html = page(bundle["title"], ["common.css", "dashboards.css"], BODY,

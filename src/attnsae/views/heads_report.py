@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnsae.io import atomic_path
+from attnsae.views.numbers import compact
 from attnsae.views.webpage import asset, js_literal, page
 
 BODY = """\
@@ -36,7 +37,8 @@ BODY = """\
 def write_head_report(report: dict, path: Path, dashboards_href: str = "index.html") -> Path:
     """Write the head report to ``path`` (atomically); feature links point at ``dashboards_href``. Returns path."""
     path = Path(path)
-    data = f"window.ATTNSAE_REPORT = {js_literal(report)};\nwindow.ATTNSAE_DASHBOARDS = {js_literal(dashboards_href)};"
+    data = (f"window.ATTNSAE_REPORT = {js_literal(compact(report))};\n"
+            f"window.ATTNSAE_DASHBOARDS = {js_literal(dashboards_href)};")
     html = page(report["title"], ["common.css", "heads_report.css"], BODY,
                 [data, asset("common.js"), asset("heads_report.js")])
     with atomic_path(path) as tmp:

@@ -15,6 +15,7 @@ import matplotlib
 import numpy as np
 
 from attnsae.io import atomic_path, atomic_write_json, atomic_write_text
+from attnsae.views.numbers import compact
 
 PAPER_KEPT = {"names_filler": 0.93, "connector": 0.43}  # GPT-2 Small, Kissane et al. (layers 5 and 6)
 CORRUPTION_NAMES = {"names_filler": "A: new names + filler", "connector": "B: ' and' replaced"}
@@ -196,5 +197,5 @@ def write_ioi_report(result: dict, folder: str | os.PathLike) -> None:
     """``ioi.json``, ``report.md`` and the PNG plots of an IOI result, into the existing ``folder`` (the job's
     temporary folder: :func:`attnsae.jobs.studies.run_ioi` puts it in place whole)."""
     folder = Path(folder)
-    atomic_write_json(result, folder / "ioi.json")
+    atomic_write_json(compact(result), folder / "ioi.json")
     atomic_write_text(ioi_markdown(result, ioi_plots(result, folder)), folder / "report.md")

@@ -16,14 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def _g(v: float) -> float:
-    """4 significant digits."""
-    return float(f"{v:.4g}")
+from attnsae.views.numbers import compact, sig
 
 
 def _centres(hist: dict) -> list[float]:
-    return [_g(hist["start"] + (i + 0.5) * hist["width"]) for i in range(len(hist["counts"]))]
+    return [sig(hist["start"] + (i + 0.5) * hist["width"]) for i in range(len(hist["counts"]))]
 
 
 class NeuronpediaWriter:
@@ -43,9 +40,9 @@ class NeuronpediaWriter:
         values, dfa = ex["acts"], ex["dfa"]
         top = max(range(len(values)), key=values.__getitem__)
         rec = {"modelId": self.model_id, "layer": self.sources[sae], "index": str(feature),
-               "tokens": [self.vocab[t] for t in ex["tokens"]], "values": [_g(v) for v in values],
-               "maxValue": _g(values[top]), "maxValueTokenIndex": top, "minValue": _g(min(values)),
-               "dfaValues": [_g(v) for v in dfa], "dfaTargetIndex": ex["dest"], "dfaMaxValue": _g(max(dfa))}
+               "tokens": [self.vocab[t] for t in ex["tokens"]], "values": [sig(v) for v in values],
+               "maxValue": sig(values[top]), "maxValueTokenIndex": top, "minValue": sig(min(values)),
+               "dfaValues": [sig(v) for v in dfa], "dfaTargetIndex": ex["dest"], "dfaMaxValue": sig(max(dfa))}
         self.files[sae].write(json.dumps(rec, ensure_ascii=False) + "\n")
 
     def features(self, bundle: dict) -> None:
@@ -66,7 +63,7 @@ class NeuronpediaWriter:
                            "logits_hist_data_bar_heights": f["logit_hist"]["counts"],
                            "logits_hist_data_bar_values": _centres(f["logit_hist"]),
                            "decoder_weights_dist": f["head_shares"]}
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    fh.write(json.dumps(compact(rec), ensure_ascii=False) + "\n")
         self.close()
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from attnsae.io import json_text
 from attnsae.views import prefix_plots
+from attnsae.views.numbers import compact
 
 
 def _pm(v, ci) -> str:
@@ -106,7 +107,7 @@ def write_report(result: dict, folder: str | os.PathLike) -> dict:
     summary["files"] = sorted([*files, "summary.json", "report.md", *(p.name for p in tmp.glob("*.png"))])
     files["summary.json"] = summary
     for name, obj in files.items():
-        (tmp / name).write_text(json_text(obj, indent=1))
+        (tmp / name).write_text(json_text(compact(obj), indent=1))
     (tmp / "report.md").write_text(report_markdown(summary, result["sweep"], result["text"], result["features"],
                                                    result["specificity"]))
     return summary

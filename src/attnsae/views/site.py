@@ -20,6 +20,7 @@ from attnsae.io import json_text
 from attnsae.studies.results import Dashboards
 from attnsae.views.dashboards import write_dashboards
 from attnsae.views.heads_report import write_head_report
+from attnsae.views.numbers import compact
 from attnsae.views.plots import families_plot
 from attnsae.views.tables import families_table
 
@@ -33,17 +34,17 @@ def write_site(dash: Dashboards, heads: dict, folder: Path, final: Path | None =
     bundle = dash.bundle
     write_dashboards(bundle, folder)
     write_head_report(heads, folder / "heads.html", "index.html")
-    (folder / "heads.json").write_text(json_text(heads, indent=1, ensure_ascii=False))
+    (folder / "heads.json").write_text(json_text(compact(heads), indent=1, ensure_ascii=False))
 
     fam = bundle["families"]
     sae_names = [b["name"] for b in bundle["saes"]]
     labels = dict(zip(sae_names, dash.labels))
     stats = dict(zip(sae_names, dash.stats))
     table = families_table(dash.counts)
-    (folder / "families.json").write_text(json_text(
+    (folder / "families.json").write_text(json_text(compact(
         {"criterion": fam["criterion"], "thresholds": fam["thresholds"], "counts": dash.counts,
          "features": {n: [{"i": i, "family": lab, **st} for i, (lab, st) in enumerate(zip(labels[n], stats[n]))]
-                      for n in sae_names}}, indent=1))
+                      for n in sae_names}}), indent=1))
     (folder / "families.md").write_text(f"# Feature families — {bundle['model']}\n\n{table}\n\nCriterion: "
                                         f"{fam['criterion']}.\n")
     families_plot(dash.counts, stats, labels, folder / "families.png", fam["thresholds"],
@@ -53,5 +54,6 @@ def write_site(dash: Dashboards, heads: dict, folder: Path, final: Path | None =
                "n_polysemantic": heads["n_polysemantic"], "n_heads": heads["n_heads"], "seconds": dash.seconds,
                "logit_effects_refused": bundle.get("logit_effects_refused"),
                "index": str(final / "index.html"), "heads_html": str(final / "heads.html")}
+    summary = compact(summary)
     (folder / "summary.json").write_text(json_text(summary, indent=1))
     return summary

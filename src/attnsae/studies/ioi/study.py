@@ -81,7 +81,7 @@ def ioi_study(model, saes: Mapping[int, SAE] | None, n_prompts: int = 80, seed: 
         "meta": {"model": model_name(model), "n_prompts": n_prompts, "seed": seed, "k_layers": k_layers,
                  "head_layers": head_layers,
                  "connector": connector, "names": ds.names, "sae_layers": sorted(by_layer),
-                 "seconds": round(time.time() - t0, 1), "n_layers": int(model.cfg.n_layers),
+                 "seconds": time.time() - t0, "n_layers": int(model.cfg.n_layers),
                  "n_heads": int(model.cfg.n_heads)},
         "dataset": ds.to_dict(), "validation": validation, "patching": scan, "noising": noising,
         "ablation": ablation, "dfa": reading,
