@@ -303,3 +303,37 @@ def test_qk_split_is_exact_or_refused_where_a_qk_norm_bends_the_score(family, ar
         for side, p in (("key", s), ("query", t)):  # the stream at p as two parts: one embedding, the rest
             each, const, score = qk.split(h, t, s, side, torch.stack([emb[p], fp.resid[1][p] - emb[p]]))
             assert float(each.sum()) + const == pytest.approx(score, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "mistral", "gemma3", "olmo2", "gpt_neox"])
+def test_linear_mlp_graphs_are_exact_in_their_linear_model_or_refused(family, arch_models):
+    """With --mlp linear the graph closes and removing a node moves the target by its effect (parallel blocks too:
+    GPT-NeoX's MLP reads the stream before attention); a norm after the MLP (Gemma 3, OLMo 2) is refused."""
+    import torch
+
+    from attnsae.errors import AttnsaeError
+    from attnsae.graph.build import build_from
+    from attnsae.graph.frozen import FrozenPrompt, removal
+    from attnsae.graph.graph import KINDS
+    from attnsae.graph.target import TargetSpec, resolve
+
+    model = arch_models(family)[1]
+    tokens = torch.randint(100, 500, (1, 16), generator=torch.Generator().manual_seed(1))
+    tokens[0, 0] = model.tokenizer.bos_token_id or 0
+    if family in ("gemma3", "olmo2"):
+        with pytest.raises(AttnsaeError, match="--mlp linear is refused"):
+            FrozenPrompt(model, {}, tokens, "linear")
+        return
+    fp = FrozenPrompt(model, {}, tokens, "linear")
+    assert fp.mlp_reads_mid == [family != "gpt_neox"] * fp.n_layers
+    tgt = resolve(TargetSpec(), fp, model.tokenizer)
+    g = build_from(model, fp, tgt, progress=False)
+    assert g.closure < 1e-4
+    base = float(tgt.frozen_value(fp))
+    for kind in ("token", "head", "mlp", "mlp_rest"):
+        ids = g.is_kind(kind).nonzero()[:, 0]
+        i = int(ids[g.effect[ids].abs().argmax()])
+        moved = base - float(tgt.frozen_value(fp, edit=removal(KINDS[int(g.kind[i])], int(g.layer[i]),
+                                                               int(g.pos[i]), int(g.index[i]))))
+        assert moved == pytest.approx(float(g.effect[i]), rel=1e-3, abs=1e-5 * (abs(base) + 1))

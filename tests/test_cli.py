@@ -5,8 +5,8 @@ from conftest import assert_one_line_error, run_cli
 
 
 # the subcommands the README and docs promise, in the order `attnsae --help` lists them
-COMMAND_NAMES = ["quickstart", "train", "cache", "eval", "dashboard", "attribute", "explore", "corpus", "info", "models",
-                 "study"]
+COMMAND_NAMES = ["quickstart", "train", "cache", "eval", "dashboard", "attribute", "graph", "explore", "corpus", "info",
+                 "models", "study"]
 
 
 @pytest.mark.integration
@@ -15,6 +15,7 @@ def test_every_subcommand_has_help(capsys):
     command imports when it runs exists and holds the names it imports (a missing one must not go unnoticed)."""
     import ast
     import importlib
+    import importlib.util
     import inspect
 
     import attnsae.cli
@@ -40,7 +41,8 @@ def test_every_subcommand_has_help(capsys):
     for node in imports:
         module = importlib.import_module(node.module)
         for alias in node.names:
-            assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
+            submodule = importlib.util.find_spec(f"{node.module}.{alias.name}") if hasattr(module, "__path__") else None
+            assert hasattr(module, alias.name) or submodule, f"{node.module}.{alias.name}"
 
 
 def _main(*argv: str):

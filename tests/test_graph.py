@@ -31,10 +31,11 @@ def models(tmp_path_factory):
             "llama_gqa": load_model(make_llama_dir(root / "llama"))}
 
 
-def _removal_matches_effects(model, saes: dict, tokens, spec=TargetSpec(), per_kind: int = 3) -> int:
+def _removal_matches_effects(model, saes: dict, tokens, spec=TargetSpec(), per_kind: int = 3, mlp: str = "leaf"
+                             ) -> int:
     """Build the graph, then remove nodes of every kind one at a time from the frozen model: the target moves by
     each node's effect. Also: every reader closes and the parts sum to the target. Returns the nodes checked."""
-    fp = FrozenPrompt(model, saes, tokens)
+    fp = FrozenPrompt(model, saes, tokens, mlp)
     tgt = resolve(spec, fp, model.tokenizer)
     g = build_from(model, fp, tgt, progress=False)
     assert g.closure < 1e-4
@@ -55,12 +56,29 @@ def _removal_matches_effects(model, saes: dict, tokens, spec=TargetSpec(), per_k
 
 @pytest.mark.parametrize("name", ["gpt2", "one_head", "llama_gqa"])
 @pytest.mark.parametrize("sae_layers", [(), (1,), (0, 1)])
-def test_removing_a_node_moves_the_target_by_its_effect(models, name, sae_layers):
+@pytest.mark.parametrize("mlp", ["leaf", "linear"])
+def test_removing_a_node_moves_the_target_by_its_effect(models, name, sae_layers, mlp):
     model = models[name]
     saes = {l: random_sae(model, l, d_sae=48, seed=l, architecture="topk" if l else "relu", k=6)
             for l in sae_layers}
     tokens = model.to_tokens(PROMPT)[:, :20]
-    assert _removal_matches_effects(model, saes, tokens) >= 8
+    assert _removal_matches_effects(model, saes, tokens, mlp=mlp) >= 8
+
+
+def test_linear_mlps_carry_what_reaches_them_and_leave_the_users_model_alone(models):
+    model = models["gpt2"]
+    tokens = model.to_tokens(PROMPT)[:, :20]
+    fp = FrozenPrompt(model, {}, tokens, "linear")
+    for l in range(fp.n_layers):  # J y0 + r is the MLP's output; J is the Jacobian with ln2's scale frozen
+        torch.testing.assert_close(fp.mlp_lin[l] + fp.mlp_rest[l], fp.mlp[l])
+        y = fp.mlp_y0[l] + 1e-3 * torch.randn_like(fp.mlp_y0[l])
+        first_order = fp.mlp[l] + fp.mlp_jvp(l, y - fp.mlp_y0[l])
+        assert float((fp.mlp_fn[l](y) - first_order).abs().max()) < 1e-4
+    g = build_from(model, fp, resolve(TargetSpec(), fp, model.tokenizer), progress=False)
+    assert bool(g.readers[g.is_kind("mlp")].all()) and int((g.dst[:, None] == g.is_kind("mlp").nonzero()[:, 0]).sum())
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(AttnsaeError, match="--mlp must be leaf or linear"):
+        FrozenPrompt(model, {}, tokens, "gated")
 
 
 def test_batch_of_one_token_and_a_feature_target(models):
@@ -217,5 +235,9 @@ def test_an_attention_score_splits_exactly_over_the_nodes_at_each_end(models, na
             assert r[side]["closes"] and total == pytest.approx(want, rel=1e-3, abs=1e-4)
             assert r[side]["rest"] == 0.0
     assert isinstance(layers[1], QKLayer)
+    c = r["key_contrast"]  # the contrast's parts sum to how far the source's score rises above the others' mean
+    full = qk_split(model, fp, g, 1, 1, 5, 5, top=10_000, layers=layers)["key_contrast"]
+    assert sum(n["value"] for n in full["nodes"]) == pytest.approx(full["score_gap"], rel=1e-3, abs=1e-4)
+    assert c["nodes"] and isinstance(c["score_gap"], float)
     with pytest.raises(AttnsaeError, match="no score"):
         qk_split(model, fp, g, 1, 0, 2, 5)

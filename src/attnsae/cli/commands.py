@@ -262,6 +262,9 @@ def graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", nargs="+", default=None, metavar="T", help="what to explain: a token (' Mary'), a "
                    "difference (' Mary' - ' John'), or a feature LAYER/FEATURE@POS; default: the top prediction")
     add_model_args(p, sae_default=True)
+    p.add_argument("--mlp", choices=("leaf", "linear"), default="leaf", help="MLP outputs: leaves (exact; what they "
+                   "read stays hidden) or linear (their Jacobian at the prompt passes what reaches them back to their "
+                   "inputs: a first-order approximation of the MLP, its remainder a leaf of its own)")
     p.add_argument("--out", default="graph.json", help="the graph file to write (.json; new, or a graph attnsae "
                    "wrote)")
     p.add_argument("--node-threshold", type=_share, default=0.8, help="keep the nodes that carry this share of the "
@@ -270,6 +273,8 @@ def graph_args(p: argparse.ArgumentParser) -> None:
                    "rest (1 keeps every edge: with --node-threshold 1 the graph is unpruned)")
     p.add_argument("--viewer", default=None, metavar="DIR", help="also write circuit-tracer's viewer files (the "
                    "graph JSON and graph-metadata.json) into this folder")
+    p.add_argument("--png", default=None, metavar="FILE", help="also draw the pruned graph (x: position, y: layer) "
+                   "into this .png file")
     p.add_argument("--slug", default=None, help="the graph's name in the viewer (default: the --out file's stem)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the ablations on the real model")
     p.add_argument("--top", type=positive, default=10, help="nodes listed, and removed one at a time on the real "
@@ -286,7 +291,7 @@ def run_graph(args: argparse.Namespace) -> None:
 
     summary = graph_job(args.sae, args.prompt, args.target, args.model, args.device, args.out, args.node_threshold,
                         args.edge_threshold, args.viewer, args.slug, not args.no_faithfulness, args.top, args.qk,
-                        args.progress)
+                        args.png, args.mlp, args.progress)
     print(graph_summary_text(summary))
 
 

@@ -71,7 +71,7 @@ class _Nodes:
 
 
 def build(model, saes: Sequence[SAE] | Mapping[int, SAE] = (), tokens: Tensor | None = None,
-          target: TargetSpec | Sequence[str] | str | None = None, prompt: str | None = None,
+          target: TargetSpec | Sequence[str] | str | None = None, prompt: str | None = None, mlp: str = "leaf",
           progress: bool = True) -> Graph:
     """The exact graph of ``target`` on one prompt (``tokens`` int64 [S] or [1, S], or ``prompt`` text tokenised
     with the model's BOS), with ``saes`` splitting their layers' attention outputs into features; other layers are
@@ -81,7 +81,7 @@ def build(model, saes: Sequence[SAE] | Mapping[int, SAE] = (), tokens: Tensor | 
         if prompt is None:
             raise AttnsaeError("give the prompt as tokens or as text")
         tokens = tokenize(model, prompt)[0]
-    fp = FrozenPrompt(model, saes_by_layer(model, saes), tokens)
+    fp = FrozenPrompt(model, saes_by_layer(model, saes), tokens, mlp)
     spec = target if isinstance(target, TargetSpec) else TargetSpec.parse(target)
     graph = build_from(model, fp, resolve(spec, fp, model.tokenizer), progress)
     graph.seconds = {"build": time.perf_counter() - t0}
@@ -93,8 +93,8 @@ def build_from(model, fp: FrozenPrompt, tgt: Target, progress: bool = True) -> G
     t0 = time.perf_counter()
     top = tgt.layer if tgt.kind == "feature" else fp.n_layers
     P = tgt.pos + 1 if describe(model).causal else fp.S  # the positions that can reach the target
-    need_g = any(l not in fp.saes for l in range(top))
-    g = fp.grad(lambda probes: tgt.frozen_value(fp, probes))[:, :P] if need_g else None
+    need_g = fp.mlp_mode == "linear" or any(l not in fp.saes for l in range(top))
+    g = fp.grad(lambda probes: tgt.frozen_value(fp, probes))[:, :P] if need_g else None  # [2 n_layers, P, d]
 
     nodes, src_rows, dst_rows, weights = _Nodes(), [], [], []
     positions = torch.arange(P)
@@ -103,6 +103,7 @@ def build_from(model, fp: FrozenPrompt, tgt: Target, progress: bool = True) -> G
         nodes.add(kind, -1, positions, -1, torch.zeros(P), e[:P])
     with torch.no_grad():
         for l in tqdm(range(top), desc="graph layers", unit="layer", disable=not progress):
+            before_attention = nodes.n
             src = torch.cat(nodes.parts)
             src_pos = torch.cat(nodes.cols["pos"])
             if l in fp.saes:
@@ -116,9 +117,9 @@ def build_from(model, fp: FrozenPrompt, tgt: Target, progress: bool = True) -> G
                 H = fp.W[l].n_heads
                 pairs = torch.cartesian_prod(positions, torch.arange(H))  # [P * H, 2] (position, head)
                 o = fp.head_outputs(l)[:P].reshape(P * H, -1)
-                R = _head_readouts(fp, l, g[l], pairs)
+                R = _head_readouts(fp, l, g[2 * l], pairs)
                 extra = torch.zeros(len(pairs))
-                value = (o * g[l][pairs[:, 0]]).sum(-1)
+                value = (o * g[2 * l][pairs[:, 0]]).sum(-1)
                 reader = ("head", pairs[:, 0], pairs[:, 1], value, o)
             const = _const(fp, l, pairs[:, 0], R) + extra
             ids = nodes.add(reader[0], l, reader[1], reader[2], reader[3], reader[4], const)
@@ -127,16 +128,39 @@ def build_from(model, fp: FrozenPrompt, tgt: Target, progress: bool = True) -> G
                 err = fp.out(l, fp.error(l) @ fp.W[l].W_O_cat)[:P]
                 nodes.add("error", l, positions, -1, torch.zeros(P), err)
             nodes.add("bias", l, positions, -1, torch.zeros(P), fp.bias_part(l)[:P])
-            nodes.add("mlp", l, positions, -1, torch.zeros(P), fp.mlp[l][:P])
+            if fp.mlp_mode == "linear":
+                _mlp_node(fp, l, g[2 * l + 1], nodes, nodes.n if fp.mlp_reads_mid[l] else before_attention,
+                          src_rows, dst_rows, weights)
+            else:
+                nodes.add("mlp", l, positions, -1, torch.zeros(P), fp.mlp[l][:P])
         _target_edges(fp, tgt, nodes, src_rows, dst_rows, weights)
 
     graph = Graph.from_parts(model_name(model) or "model", fp, tgt, nodes.cols, torch.cat(src_rows),
                              torch.cat(dst_rows), torch.cat(weights), sorted(fp.saes))
     graph.token_strs = [model.tokenizer.decode([t]) for t in graph.tokens]
+    graph.mlp_mode = fp.mlp_mode
     graph.closure = graph.check_closure(CLOSE_REL if fp.W[0].W_V.dtype == torch.float32 else 3e-2)
     graph.compute_effects()
     graph.seconds = {"build": time.perf_counter() - t0}
     return graph
+
+
+def _mlp_node(fp: FrozenPrompt, l: int, g: Tensor, nodes: _Nodes, n_feed: int, src_rows: list, dst_rows: list,
+              weights: list) -> None:
+    """MLP ``l``'s linear part ``J y`` at each position as a node (value ``g · J y0``, its effect; ``g`` [P, d_model]
+    the gradient after the MLP), read from the first ``n_feed`` parts at its position through ``Jᵀ g``, and the
+    remainder ``r`` as a leaf."""
+    P = len(g)
+    feed = torch.cat(nodes.parts)[:n_feed]
+    feed_pos = torch.cat(nodes.cols["pos"])[:n_feed]
+    read = fp.mlp_vjp(l, torch.cat([g, g.new_zeros(fp.S - P, g.shape[1])]))[:P]  # [P, d_model]
+    lin = fp.mlp_lin[l][:P]
+    positions = torch.arange(P)
+    ids = torch.tensor(nodes.add("mlp", l, positions, -1, (lin * g).sum(-1), lin, torch.zeros(P)))
+    src_rows.append(torch.arange(n_feed))
+    dst_rows.append(ids[feed_pos])
+    weights.append((feed * read[feed_pos]).sum(-1))
+    nodes.add("mlp_rest", l, positions, -1, torch.zeros(P), fp.mlp_rest[l][:P])
 
 
 def _head_readouts(fp: FrozenPrompt, l: int, g: Tensor, pairs: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from attnsae.graph.graph import KINDS, Graph
 from attnsae.graph.prune import PruneResult
 
 HEAD_OFFSET = 10_000_000  # a head's feature index in the viewer: above any SAE's features
-LEAF_CODE = {"error": 0, "mlp": 1, "bias": 2}
+LEAF_CODE = {"error": 0, "mlp": 1, "bias": 2, "mlp_rest": 3}
 
 
 def cantor(x: int, y: int) -> int:
@@ -43,7 +43,9 @@ def _node(graph: Graph, i: int, influence: float) -> dict:
         return {**base, "node_id": f"{l}_{f}_{p}", "feature": cantor(l, f), "feature_type": "cross layer transcoder",
                 "jsNodeId": f"{l}_{f}-0", "clerp": label}
     if k in LEAF_CODE:
-        label = {"error": f"Err: SAE L{l}", "mlp": f"MLP L{l} (leaf)", "bias": f"bias L{l}"}[k]
+        label = {"error": f"Err: SAE L{l}", "mlp": f"MLP L{l}" + (" (linear part)" if graph.mlp_mode == "linear"
+                                                                    else " (leaf)"),
+                 "bias": f"bias L{l}", "mlp_rest": f"Err: MLP L{l} beyond first order"}[k]
         return {**base, "node_id": f"{LEAF_CODE[k]}_{l}_{p}", "feature": -1, "feature_type": "mlp reconstruction error",
                 "jsNodeId": f"{LEAF_CODE[k]}_{l}_{p}-0", "clerp": label}
     if k in ("token", "position"):

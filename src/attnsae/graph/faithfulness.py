@@ -33,11 +33,15 @@ def part_of(fp: FrozenPrompt, graph: Graph, i: int) -> tuple[str, Tensor]:
     if k == "head":
         return f"blocks.{l}.hook_attn_out", fp.head_outputs(l)[p, j]
     if k == "error":
-        return f"blocks.{l}.hook_attn_out", fp.out(l, fp.error(l) @ fp.W[l].W_O_cat)[p]
+        ps = fp.post_scale[l]
+        return f"blocks.{l}.hook_attn_out", fp.W[l].out(fp.error(l)[p] @ fp.W[l].W_O_cat,
+                                                        1.0 if ps is None else float(ps[p]))
     if k == "bias":
         return f"blocks.{l}.hook_attn_out", fp.bias_part(l)[p]
     if k == "mlp":
-        return f"blocks.{l}.hook_mlp_out", fp.mlp[l][p]
+        return f"blocks.{l}.hook_mlp_out", (fp.mlp_lin[l] if fp.mlp_mode == "linear" else fp.mlp[l])[p]
+    if k == "mlp_rest":
+        return f"blocks.{l}.hook_mlp_out", fp.mlp_rest[l][p]
     return ("hook_embed" if k == "token" else "hook_pos_embed"), fp.embeds["hook_embed" if k == "token"
                                                                            else "hook_pos_embed"][p]
 

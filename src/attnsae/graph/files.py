@@ -5,7 +5,7 @@ Schema (columns, so a file of thousands of edges stays small; node ids are reada
     {"format": "attnsae-graph", "version": 1, "model": str, "prompt": str | None,
      "tokens": [int] * S, "prompt_tokens": [str] * S,
      "target": {"kind", "pos", "label", "value", "token_ids", "layer", "feature", "probability"},
-     "n_layers": int, "sae_layers": [int], "saes": [str],
+     "n_layers": int, "sae_layers": [int], "saes": [str], "mlp_mode": "leaf" | "linear",
      "pruning": {"node_threshold", "edge_threshold", "nodes", "edges", "nodes_unpruned", "edges_unpruned"},
      "scores": {...} (attnsae.graph.prune.scores), "decomposition": {...} (Graph.decomposition),
      "closure_max_rel_error": float, "seconds": {...}, "faithfulness": {...} | null, "qk": [...] | null,
@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 
 from attnsae.errors import AttnsaeError
-from attnsae.graph.graph import KINDS, READERS, Graph
+from attnsae.graph.graph import KINDS, Graph, reader_kinds
 from attnsae.graph.prune import PruneResult
 
 FORMAT = "attnsae-graph"
@@ -47,7 +47,7 @@ def graph_dict(graph: Graph, pruned: PruneResult, node_threshold: float, edge_th
             "influence": [_g7(v) for v in pruned.cumulative_scores[keep].tolist()]}
     return {"format": FORMAT, "version": 1, "model": graph.model, "prompt": None, "tokens": graph.tokens,
             "prompt_tokens": graph.token_strs, "target": graph.target, "n_layers": graph.n_layers,
-            "sae_layers": graph.sae_layers, "saes": [],
+            "sae_layers": graph.sae_layers, "saes": [], "mlp_mode": graph.mlp_mode,
             "pruning": {"node_threshold": node_threshold, "edge_threshold": edge_threshold, "nodes": len(keep),
                         "edges": len(edges), "nodes_unpruned": graph.n_nodes, "edges_unpruned": graph.n_edges},
             "seconds": graph.seconds, "faithfulness": None, "qk": None, **(extra or {}),
@@ -83,7 +83,7 @@ def closure_of(d: dict) -> tuple[float, int]:
     unpruned = d["pruning"]["node_threshold"] == 1 and d["pruning"]["edge_threshold"] == 1
     worst, n = 0.0, 0
     for i, kind in enumerate(nodes["kind"]):
-        if kind not in READERS or not unpruned:
+        if kind not in reader_kinds(d.get("mlp_mode", "leaf")) or not unpruned:
             continue
         scale = abs(nodes["const"][i]) + size[i]
         err = abs(nodes["const"][i] + total[i] - nodes["value"][i])

@@ -64,6 +64,24 @@ def saes_by_layer(model, saes: Sequence[SAE] | Mapping[int, SAE]) -> dict[int, S
     return out
 
 
+def _frozen_mlp(block, norm, scale: Tensor, d: int) -> Callable[[Tensor], Tensor]:
+    """``y [S, d_model] -> mlp(ln2(y))`` of ``block`` with ln2's scale frozen at ``scale`` [S] (so ln2 is linear, as
+    every norm of the frozen model) and the parameters detached (the caller's graph only); ``rows`` (a slice of
+    positions) when ``y`` holds only those."""
+    from attnsae.models.architecture import norm_weights
+
+    gamma, beta = norm_weights(block.ln2, norm, d)
+    params = {n: p.detach() for n, p in block.mlp.named_parameters()}
+    first = next(iter(params.values()))
+
+    def fn(y: Tensor, rows: slice = slice(None)) -> Tensor:
+        h = centre(y, norm.kind == "LN") / scale[rows, None] * gamma + beta
+        out = torch.func.functional_call(block.mlp, params, (h[None].to(first.device, first.dtype),))
+        return out[0].to(y.device, torch.float32)
+
+    return fn
+
+
 def centre(x: Tensor, norm_centres: bool) -> Tensor:
     """``x − mean(x)`` over the last dim for a LayerNorm, ``x`` for an RMSNorm or none."""
     return x - x.mean(-1, keepdim=True) if norm_centres else x
@@ -89,9 +107,15 @@ def removal(kind: str, layer: int, pos: int, index: int) -> Callable[[int, str, 
 
 
 class FrozenPrompt:
-    """One prompt (``tokens`` int64 [S] or [1, S]) and SAEs ``{layer: SAE}`` (any subset of layers, none included)."""
+    """One prompt (``tokens`` int64 [S] or [1, S]) and SAEs ``{layer: SAE}`` (any subset of layers, none included).
 
-    def __init__(self, model, saes: Mapping[int, SAE], tokens: Tensor) -> None:
+    ``mlp="leaf"`` holds every MLP output constant. ``mlp="linear"`` replaces each MLP by its first-order expansion
+    at the prompt, ``mlp(y) = J y + r`` (``J`` the Jacobian of ``mlp(ln2(·))`` at the prompt's input ``y0`` with
+    ln2's scale frozen like every norm here, ``r = mlp(y0) − J y0`` a constant): the MLP's linear part then carries
+    what reaches it, and ``r`` what the expansion leaves out. Exact at the prompt; a first-order approximation of the
+    MLP anywhere else."""
+
+    def __init__(self, model, saes: Mapping[int, SAE], tokens: Tensor, mlp: str = "leaf") -> None:
         arch = describe(model)
         why = arch.refusal("graph")
         if why:
@@ -100,6 +124,7 @@ class FrozenPrompt:
         if tokens.shape[0] != 1:
             raise AttnsaeError(f"a graph explains one prompt, got a batch of {tokens.shape[0]}")
         self.tokens = tokens[0].cpu()
+        self._heads: dict[int, Tensor] = {}  # head outputs per layer, once asked for
         self.S = S = len(self.tokens)
         self.n_layers = N = int(model.cfg.n_layers)
         self.embed_hooks = list(arch.embed_hooks)
@@ -130,6 +155,11 @@ class FrozenPrompt:
         self.post_scale = [c[f"blocks.{l}.ln1_post.hook_scale"].reshape(S) if self.W[l].out_norm else None
                            for l in range(N)]
         self.final_scale = c["ln_final.hook_scale"].reshape(S) if self.final_norm else ones
+        if mlp not in ("leaf", "linear"):
+            raise AttnsaeError(f"--mlp must be leaf or linear, got {mlp!r}")
+        self.mlp_mode = mlp
+        if mlp == "linear":
+            self._linear_mlps(model)
         with torch.no_grad():
             for l, s in sorted(layers.items()):
                 W_enc = s.W_enc.detach().float()
@@ -139,6 +169,54 @@ class FrozenPrompt:
                 self.saes[l] = FrozenSAE(s, pre.float(), s.activation(pre).float(), W_enc,
                                          s.W_dec.detach().float(), b_dec, bias)
         self._check()
+
+    def _linear_mlps(self, model) -> None:
+        """Each MLP as ``mlp(ln2(y))`` with its weights detached (the user's model gains no gradients), checked
+        against ``hook_mlp_out``; whether it reads the stream after attention (``resid_mid``) or before (parallel
+        blocks); its linear part ``J y0`` and remainder ``r`` [S, d_model]."""
+        from attnsae.models.architecture import match_norm
+
+        names = [f"blocks.{l}.{n}" for l in range(self.n_layers)
+                 for n in ("ln2.hook_in", "ln2.hook_scale", "ln2.hook_out", "hook_resid_mid")]
+        c = {k: v[0] for k, v in capture(model, self.tokens[None], names).items()}
+        self.mlp_fn, self.mlp_y0, self.mlp_reads_mid, self.mlp_lin, self.mlp_rest = [], [], [], [], []
+        for l in range(self.n_layers):
+            block = model.blocks[l]
+            y0, scale = c.get(f"blocks.{l}.ln2.hook_in"), c.get(f"blocks.{l}.ln2.hook_scale")
+            norm = None if y0 is None or scale is None else match_norm(y0, scale, c.get(f"blocks.{l}.ln2.hook_out"),
+                                                                      getattr(block, "ln2", None), 1e-4)
+            if norm is None:
+                raise AttnsaeError(f"--mlp linear is refused: block {l}'s MLP input is not a known norm (ln2) of the "
+                                   "residual stream; use --mlp leaf")
+            scale = scale.reshape(-1)
+            r_mid = c.get(f"blocks.{l}.hook_resid_mid")
+            mid = r_mid is not None and float((y0 - r_mid).abs().max()) <= 1e-4 * float(y0.abs().max()) + 1e-5
+            pre = float((y0 - self.resid[l]).abs().max()) <= 1e-4 * float(y0.abs().max()) + 1e-5
+            fn = _frozen_mlp(block, norm, scale, y0.shape[-1])
+            with torch.no_grad():
+                out = fn(y0)
+            if not (mid or pre) or not float((out - self.mlp[l]).abs().max()) <= 1e-3 * float(
+                    self.mlp[l].abs().max()) + 1e-5:
+                raise AttnsaeError(f"--mlp linear is refused: blocks.{l}.hook_mlp_out is not mlp(ln2(·)) of the "
+                                   "residual stream on this model; use --mlp leaf")
+            lin = torch.func.jvp(fn, (y0,), (y0,))[1].detach()
+            self.mlp_fn.append(fn)
+            self.mlp_y0.append(y0)
+            self.mlp_reads_mid.append(mid)
+            self.mlp_lin.append(lin)
+            self.mlp_rest.append(self.mlp[l] - lin)
+
+    def mlp_jvp(self, l: int, y: Tensor) -> Tensor:
+        """``J y`` for MLP ``l`` (its Jacobian at the prompt): [S, d_model]."""
+        return torch.func.jvp(self.mlp_fn[l], (self.mlp_y0[l],), (y,))[1]
+
+    def mlp_vjp(self, l: int, g: Tensor, pos: int | None = None) -> Tensor:
+        """``Jᵀ g`` for MLP ``l``: [S, d_model] (each position's own Jacobian; the MLP acts position by position), or
+        at one position ``pos`` for ``g`` [d_model]."""
+        if pos is None:
+            return torch.func.vjp(self.mlp_fn[l], self.mlp_y0[l])[1](g)[0]
+        rows = slice(pos, pos + 1)
+        return torch.func.vjp(lambda y: self.mlp_fn[l](y, rows), self.mlp_y0[l][rows])[1](g[None])[0][0]
 
     # ------------------------------------------------------------------------------------------- parts
 
@@ -165,8 +243,12 @@ class FrozenPrompt:
         return part + W.post_b if W.post_b is not None else part
 
     def head_outputs(self, l: int, z: Tensor | None = None) -> Tensor:
-        """Each head's output ``out(z_h W_O^h)``: [S, H, d_model] (``z`` [S, H, d_head], default the prompt's)."""
-        z = self.z[l] if z is None else z
+        """Each head's output ``out(z_h W_O^h)``: [S, H, d_model] (``z`` [S, H, d_head], default the prompt's,
+        computed once)."""
+        if z is None:
+            if l not in self._heads:
+                self._heads[l] = self.head_outputs(l, self.z[l])
+            return self._heads[l]
         return self.out(l, torch.einsum("shd,hdm->shm", z, self.W[l].W_O))
 
     def feature_outputs(self, l: int, features: Tensor) -> Tensor:
@@ -197,8 +279,9 @@ class FrozenPrompt:
 
         ``edit(layer, part, value)`` may replace a part as it is formed: ``"act"`` (an SAE's activations [S, d_sae]),
         ``"heads"`` (head outputs [S, H, d_model]), ``"error"``, ``"bias"``, ``"mlp"`` ([S, d_model]) and, with layer
-        -1, each embedding hook by name. ``probes[l]`` [S, d_model] is added after attention layer ``l`` (zeros: a
-        handle for the gradient); ``streams`` receives each block's input ``x^l``."""
+        -1, each embedding hook by name; with ``mlp="linear"`` the MLP's parts are ``"mlp"`` (``J y``) and
+        ``"mlp_rest"``. ``probes[2l]`` [S, d_model] is added after attention layer ``l`` and ``probes[2l + 1]`` after
+        its MLP (zeros: handles for the gradient); ``streams`` receives each block's input ``x^l``."""
         edit = edit or (lambda l, part, v: v)
         x = sum(edit(-1, n, e) for n, e in self.embeds.items())
         for l in range(self.n_layers):
@@ -212,10 +295,17 @@ class FrozenPrompt:
                     l, self.error(l) @ self.W[l].W_O_cat))
             else:
                 attn = edit(l, "heads", self.head_outputs(l, z)).sum(1)
+            x_pre = x
             x = x + attn + edit(l, "bias", self.bias_part(l))
             if probes is not None:
-                x = x + probes[l]
-            x = x + edit(l, "mlp", self.mlp[l])
+                x = x + probes[2 * l]
+            if self.mlp_mode == "linear":
+                y = x if self.mlp_reads_mid[l] else x_pre
+                x = x + edit(l, "mlp", self.mlp_jvp(l, y)) + edit(l, "mlp_rest", self.mlp_rest[l])
+            else:
+                x = x + edit(l, "mlp", self.mlp[l])
+            if probes is not None:
+                x = x + probes[2 * l + 1]
         return x
 
     def final_read(self, x: Tensor, pos: int, direction: Tensor) -> Tensor:
@@ -224,9 +314,10 @@ class FrozenPrompt:
         return (y * self.final_w) @ direction
 
     def grad(self, value: Callable[[list[Tensor]], Tensor]) -> Tensor:
-        """``∂ value / ∂ resid_mid`` after every attention layer of the frozen model: [n_layers, S, d_model].
-        ``value(probes)`` runs the frozen model with ``probes`` (:meth:`run`) and returns a scalar."""
-        probes = torch.zeros(self.n_layers, self.S, self.W[0].W_O.shape[-1], requires_grad=True)
+        """``∂ value / ∂ x`` after every attention layer (row ``2l``) and every MLP (row ``2l + 1``) of the frozen model:
+        [2 n_layers, S, d_model]. ``value(probes)`` runs the frozen model with ``probes`` (:meth:`run`) and returns a
+        scalar."""
+        probes = torch.zeros(2 * self.n_layers, self.S, self.W[0].W_O.shape[-1], requires_grad=True)
         with torch.enable_grad():
             value(list(probes)).backward()
         return probes.grad

@@ -4,7 +4,8 @@ list, and the checks that it is exact.
 Nodes (``kind``): ``token`` and ``position`` (the embeddings at each position), ``feature`` (an active SAE feature at
 (layer, position); ``index`` is the feature), ``head`` (a head's output at its destination in a layer without an SAE;
 ``index`` is the head), ``error`` (an SAE's reconstruction error through W_O), ``bias`` (a layer's constant output:
-b_dec and b_O through W_O, and a post-norm's β'), ``mlp`` (an MLP's output, a leaf), and the ``target``. ``value``:
+b_dec and b_O through W_O, and a post-norm's β'), ``mlp`` (an MLP's output: a leaf; with ``--mlp linear`` its linear
+part ``J y``, a reader of the nodes at its position, beside the leaf ``mlp_rest``), and the ``target``. ``value``:
 a feature's pre-activation, a head's effect on the target (``g · o``), the target's value, and for a leaf its effect;
 ``const``: the part of a reader's value that no node carries (biases of its value path); ``effect``: how much the
 target falls when the node is removed from the frozen model.
@@ -23,9 +24,18 @@ from torch import Tensor
 
 from attnsae.errors import AttnsaeError
 
-KINDS = ("token", "position", "feature", "head", "error", "bias", "mlp", "target")
-READERS = ("feature", "head", "target")  # nodes with incoming edges
+KINDS = ("token", "position", "feature", "head", "error", "bias", "mlp", "mlp_rest", "target")
+READERS = ("feature", "head", "target")  # nodes with incoming edges (and "mlp" with --mlp linear)
 EMBEDDINGS = ("token", "position")
+
+
+def reader_kinds(mlp_mode: str) -> tuple[str, ...]:
+    """The kinds of node that have incoming edges: an MLP output too when MLPs are linear."""
+    return READERS + (("mlp",) if mlp_mode == "linear" else ())
+
+
+def leaf_kinds(mlp_mode: str) -> tuple[str, ...]:
+    return ("token", "position", "bias", "error") + (("mlp_rest",) if mlp_mode == "linear" else ("mlp",))
 
 
 @dataclass
@@ -51,6 +61,7 @@ class Graph:
     coef: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))  # ∂ target / ∂ value
     seconds: dict = field(default_factory=dict)
     closure: float = 0.0  # the largest relative closure error found when built (Graph.check_closure)
+    mlp_mode: str = "leaf"
 
     @classmethod
     def from_parts(cls, model: str, fp, target, cols: dict[str, list[Tensor]], src: Tensor, dst: Tensor,
@@ -70,6 +81,21 @@ class Graph:
     @property
     def n_edges(self) -> int:
         return len(self.src)
+
+    @property
+    def readers(self) -> Tensor:
+        """bool [N]: the nodes with incoming edges."""
+        return self.is_kind(*reader_kinds(self.mlp_mode))
+
+    @property
+    def stage(self) -> Tensor:
+        """int64 [N]: a node's place in the forward pass (embeddings, then per layer attention then MLP, then the
+        target); every edge climbs it."""
+        mlp = self.is_kind("mlp", "mlp_rest")
+        st = 2 * self.layer + mlp.long()
+        st[self.is_kind(*EMBEDDINGS)] = -2
+        st[self.is_kind("target")] = 2 * max(int(self.layer.max()), 0) + 5
+        return st
 
     def is_kind(self, *kinds: str) -> Tensor:
         """bool [N]: the nodes of any of ``kinds``."""
@@ -97,7 +123,7 @@ class Graph:
     def closure_errors(self) -> tuple[Tensor, Tensor]:
         """For every reader: ``|const + Σ incoming − value|`` and the scale it is judged against
         (``|const| + Σ |incoming|``), float64 [n_readers] each, in node order."""
-        readers = self.is_kind(*READERS)
+        readers = self.readers
         total, size = self.incoming()
         err = (self.const + total - self.value).abs()
         return err[readers], (self.const.abs() + size)[readers]
@@ -109,7 +135,7 @@ class Graph:
             return 0.0
         bad = err > rel * scale + 1e-5
         if bool(bad.any()):
-            i = int(self.is_kind(*READERS).nonzero()[:, 0][bad.nonzero()[0, 0]])
+            i = int(self.readers.nonzero()[:, 0][bad.nonzero()[0, 0]])
             raise AttnsaeError(f"the graph does not close at {self.name(i)}: const + incoming edges = "
                                f"{float(self.const[i] + self.incoming()[0][i]):.6g}, value {float(self.value[i]):.6g}"
                                "; this is a bug, please report it")
@@ -124,28 +150,30 @@ class Graph:
         coef[self.target_id] = 1.0
         effect[self.target_id] = self.value[self.target_id]
         w = self.weight.double()
-        src_layer = self.layer[self.src]
-        feature, head = self.is_kind("feature"), self.is_kind("head")
-        for l in sorted(set(self.layer.tolist()) - {int(self.layer[self.target_id])}, reverse=True):
-            e = (src_layer == l).nonzero()[:, 0]
+        stage = self.stage
+        src_stage = stage[self.src]
+        feature = self.is_kind("feature")
+        vectors = self.readers & ~self.is_kind("feature", "target")  # heads (and linear MLPs): value = effect
+        for st in sorted(set(stage.tolist()) - {int(stage[self.target_id])}, reverse=True):
+            e = (src_stage == st).nonzero()[:, 0]
             effect.index_add_(0, self.src[e], w[e] * coef[self.dst[e]])
-            group = self.layer == l
+            group = stage == st
             f = group & feature
             coef[f] = effect[f] / self.value[f]
-            coef[group & head] = 1.0
-        err = (effect - self.value)[head].abs()
-        if len(err) and float(err.max()) > 1e-3 * float(self.value[head].abs().max()) + 1e-5:
+            coef[group & vectors] = 1.0
+        err = (effect - self.value)[vectors].abs()
+        if len(err) and float(err.max()) > 1e-3 * float(self.value[vectors].abs().max()) + 1e-5:
             raise AttnsaeError("a head's effect from the graph's edges differs from its gradient value; this is a "
                                "bug, please report it")
         self.effect = effect
         self.coef = coef
-        leaves = ~self.is_kind(*READERS)
+        leaves = ~self.readers
         self.value = torch.where(leaves, effect, self.value)
 
     def decomposition(self) -> dict[str, float]:
         """The target's value split exactly: the effect of every leaf, summed by kind, plus ``constants`` (each
         reader's constant times its coefficient); the parts sum to ``total``, the target's value."""
-        out = {k: float(self.effect[self.is_kind(k)].sum()) for k in ("token", "position", "bias", "error", "mlp")}
+        out = {k: float(self.effect[self.is_kind(k)].sum()) for k in leaf_kinds(self.mlp_mode)}
         out["constants"] = float((self.const * self.coef).sum())
         out["total"] = float(self.value[self.target_id])
         return out

@@ -27,9 +27,13 @@ import torch
 from torch import Tensor
 
 from attnsae.errors import AttnsaeError
-from attnsae.graph.graph import EMBEDDINGS, Graph
+from attnsae.graph.graph import EMBEDDINGS, Graph, leaf_kinds
 
-UNEXPLAINED = ("error", "mlp")
+
+
+def unexplained_kinds(graph: Graph) -> tuple[str, ...]:
+    """The leaves no feature explains: SAE errors, and MLP outputs (their remainders with ``--mlp linear``)."""
+    return ("error", "mlp_rest" if graph.mlp_mode == "linear" else "mlp")
 
 
 class PruneResult(NamedTuple):
@@ -51,7 +55,7 @@ def influence(graph: Graph, norm: Tensor, seed: Tensor) -> Tensor:
     """``seed·Â + seed·Â² + ...`` for the normalised adjacency ``norm`` [E]: float64 [N]."""
     total = torch.zeros(graph.n_nodes, dtype=torch.float64)
     current = seed
-    for _ in range(graph.n_layers + 3):  # every path climbs a layer per edge
+    for _ in range(2 * graph.n_layers + 3):  # every edge climbs a stage (attention, MLP) of some layer
         current = torch.zeros_like(total).index_add_(0, graph.src, norm * current[graph.dst])
         if not bool(current.any()):
             return total
@@ -97,7 +101,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     if edge_threshold == 1:
         edge_mask = kept
 
-    readers = graph.is_kind("feature", "head")
+    readers = graph.readers & ~graph.is_kind("target")
     while node_threshold < 1 or edge_threshold < 1:
         has_out = torch.zeros(graph.n_nodes, dtype=torch.bool).index_fill_(0, graph.src[edge_mask], True)
         has_in = torch.zeros(graph.n_nodes, dtype=torch.bool).index_fill_(0, graph.dst[edge_mask], True)
@@ -119,13 +123,13 @@ def scores(graph: Graph) -> dict[str, float]:
     seed = target_seed(graph)
     norm = normalized(graph)
     infl = influence(graph, norm, seed)
-    unexplained = graph.is_kind(*UNEXPLAINED)
+    unexplained = graph.is_kind(*unexplained_kinds(graph))
     tokens = float(infl[graph.is_kind(*EMBEDDINGS)].sum())
     errors = float(infl[unexplained].sum())
     from_unexplained = torch.zeros(graph.n_nodes, dtype=torch.float64).index_add_(
         0, graph.dst, norm * unexplained[graph.src])
     weight = infl + seed
-    leaves = {k: float(infl[graph.is_kind(k)].sum()) for k in ("token", "position", "bias", "error", "mlp")}
+    leaves = {k: float(infl[graph.is_kind(k)].sum()) for k in leaf_kinds(graph.mlp_mode)}
     total = sum(leaves.values()) or 1.0
     return {"replacement": tokens / (tokens + errors) if tokens + errors > 0 else 1.0,
             "completeness": float(((1 - from_unexplained) * weight).sum() / weight.sum()),

@@ -8,6 +8,10 @@ query fixed the score splits exactly over the nodes at ``s`` (the *key side*), p
 likewise, the key fixed, over the nodes at ``t`` (the *query side*). Before splitting, the layer's keys, queries,
 rotations and scores are rebuilt from the weights and checked against the model's hooks; a layout that does not fit
 (a q/k norm, a score soft-cap) is refused in one line.
+
+With ``--mlp linear`` an MLP's part passes its share back through its Jacobian to the nodes it reads, so a head's
+output that reaches the key through an MLP is credited to the head. The *contrast* says why the head picked this
+source over the others: each kind of node's key-side contribution here minus its mean at the other sources.
 """
 
 from __future__ import annotations
@@ -91,9 +95,10 @@ class QKLayer:
 
 
 def qk_split(model, fp: FrozenPrompt, graph: Graph, layer: int, head: int, dest: int, src: int,
-             top: int = 10, layers: dict[int, QKLayer] | None = None) -> dict:
+             top: int = 10, layers: dict[int, QKLayer] | None = None, contrast: bool = True) -> dict:
     """Both splits of one score (module docstring): the ``top`` nodes by |contribution| on each side, the constant,
-    the rest, the score and the attention weight. ``layers`` caches :class:`QKLayer` per layer."""
+    the rest, the score and the attention weight; with ``contrast``, what set ``src`` apart from the head's other
+    sources (:func:`_contrast`). ``layers`` caches :class:`QKLayer` per layer."""
     if not (0 <= src <= dest < fp.S) or not 0 <= head < fp.W[layer].n_heads:
         raise AttnsaeError(f"no score from {dest} to {src} of head {head} (positions 0..{fp.S - 1}, source <= dest)")
     qk = (layers or {}).get(layer) or QKLayer(model, fp, layer)
@@ -102,14 +107,76 @@ def qk_split(model, fp: FrozenPrompt, graph: Graph, layer: int, head: int, dest:
     out = {"layer": layer, "head": head, "dest": dest, "src": src, "score": qk.score(head, dest, src),
            "pattern": float(fp.A[layer][head, dest, src])}
     for side, pos in (("key", src), ("query", dest)):
-        ids = ((graph.pos == pos) & (graph.layer < layer) & ~graph.is_kind("target")).nonzero()[:, 0].tolist()
-        parts = torch.stack([part_of(fp, graph, i)[1] for i in ids])
-        each, const, score = qk.split(head, dest, src, side, parts)
+        ids, each, const, score = _side(qk, fp, graph, head, dest, src, side)
         order = each.abs().argsort(descending=True).tolist()
         out[side] = {"nodes": [{"node": graph.name(ids[k]), "value": float(each[k])} for k in order[:top]],
                      "rest": float(each[order[top:]].sum()) if len(order) > top else 0.0, "constant": const,
                      "closes": abs(float(each.sum()) + const - score) <= 1e-4 * (abs(score) + float(each.abs().sum()))}
+    if contrast:
+        out["key_contrast"] = _contrast(qk, fp, graph, head, dest, src, top)
     return out
+
+
+def _kind_of(name: str) -> str:
+    """A node's name without its position (``L0.H6@12`` -> ``L0.H6``): what it is, wherever it sits."""
+    return name.rsplit("@", 1)[0]
+
+
+def _side(qk: QKLayer, fp: FrozenPrompt, graph: Graph, head: int, dest: int, src: int, side: str
+          ) -> tuple[list[int], Tensor, float, float]:
+    """One side's split: the nodes at its position, their contributions [n], the constant and the score."""
+    pos = src if side == "key" else dest
+    layer = qk.l
+    ids = ((graph.pos == pos) & (graph.layer < layer) & ~graph.is_kind("target")).nonzero()[:, 0].tolist()
+    d = fp.W[layer].W_V.shape[1]
+    u, const, score = qk.split(head, dest, src, side, torch.eye(d))  # the score's read vector at pos
+    reads = _through_mlps(fp, graph, ids, u, pos, layer)  # [n, d_model]: per node, what reads its part
+    each = torch.stack([part_of(fp, graph, i)[1] @ r for i, r in zip(ids, reads)])
+    keep = [k for k, i in enumerate(ids) if not (fp.mlp_mode == "linear" and bool(graph.is_kind("mlp")[i]))]
+    return [ids[k] for k in keep], each[keep], const, score
+
+
+def _contrast(qk: QKLayer, fp: FrozenPrompt, graph: Graph, head: int, dest: int, src: int, top: int) -> dict:
+    """Why ``src`` beat the other sources: per kind of node (its name less the position), its key-side
+    contribution at ``src`` minus its mean over the head's other sources (positions 0..dest but ``src``); the
+    differences sum to ``score(src) − mean score(other)``, which is given too."""
+    per: dict[int, dict[str, float]] = {}
+    scores: dict[int, float] = {}
+    causal = bool(fp.A[qk.l].triu(1).abs().max() == 0)
+    for s in range(dest + 1 if causal else fp.S):
+        ids, each, const, score = _side(qk, fp, graph, head, dest, s, "key")
+        per[s] = {"constant": const}
+        for i, v in zip(ids, each.tolist()):
+            per[s][_kind_of(graph.name(i))] = per[s].get(_kind_of(graph.name(i)), 0.0) + v
+        scores[s] = score
+    others = [s for s in per if s != src]
+    if not others:
+        return {"nodes": [], "score_gap": 0.0}
+    kinds = set().union(*per.values())
+    diff = {k: per[src].get(k, 0.0) - sum(per[s].get(k, 0.0) for s in others) / len(others) for k in kinds}
+    ranked = sorted(diff.items(), key=lambda kv: -abs(kv[1]))
+    return {"nodes": [{"node": k, "value": v} for k, v in ranked[:top]],
+            "score_gap": scores[src] - sum(scores[s] for s in others) / len(others)}
+
+
+def _through_mlps(fp: FrozenPrompt, graph: Graph, ids: list[int], u: Tensor, pos: int, layer: int) -> Tensor:
+    """The vector that reads each node's part [n, d_model]: ``u`` itself with leaf MLPs; with ``--mlp linear`` also
+    every MLP below ``layer`` that the node feeds passes ``u`` back through its Jacobian (``Jᵀ w``, ``w`` what reads
+    that MLP's output), so an MLP's share goes to its inputs and its own part is left out (it would count twice)."""
+    if fp.mlp_mode != "linear":
+        return u.expand(len(ids), -1)
+    back: dict[int, Tensor] = {}
+    for m in reversed(range(layer)):
+        back[m] = fp.mlp_vjp(m, u + sum(back.values(), torch.zeros_like(u)), pos)
+    stage = graph.stage
+    out = []
+    for i in ids:  # MLP m reads the nodes before its stage (before its layer's attention, for a parallel block)
+        r = u.clone()
+        for m, v in back.items():
+            if int(stage[i]) < 2 * m + (1 if fp.mlp_reads_mid[m] else 0):
+                r = r + v
+        out.append(r)
+    return torch.stack(out)
 
 
 def top_edge_heads(fp: FrozenPrompt, graph: Graph, edges: Tensor, n: int) -> list[tuple[int, int, int, int]]:

@@ -37,14 +37,38 @@ def check_graph_out(out: str, inputs: list[str]) -> Path:
     return path
 
 
+def check_png_out(png: str, out: Path) -> Path:
+    """``--png``: a new .png file, or one an earlier ``attnsae graph`` drew (its Software text); never ``--out``."""
+    from attnsae.io import check_writable_dir
+    from attnsae.views.graph_plot import SOFTWARE
+
+    path = Path(png)
+    if path.suffix != ".png":
+        raise AttnsaeError(f"--png {png} must be a .png file")
+    if os.path.lexists(path):
+        try:
+            with open(path, "rb") as fh:
+                ours = path.is_file() and SOFTWARE.encode() in fh.read(1 << 14)
+        except OSError:
+            ours = False
+        if not ours:
+            raise AttnsaeError(f"--png {png} exists and is not a picture attnsae graph drew; attnsae replaces only "
+                               "its own files: give a new path, or remove it first")
+    check_writable_dir(path.parent if str(path.parent) else Path("."))
+    return path
+
+
 def graph_job(sae_paths: list[str], prompt: str, target: list[str] | None = None, model: str | None = None,
               device: str = "cpu", out: str = "graph.json", node_threshold: float = 0.8,
               edge_threshold: float = 0.98, viewer: str | None = None, slug: str | None = None,
-              faithful: bool = True, top: int = 10, qk: int = 0, progress: bool = True) -> dict:
+              faithful: bool = True, top: int = 10, qk: int = 0, png: str | None = None, mlp: str = "leaf",
+              progress: bool = True) -> dict:
     """``attnsae graph``: the graph of ``target`` (words as ``--target`` takes them) on ``prompt`` (BOS prepended)
-    through the SAEs at ``sae_paths`` (none: every layer split into heads), written to ``out``; with ``viewer``, also
+    through the SAEs at ``sae_paths`` (none: every layer split into heads), MLPs as leaves or linear (``mlp``,
+    :class:`attnsae.graph.frozen.FrozenPrompt`), written to ``out``; with ``viewer``, also
     circuit-tracer's viewer files into that folder; ``qk`` edges of the pruned graph get their head's attention score
-    split (:mod:`attnsae.graph.qk`). Returns the written dict less its nodes and edges."""
+    split (:mod:`attnsae.graph.qk`); ``png``: the pruned graph's picture. Returns the written dict less its nodes and
+    edges."""
     from attnsae.attribution.inputs import tokenize
     from attnsae.graph.build import build_from
     from attnsae.graph.export import circuit_tracer_json, write_viewer_files
@@ -61,6 +85,7 @@ def graph_job(sae_paths: list[str], prompt: str, target: list[str] | None = None
     check_thresholds(node_threshold, edge_threshold)
     spec = TargetSpec.parse(target)
     path = check_graph_out(out, sae_paths)
+    png_path = check_png_out(png, path) if png is not None else None
     if viewer is not None:
         check_output_dir(viewer, "graph", sae_paths, flag="--viewer")
     if sae_paths:
@@ -68,7 +93,7 @@ def graph_job(sae_paths: list[str], prompt: str, target: list[str] | None = None
     else:
         check_device(device)
         saes, lm = [], load_model(model, device=device)
-    fp = FrozenPrompt(lm, saes_by_layer(lm, saes), tokenize(lm, prompt)[0])
+    fp = FrozenPrompt(lm, saes_by_layer(lm, saes), tokenize(lm, prompt)[0], mlp)
     tgt = resolve(spec, fp, lm.tokenizer)
     graph = build_from(lm, fp, tgt, progress=progress)
     pruned = prune(graph, node_threshold, edge_threshold)
@@ -82,6 +107,10 @@ def graph_job(sae_paths: list[str], prompt: str, target: list[str] | None = None
                        for key in top_edge_heads(fp, graph, pruned.edge_mask.nonzero()[:, 0], qk)]
     data = graph_dict(graph, pruned, node_threshold, edge_threshold, extra)
     atomic_write_text(json_text(data), path)
+    if png_path is not None:
+        from attnsae.views.graph_plot import graph_picture
+
+        graph_picture(json.loads(json_text(data)), png_path)
     if viewer is not None:
         name = slug or path.stem
         with atomic_dir(viewer, owner="graph", inputs=sae_paths) as tmp:
@@ -92,6 +121,7 @@ def graph_job(sae_paths: list[str], prompt: str, target: list[str] | None = None
     summary["out"] = str(path)
     summary["bytes"] = path.stat().st_size
     summary["viewer"] = viewer
+    summary["png"] = None if png_path is None else str(png_path)
     return summary
 
 

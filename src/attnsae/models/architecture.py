@@ -253,6 +253,9 @@ def _match_norm(x: Tensor, scale: Tensor | None, out: Tensor | None, module, rel
     return None
 
 
+match_norm = _match_norm  # for the stages that freeze a norm met on a prompt (attnsae.graph.frozen)
+
+
 def norm_weights(module, norm: Norm, d: int) -> tuple[Tensor, Tensor]:
     """(γ, β) of a norm module as :class:`Norm` reads it: [d] each (β zeros without a bias)."""
     w, b = _weight(module, "weight"), _weight(module, "bias")
