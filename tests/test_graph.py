@@ -241,3 +241,39 @@ def test_an_attention_score_splits_exactly_over_the_nodes_at_each_end(models, na
     assert c["nodes"] and isinstance(c["score_gap"], float)
     with pytest.raises(AttnsaeError, match="no score"):
         qk_split(model, fp, g, 1, 0, 2, 5)
+
+
+# ----------------------------------------------------------------------------------------------- induction
+
+
+INDUCTION = ["result = compute_matrix(alpha, gamma)\nprint(result)\nresult = compute_matrix(alpha,",
+             "def load_widget(path, mode):\n    pass\n\nload_widget(path,",
+             "value = table.lookup(key, default)\nother = table.lookup(key,",
+             "for item in sorted(records, key=lambda r: r.stamp):\n    print(item)\nfor item in sorted(records,"]
+
+
+@pytest.mark.parametrize("prompt", INDUCTION)
+def test_induction_graph_pins_the_card_heads(ref_model, prompt):
+    """docs/graphs.md: on the reference model the token after the earlier copy reaches its logit through the induction
+    heads, and what made them attend there is led by the strongest previous-token head, as the model card measures
+    them (heads only, --mlp linear, the target the token after the earlier copy)."""
+    from attnsae.attribution.inputs import tokenize
+    from attnsae.graph.qk import qk_split
+    from attnsae.models import REFERENCE_DIR
+
+    scores = json.loads((REFERENCE_DIR / "card.json").read_text())["heads"]
+    induction = {h for h, v in enumerate(scores["induction"][1]) if v > 0.5}
+    previous = max(range(len(scores["previous_token"][0])), key=scores["previous_token"][0].__getitem__)
+    tokens = tokenize(ref_model, prompt)[0]
+    ids = tokens[0].tolist()
+    T = len(ids) - 1
+    src = [s for s in range(1, T) if ids[s - 1] == ids[T]][-1]  # the token after the earlier copy
+    fp = FrozenPrompt(ref_model, {}, tokens, "linear")
+    tgt = resolve(TargetSpec.parse([ref_model.tokenizer.decode([ids[src]])]), fp, ref_model.tokenizer)
+    g = build_from(ref_model, fp, tgt, progress=False)
+    heads = (g.is_kind("head") & (g.layer == 1) & (g.pos == T)).nonzero()[:, 0]
+    ranked = [int(g.index[i]) for i in heads[g.effect[heads].argsort(descending=True)]]
+    assert set(ranked[:2]) <= induction, ranked
+    assert float(fp.A[1][ranked[0], T, src]) > 0.25
+    contrast = qk_split(ref_model, fp, g, 1, ranked[0], T, src, top=8)["key_contrast"]["nodes"]
+    assert [n["node"] for n in contrast if n["node"].startswith("L0.H")][0] == f"L0.H{previous}"

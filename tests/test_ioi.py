@@ -74,6 +74,10 @@ def test_corruptions_change_only_what_they_name(sharp, ds):
     assert all(p.order == q.order and {p.io, p.s}.isdisjoint({q.io, q.s}) for p, q in zip(a.specs, ds.specs))
     b = corrupt(tok, ds, "connector", connector="or")
     assert all(" or " in t and " and " not in t for t in b.prompts)
+    shifted = corrupt(tok, ds, "names_filler_shifted")  # corruption A moved right whole: every role by one amount
+    moved = torch.stack([shifted.pos[r] - a.pos[r] for r in ("IO", "S1", "AND", "S2", "END")])
+    assert (moved > 0).all() and (moved == moved[0]).all()
+    assert [p.io for p in shifted.specs] == [p.io for p in a.specs]
 
 
 def test_feature_ablation_with_error_kept_and_nothing_ablated_leaves_the_logits_unchanged(sharp, ds):
@@ -175,7 +179,10 @@ def test_run_ioi_writes_json_report_and_plots_in_one_folder(sharp, names, tmp_pa
     data = json.loads((tmp_path / "ioi" / "ioi.json").read_text())
     assert data["patching"]["layers"] == res["patching"]["layers"] and len(data["patching"]["layers"]) == 2
     assert len(data["ablation"]["0"]["features"]) == 6 and len(data["dfa"]["0"]) == 3
-    assert set(data["noising"]) == {"names_filler", "connector"}
+    assert set(data["noising"]) == {"abc", "names_filler", "names_filler_shifted", "connector"}
+    floor = data["noising"]["abc"]["kept"]["all"]
+    b = data["noising"]["connector"]
+    assert b["removed_of_floor"]["all"] == pytest.approx((1 - b["kept"]["all"]) / (1 - floor), rel=0.05, abs=0.02)  # ioi.json: 4 digits
     for r in res["dfa"][0]:  # DFA by source sums back to the pre-activation at each prompt's S2
         for b in range(len(ds_of(res))):
             assert sum(r["by_src"][b]) + r["bias"] == pytest.approx(r["pre_act"][b], abs=1e-4)

@@ -192,7 +192,7 @@ def top_edge_heads(fp: FrozenPrompt, graph: Graph, edges: Tensor, n: int) -> lis
         l, t, s = int(graph.layer[m]), int(graph.pos[m]), int(graph.pos[src])
         h = int(graph.index[m]) if bool(is_head[m]) else _dominant_head(fp, graph, m, src)
         key = (l, h, t, s)
-        if key not in out:
+        if t > 0 and key not in out:  # at position 0 a causal head has one source: nothing to explain
             out.append(key)
         if len(out) == n:
             break

@@ -266,6 +266,11 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
             return session(body.prompt).intervene(body.layer, body.feature, body.position, body.scale, body.at,
                                                   body.logit_tokens, body.k)
 
+    @app.post("/api/graph")
+    def graph(body: S.GraphBody) -> dict:
+        with lock:
+            return session(body.prompt).graph(body.target, body.mlp, body.node_threshold, body.edge_threshold)
+
     @app.post("/api/compare")
     def compare(body: S.CompareBody) -> dict:
         with lock:

@@ -32,6 +32,11 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
                            "logit_diff": {"tokens": [str, str], "before", "after"} | null,
                            "max_abs_logit_change", "downstream": [{"layer", "position", "feature", "before",
                            "after", "delta"}] (largest |delta| first, layers after the edited one)}
+    POST /api/graph       the pruned attention graph: {"target", "prompt_tokens", "n_layers", "mlp_mode", "pruning",
+                           "scores", "decomposition", "closure_max_rel_error",
+                           "nodes": {"id", "kind", "layer", "pos", "index", "value", "const", "effect",
+                                     "influence": [...] n}, "edges": {"source", "target", "weight": [...] e}}
+                          (attnsae.graph.files; built once per prompt, target and MLP mode)
     POST /api/compare     {"a": {"tokens", "token_strs"}, "b": {...}, "n_positions": min length,
                            "rows": [[{"layer", "feature", "a", "b", "delta"}] largest |delta| first] per position}
 
@@ -113,6 +118,14 @@ class InterveneBody(FeatureAt):
     logit_tokens: list[str] | None = Field(None, min_length=2, max_length=2,
                                            description="two single-token strings: report logit[0] - logit[1]")
     k: int = Field(10, ge=1, le=MAX_K)
+
+
+class GraphBody(PromptBody):
+    target: list[str] | None = Field(None, min_length=1, max_length=3, description="[] or null: the top prediction; "
+                                     "[token], [token, '-', token], or ['LAYER/FEATURE@POS']")
+    mlp: Literal["leaf", "linear"] = "leaf"
+    node_threshold: float = Field(0.8, gt=0.0, le=1.0, allow_inf_nan=False)
+    edge_threshold: float = Field(0.98, gt=0.0, le=1.0, allow_inf_nan=False)
 
 
 class CompareBody(PromptBody):

@@ -30,6 +30,7 @@ from attnsae.errors import AttnsaeError
 from attnsae.evals.splice import saes_by_layer, splice_saes
 from attnsae.models import model_name, n_ctx
 from attnsae.sae.model import SAE
+from attnsae.serve.graph_view import GraphCache
 
 ORDERS = ("act", "dfa", "logit")
 
@@ -74,6 +75,7 @@ class PromptSession:
         self.token_strs = self.tracer.token_strs
         self.logits = self.tracer.logits  # [S, d_vocab]
         self.decode = model.tokenizer.decode
+        self.graphs = GraphCache(model, self.saes, self.tokens)
 
     @property
     def layers(self) -> list[int]:
@@ -192,9 +194,11 @@ class PromptSession:
                 "predictions": _predictions(self.logits[position], k, self.decode)}
 
     def attention(self, layer: int, head: int, dest: int) -> dict:
-        """Row ``dest`` of head ``head``'s attention pattern at ``layer`` (any layer up to the deepest SAE's): [S]."""
-        if not 0 <= layer <= max(self.saes):
-            raise AttnsaeError(f"layer {layer} is out of range: attention is captured for layers 0..{max(self.saes)}")
+        """Row ``dest`` of head ``head``'s attention pattern at ``layer`` (any layer; those past the deepest SAE's are
+        captured when first asked for): [S]."""
+        n = int(self.model.cfg.n_layers)
+        if not 0 <= layer < n:
+            raise AttnsaeError(f"layer {layer} is out of range: the model has layers 0..{n - 1}")
         if not 0 <= head < self.tracer.n_heads:
             raise AttnsaeError(f"head {head} is out of range: the model has heads 0..{self.tracer.n_heads - 1}")
         self._position(dest, "dest")
@@ -258,6 +262,11 @@ class PromptSession:
                 "before": _predictions(before[at], k, self.decode), "after": _predictions(after[at], k, self.decode),
                 "logit_diff": diff, "max_abs_logit_change": float((after[at] - before[at]).abs().max()),
                 "downstream": downstream[:k]}
+
+    def graph(self, target: list[str] | None = None, mlp: str = "leaf", node_threshold: float = 0.8,
+              edge_threshold: float = 0.98) -> dict:
+        """The pruned attention graph of ``target`` on this prompt (:mod:`attnsae.serve.graph_view`)."""
+        return self.graphs.answer(target, mlp, node_threshold, edge_threshold)
 
     def compare(self, other: PromptSession, k: int = 10) -> dict:
         """Per position (up to the shorter prompt), the ``k`` largest feature differences ``other − self`` over all

@@ -3,7 +3,8 @@
 Rows from the bottom: the embeddings, then per layer its readers (features or heads) and, just above, its leaves
 (SAE error, constant output, MLP output), then the target. Nodes are sized by |effect| on the target, filled by
 kind; edges are drawn blue where they raise the node they feed and red where they lower it, wider for larger
-|weight|. Several nodes at one (row, position) fan out sideways, most effective in the middle.
+|weight| (the heaviest few hundred). Several nodes at one (row, position) fan out sideways, most effective in the
+middle.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ def _row(kind: str, layer: int, n_layers: int) -> float:
     return 2 * layer + (1.0 if kind in ("feature", "head") else 1.6)
 
 
-def graph_picture(d: dict, path: str | os.PathLike, title: str | None = None, labels: int = 12) -> None:
+def graph_picture(d: dict, path: str | os.PathLike, title: str | None = None, labels: int = 12,
+                  max_edges: int = 400) -> None:
     """Draw graph file dict ``d`` (:mod:`attnsae.graph.files`) into PNG ``path`` (atomically); the ``labels`` nodes
-    of largest |effect| are named."""
+    of largest |effect| are named, and the ``max_edges`` edges of largest |weight| drawn (the title says so)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -48,9 +50,10 @@ def graph_picture(d: dict, path: str | os.PathLike, title: str | None = None, la
     big = max((abs(e) for e in nodes["effect"]), default=1.0) or 1.0
     heavy = max((abs(w) for w in edges["weight"]), default=1.0) or 1.0
 
-    fig = Figure(figsize=(max(8.0, 0.45 * S + 2), 2.2 + 0.9 * L), dpi=110)
+    fig = Figure(figsize=(max(8.0, 0.45 * S + 2), 2.2 + min(0.9, 12 / max(L, 1)) * L), dpi=110)
     ax = fig.add_subplot()
-    for s, t, w in sorted(zip(edges["source"], edges["target"], edges["weight"]), key=lambda e: abs(e[2])):
+    drawn = sorted(zip(edges["source"], edges["target"], edges["weight"]), key=lambda e: abs(e[2]))[-max_edges:]
+    for s, t, w in drawn:
         (x0, y0), (x1, y1) = xy[s], xy[t]
         ax.plot([x0, x1], [y0, y1], color="#2166ac" if w > 0 else "#b2182b", lw=0.3 + 3 * abs(w) / heavy,
                 alpha=0.25 + 0.6 * abs(w) / heavy, zorder=1)
@@ -59,7 +62,8 @@ def graph_picture(d: dict, path: str | os.PathLike, title: str | None = None, la
         size = 12 + 260 * math.sqrt(abs(nodes["effect"][i]) / big)
         ax.scatter([x], [y], s=size, color=COLOURS.get(nodes["kind"][i], "#333333"), edgecolors="black",
                    linewidths=0.4, zorder=2)
-    for i in sorted(range(n), key=lambda i: -abs(nodes["effect"][i]))[:labels]:
+    named = [i for i in range(n) if abs(nodes["effect"][i]) >= 0.02 * big]
+    for i in sorted(named, key=lambda i: -abs(nodes["effect"][i]))[:labels]:
         x, y = xy[nodes["id"][i]]
         ax.annotate(f"{nodes['id'][i]} {nodes['effect'][i]:+.2g}", (x, y), xytext=(4, 4), textcoords="offset points",
                     fontsize=7, zorder=3)
@@ -67,7 +71,7 @@ def graph_picture(d: dict, path: str | os.PathLike, title: str | None = None, la
     ax.set_xticklabels([t.replace("\n", "⏎") for t in d["prompt_tokens"]], rotation=60, fontsize=7, ha="right")
     ticks = [0.0] + [2 * l + 1.0 for l in range(L)] + [2 * L + 1.0]
     ax.set_yticks(ticks)
-    ax.set_yticklabels(["embed"] + [f"L{l}" for l in range(L)] + ["target"], fontsize=8)
+    ax.set_yticklabels(["embed"] + [f"L{l}" for l in range(L)] + ["target"], fontsize=8 if L <= 12 else 6)
     ax.set_xlim(-0.7, S - 0.3)
     ax.set_ylim(-0.6, 2 * L + 1.6)
     for kind, colour in COLOURS.items():
@@ -75,8 +79,10 @@ def graph_picture(d: dict, path: str | os.PathLike, title: str | None = None, la
             ax.scatter([], [], s=30, color=colour, edgecolors="black", linewidths=0.4, label=kind)
     ax.legend(fontsize=7, loc="upper left", ncol=4, frameon=False)
     t = d["target"]
-    ax.set_title(title or f"{d['model']}: {t['label']} at position {t['pos']} — {d['pruning']['nodes']} nodes, "
-                 f"{d['pruning']['edges']} edges", fontsize=9)
+    shown = f"{len(drawn)} of {len(edges['weight'])} edges drawn" if len(drawn) < len(edges["weight"]) else \
+        f"{len(drawn)} edges"
+    ax.set_title(title or f"{d['model']}: {t['label']} at position {t['pos']} — {d['pruning']['nodes']} nodes, {shown}",
+                 fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         FigureCanvasAgg(fig).print_png(str(tmp), metadata={"Software": SOFTWARE})

@@ -18,7 +18,8 @@ from attnsae.io import atomic_path, atomic_write_json, atomic_write_text
 from attnsae.views.numbers import compact
 
 PAPER_KEPT = {"names_filler": 0.93, "connector": 0.43}  # GPT-2 Small, Kissane et al. (layers 5 and 6)
-CORRUPTION_NAMES = {"names_filler": "A: new names + filler", "connector": "B: ' and' replaced"}
+CORRUPTION_NAMES = {"abc": "ABC: S2 a third name (the floor)", "names_filler": "A: new names + filler",
+                    "names_filler_shifted": "A, every position shifted", "connector": "B: ' and' replaced"}
 
 
 def _figure(w: float, h: float):
@@ -166,10 +167,15 @@ def ioi_markdown(result: dict, plots: list[str] = ()) -> str:
             lines.append(f"- top heads at {role}: " + ", ".join(f"L{h['layer']}H{h['head']} ({h['delta']:+.2f})"
                                                                 for h in heads))
     lines += ["", "## Noising hook_z at S2 of the picked layers", ""]
-    lines += _table(["corruption", "example", "kept (all)", "ABBA", "BABA", "GPT-2 Small (paper)"],
+    def of_floor(n: dict) -> str:
+        v = (n.get("removed_of_floor") or {}).get("all")
+        return "—" if v is None else f"{v:.0%}"
+
+    lines += _table(["corruption", "example", "kept (all)", "ABBA", "BABA", "loss, share of the floor's",
+                     "GPT-2 Small (paper)"],
                     [[CORRUPTION_NAMES.get(k, k), f"`{n['example']}`", f"{n['kept']['all']:.0%}",
                       f"{n['kept'].get('ABBA', float('nan')):.0%}", f"{n['kept'].get('BABA', float('nan')):.0%}",
-                      f"{PAPER_KEPT.get(k, float('nan')):.0%}"] for k, n in result["noising"].items()])
+                      of_floor(n), f"{PAPER_KEPT.get(k, float('nan')):.0%}"] for k, n in result["noising"].items()])
     for layer, ab in result["ablation"].items():
         lines += ["", f"## Feature ablation at S2, layer {layer} (SAE spliced, error term kept)", "",
                   (f"{ab['n_candidates']} features active at S2 ablated one at a time, each at each prompt's own "

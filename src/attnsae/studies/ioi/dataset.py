@@ -13,7 +13,10 @@ Corruptions rebuild the same prompts with one thing changed (:func:`corrupt`):
 
 * ``abc``: S2 becomes a third name C (no duplicate any more) — the corruption the patching scans use;
 * ``names_filler`` (the paper's corruption A): new IO and S names and new place and object, same template and
-  order, so the duplicate keeps its place relative to " and";
+  order, so the duplicate keeps its place relative to " and" (and, when place and object are one token each, every
+  absolute position too);
+* ``names_filler_shifted``: corruption A behind a lead-in (``LEAD``), which moves every position while the duplicate
+  keeps its place relative to " and": whether the S2 signal is relative or absolute position;
 * ``connector`` (corruption B): " and" becomes another word (" alongside" in the paper).
 """
 
@@ -46,6 +49,7 @@ PLACES = ("store", "park", "school", "garden", "station", "office", "beach", "re
 OBJECTS = ("drink", "ring", "book", "bone", "basketball", "computer", "kiss", "snack", "letter", "ball", "necklace",
            "apple")
 MIN_NAMES = 4  # IO, S, and two fresh names for the corruptions
+LEAD = "Later that week, as it happened. "  # names_filler_shifted's lead-in: every role moves right
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,14 @@ class IOIPrompt:
     obj: str
     connector: str = "and"
     s2: str | None = None  # the name at S2 (None: S itself; the ABC corruption puts a third name here)
+    lead: str = ""  # text before the template (names_filler_shifted)
 
     def fill(self, templates: dict[str, str]) -> tuple[str, dict[str, tuple[int, int]]]:
         """The prompt text and the character span of each placeholder's value: ``{"N1": (start, end), ...}``."""
         n1, n2 = (self.io, self.s) if self.order == "ABBA" else (self.s, self.io)
         values = {"N1": n1, "N2": n2, "AND": self.connector, "S2": self.s2 or self.s, "PLACE": self.place,
                   "OBJECT": self.obj}
-        text, spans, last = "", {}, 0
+        text, spans, last = self.lead, {}, 0
         t = templates[self.template]
         for m in re.finditer(r"\{(\w+)\}", t):
             text += t[last:m.start()]
@@ -205,7 +210,7 @@ def _token_at(tokenizer, text: str, ids: list[int], offsets: list[tuple[int, int
 
 # ----------------------------------------------------------------------------------------------- corruptions
 
-CORRUPTIONS = ("abc", "names_filler", "connector")
+CORRUPTIONS = ("abc", "names_filler", "names_filler_shifted", "connector")
 
 
 def corrupt(tokenizer, ds: IOIDataset, kind: str, seed: int = 1, connector: str = "alongside",
@@ -221,11 +226,12 @@ def corrupt(tokenizer, ds: IOIDataset, kind: str, seed: int = 1, connector: str 
         fresh = [n for n in names if n not in (p.io, p.s)]
         if kind == "abc":
             specs.append(replace(p, s2=rng.choice(fresh)))
-        elif kind == "names_filler":
+        elif kind in ("names_filler", "names_filler_shifted"):
             io, s = rng.sample(fresh, 2)
             place = rng.choice([x for x in places if x != p.place] or list(places))
             obj = rng.choice([x for x in objects if x != p.obj] or list(objects))
-            specs.append(replace(p, io=io, s=s, place=place, obj=obj))
+            specs.append(replace(p, io=io, s=s, place=place, obj=obj,
+                                 lead=LEAD if kind == "names_filler_shifted" else p.lead))
         else:
             specs.append(replace(p, connector=connector))
     return tokenize_prompts(tokenizer, specs, templates, names)

@@ -5,7 +5,9 @@ Steps, each a function of this package:
 1. :func:`build_ioi_dataset` and :func:`validate_ioi` (refuses a model that cannot do IOI);
 2. :func:`patch_scan` with the ABC corruption (S2 replaced by a third name): per layer and per head, hook_z at S2 and
    at END; :func:`pick_layers` takes the ``k_layers`` layers where patching S2 costs the most logit diff;
-3. :func:`noise` at S2 of those layers from corruption A (new names and filler) and B (" and" -> another word);
+3. :func:`noise` at S2 of those layers from the ABC run (the floor: everything S2 carries there), corruption A (new
+   names and filler), A shifted (every position moved) and B (" and" -> another word); each corruption's loss is
+   also given as a share of the floor's (``removed_of_floor``);
 4. with SAEs, for each SAE layer: :func:`feature_ablation` at S2 (error kept) and the error-term ablation;
 5. :func:`dfa_by_role` for the top features by |delta logit diff|.
 
@@ -48,8 +50,8 @@ def ioi_study(model, saes: Mapping[int, SAE] | None, n_prompts: int = 80, seed: 
         names: candidate names; those that are not one token in the model's tokenizer are dropped.
 
     Returns the result dict (what ``ioi.json`` holds): ``meta``, ``dataset``, ``validation``, ``patching`` (with
-    ``layers``: the picked layers and ``top_heads``), ``noising`` ({"names_filler", "connector"}), ``ablation``
-    ({layer: ...}) and ``dfa`` ({layer: [...]}). A model that cannot do IOI is refused in one line first.
+    ``layers``: the picked layers and ``top_heads``), ``noising`` ({"abc", "names_filler", "names_filler_shifted",
+    "connector"}), ``ablation`` ({layer: ...}) and ``dfa`` ({layer: [...]}). A model that cannot do IOI is refused in one line first.
     """
     by_layer = saes_by_layer(model, saes) if saes else {}
     t0 = time.time()
@@ -65,10 +67,14 @@ def ioi_study(model, saes: Mapping[int, SAE] | None, n_prompts: int = 80, seed: 
     scan.update(layers=layers, top_heads={r: top_heads(scan, r) for r in scan["roles"]})
 
     noising = {}
-    for kind in ("names_filler", "connector"):
-        c = corrupt(tok, ds, kind, seed + 2, connector=connector)
+    for kind in ("abc", "names_filler", "names_filler_shifted", "connector"):  # abc: the floor of these layers
+        c = abc if kind == "abc" else corrupt(tok, ds, kind, seed + 2, connector=connector)
         noising[kind] = noise(model, ds, c, layers, "S2", clean_ld, batch_size)
         noising[kind]["example"] = c.prompts[0]
+    floor = noising["abc"]["kept"]
+    for kind in ("names_filler", "names_filler_shifted", "connector"):  # the share of what these layers can remove
+        noising[kind]["removed_of_floor"] = {g: (1 - v) / (1 - floor[g]) if g in floor and floor[g] != 1 else None
+                                             for g, v in noising[kind]["kept"].items()}
 
     ablation, reading = {}, {}
     for layer, sae in sorted(by_layer.items()):

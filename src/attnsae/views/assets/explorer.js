@@ -30,16 +30,19 @@
    State: the whole view lives in location.hash (URLSearchParams): p (prompt), q (other prompt), order, k, bos,
    layers, f (layer/feature@position), al/ah (attention layer/head), ad (pinned attention destination), scale,
    where, at, ta/tb (logit tokens), iv (intervention shown), cmp (comparison shown), topk, th, ex (expanded RDFA
-   paths). Keys: in the token list ↑ ↓ PgUp PgDn Home End move between rows, ← → between chips, Enter selects,
+   paths), g (the graph shown), sn (supernodes: node ids, "," within a group, ";" between groups; the Graph view is
+   explorer-graph.js). Keys: in the token list ↑ ↓ PgUp PgDn Home End move between rows, ← → between chips, Enter selects,
    "a" pins the attention destination; "/" focuses the prompt; Escape dismisses the error bar. */
 
 import {$, el, put, tokenNodes, tokenText, fmt, fmtPct, api, cachedApi, clamp, ApiError} from "./explorer-util.js";
 import {createPanels} from "./explorer-panels.js";
+import {createGraph} from "./explorer-graph.js";
 
 const EXAMPLE = "import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n    return os.path.join(path, sys.argv[1])\n";
 
 const DEFAULTS = {p: "", q: "", o: "act", k: 8, bos: false, ly: null, sel: null, al: null, ah: 0, ad: null,
-                  sc: 0, ip: "pos", iat: "pos", ta: "", tb: "", iv: false, cmp: false, tk: 5, th: 0, ex: []};
+                  sc: 0, ip: "pos", iat: "pos", ta: "", tb: "", iv: false, cmp: false, tk: 5, th: 0, ex: [],
+                  g: false, sn: []};
 
 let state = structuredClone(DEFAULTS);
 let info = null;          // GET /api/info
@@ -82,6 +85,8 @@ function parseHash(hash) {
   s.tk = intOr(h.get("topk"), 5, 1, 50);
   s.th = numOr(h.get("th"), 0, 0, 1);
   s.ex = (h.get("ex") || "").split(",").filter((x) => /^\d+(\.\d+)*$/.test(x));
+  s.g = h.get("g") === "1";
+  s.sn = (h.get("sn") || "").split(";").map((m) => m.split(",").filter(Boolean)).filter((m) => m.length > 1);
   return s;
 }
 
@@ -106,6 +111,8 @@ function toHash(s) {
   if (s.tk !== 5) h.set("topk", String(s.tk));
   if (s.th !== 0) h.set("th", String(s.th));
   if (s.ex.length) h.set("ex", s.ex.join(","));
+  if (s.g) h.set("g", "1");
+  if (s.sn.length) h.set("sn", s.sn.map((m) => m.join(",")).join(";"));
   // encodeURIComponent, but leaving / @ , : readable (URLSearchParams reads them back unchanged)
   const text = [...h].map(([k, v]) => k + "=" + encodeURIComponent(v).replace(/%2F/g, "/").replace(/%40/g, "@")
     .replace(/%2C/g, ",").replace(/%3A/g, ":")).join("&");
@@ -408,6 +415,10 @@ const panels = createPanels({
   setState, select: (sel) => select(sel), setAttention,
 });
 
+const graph = createGraph({
+  state: () => state, setState, error: showError, busy, select: (sel) => select(sel), setAttention,
+});
+
 function select(sel, push = true) {
   if (!F || sel.position >= F.token_strs.length) return;
   const same = state.sel && isSelected(sel.layer, sel.feature, sel.position);
@@ -456,6 +467,7 @@ async function refresh() {
   if (state.ad !== null && state.ad >= F.token_strs.length) setState({ad: null});
   if (state.sel && state.sel.position === 0) { state.bos = true; $("hide-bos").checked = false; }
   rebuildTokens({keepScroll: !newPrompt});
+  if (newPrompt) graph.reset();
   if (state.sel) {
     const vi = visible.indexOf(state.sel.position);
     if (vi >= 0) {
@@ -470,6 +482,7 @@ async function refresh() {
   loadAttention();
   const work = [panels.show()];
   if (state.cmp && state.q) work.push(panels.runCompare()); else panels.resetCompare();
+  if (state.g) work.push(graph.load());
   await Promise.all(work);
 }
 
@@ -632,7 +645,7 @@ function bind() {
       e.preventDefault(); $("prompt").focus();
     }
   });
-  window.addEventListener("resize", () => { if (F) { const r = rowHeight(); if (r !== rowH) rebuildTokens(); else renderWindow(true); } panels.redraw(); });
+  window.addEventListener("resize", () => { if (F) { const r = rowHeight(); if (r !== rowH) rebuildTokens(); else renderWindow(true); } panels.redraw(); graph.draw(); });
   window.addEventListener("hashchange", onUrl);
   window.addEventListener("popstate", onUrl);
 }
@@ -661,6 +674,7 @@ function onUrl() {
   loadAttention();
   panels.show();
   if (state.cmp && state.q) panels.runCompare(); else panels.resetCompare();
+  graph.draw();
 }
 
 /* ---------------- export ---------------- */
@@ -668,7 +682,7 @@ function onUrl() {
 function exportJson() {
   const data = {
     exported: new Date().toISOString(), url: location.href, state: structuredClone(state), info,
-    responses: {features: F, ...panels.shown(), attention: attn},
+    responses: {features: F, ...panels.shown(), ...graph.shown(), attention: attn},
   };
   const blob = new Blob([JSON.stringify(data, null, 1)], {type: "application/json"});
   const url = URL.createObjectURL(blob);
