@@ -18,11 +18,11 @@ import argparse
 import inspect
 import json
 import resource
-import statistics
 import time
 from pathlib import Path
 
 import torch
+from attribution_speed import timed  # this folder's shared timer (median after a warm-up)
 
 import attnsae
 from attnsae.graph.build import build_from
@@ -56,16 +56,6 @@ def reference_saes(model, paths: list[str] | None) -> tuple[dict[int, SAE], str]
     return {layer: SAE(SAEConfig(d_in=c.n_heads * c.d_head, d_sae=2048, architecture="topk", k=32,
                                  hook_name=f"blocks.{layer}.attn.hook_z", model_name=model_name(model)))
             for layer in (0, 1)}, "random TopK (k 32 of 2048)"
-
-
-def timed(fn, repeats: int):
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def edge_flops(fp: FrozenPrompt, graph) -> float:

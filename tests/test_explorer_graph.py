@@ -61,6 +61,14 @@ def test_the_graph_is_drawn_clicked_grouped_and_kept_in_the_url(browser, server)
         page.wait_for_selector("#dfa-heatmap")
         assert page.text_content("#feature-name") == f.split("@")[0]
 
+    into = data["nodes"]["kind"]
+    kinds_of = dict(zip(data["nodes"]["id"], into))
+    edge = next(k for k, t in enumerate(data["edges"]["target"]) if kinds_of[t] in ("head", "feature"))
+    src, dst = data["edges"]["source"][edge], data["edges"]["target"][edge]
+    page.dispatch_event(f'#graph-svg line.gedge[data-source="{src}"][data-target="{dst}"]', "click")
+    page.wait_for_selector('#graph-qk .qk-side[data-side="key"]')  # why that edge's head attended
+    assert "score" in page.text_content("#graph-qk") and dst in page.text_content("#graph-qk")
+
     nodes = page.locator("#graph-svg circle.gnode")
     first, second = nodes.nth(0).get_attribute("data-id"), nodes.nth(1).get_attribute("data-id")
     nodes.nth(0).click(modifiers=["Shift"])
@@ -75,3 +83,31 @@ def test_the_graph_is_drawn_clicked_grouped_and_kept_in_the_url(browser, server)
     page.click("#graph-ungroup")
     assert page.locator("#graph-svg rect.gsuper").count() == 0
     assert_clean(page, server)
+
+
+def test_graph_api_answers_and_refuses_in_one_line(server):
+    import json
+    import urllib.error
+    import urllib.request
+
+    def post(path: str, body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(server + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    code, g = post("/api/graph", {"prompt": PROMPT, "mlp": "linear", "node_threshold": 1, "edge_threshold": 1})
+    assert code == 200 and g["mlp_mode"] == "linear" and g["pruning"]["nodes"] == g["pruning"]["nodes_unpruned"]
+    from attnsae.graph.files import closure_of
+    worst, n = closure_of(g)
+    assert n > 10 and worst < 1e-5  # the unpruned answer closes from itself
+    into_target = next(s for s, t in zip(g["edges"]["source"], g["edges"]["target"]) if t == "target")
+    for path, body, needle in [
+            ("/api/graph", {"prompt": PROMPT, "target": ["w1 w2 w3 w4"]}, "not one"),
+            ("/api/graph", {"prompt": PROMPT, "node_threshold": 0}, "node_threshold"),
+            ("/api/qk", {"prompt": PROMPT, "source": into_target, "dest": "target"}, "not an edge into a feature"),
+            ("/api/qk", {"prompt": PROMPT, "source": "nowhere", "dest": "target"}, "no node")]:
+        code, err = post(path, body)
+        assert code in (400, 422) and needle in err["detail"] and "\n" not in err["detail"], (path, err)

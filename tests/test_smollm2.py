@@ -156,3 +156,29 @@ def test_the_explorer_reads_a_2048_token_prompt(smol):
     assert root["relative_residual"] < 1e-4 and kid["relative_residual"] < 1e-4
     row = client.post("/api/attention", json={"prompt": prompt, "layer": 1, "head": 0, "dest": t}).json()["weights"]
     assert len(row) == S and abs(sum(row) - 1) < 1e-3
+
+
+def test_the_ioi_graph_closes_and_its_effects_are_removals(smol):
+    """docs/graphs.md's IOI graph: an SAE on layer 17 and heads elsewhere, every node closes, the target's parts sum
+    to it, removing nodes from the frozen model moves it by their effects; the linear-MLP graph closes too."""
+    from attnsae.attribution.inputs import tokenize
+    from attnsae.graph.build import build_from
+    from attnsae.graph.frozen import FrozenPrompt, removal
+    from attnsae.graph.graph import KINDS
+    from attnsae.graph.target import TargetSpec, resolve
+
+    tokens = tokenize(smol, "When Mary and John went to the store, John gave a drink to")[0]
+    for mlp in ("leaf", "linear"):
+        fp = FrozenPrompt(smol, {17: random_sae(smol, 17, d_sae=128, architecture="topk", k=16)}, tokens, mlp)
+        tgt = resolve(TargetSpec.parse([" Mary", "-", " John"]), fp, smol.tokenizer)
+        g = build_from(smol, fp, tgt, progress=False)
+        assert g.closure < 1e-4 and tgt.value > 2
+        d = g.decomposition()
+        assert sum(v for k, v in d.items() if k != "total") == pytest.approx(d["total"], rel=1e-3, abs=1e-3)
+        base = float(tgt.frozen_value(fp))
+        for kind in ("feature", "head", "error", "mlp"):
+            ids = g.is_kind(kind).nonzero()[:, 0]
+            i = int(ids[g.effect[ids].abs().argmax()])
+            moved = base - float(tgt.frozen_value(fp, edit=removal(KINDS[int(g.kind[i])], int(g.layer[i]),
+                                                                   int(g.pos[i]), int(g.index[i]))))
+            assert moved == pytest.approx(float(g.effect[i]), rel=2e-3, abs=2e-3), (mlp, g.name(i))

@@ -49,7 +49,7 @@ def saes_by_layer(model, saes: SAE | Sequence[SAE] | Mapping[int, SAE]) -> dict[
     for sae in saes:
         layer = check_sae(model, sae)
         if layer in out:
-            raise AttnsaeError(f"two SAEs for layer {layer}: splice at most one SAE per layer")
+            raise AttnsaeError(f"two SAEs for layer {layer}: give one SAE per layer")
         out[layer] = sae
     return out
 

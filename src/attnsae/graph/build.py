@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from attnsae.attribution.inputs import tokenize
 from attnsae.errors import AttnsaeError
-from attnsae.graph.frozen import FrozenPrompt, centre, saes_by_layer
+from attnsae.evals.splice import saes_by_layer
+from attnsae.graph.frozen import FrozenPrompt, centre
 from attnsae.graph.graph import KINDS, Graph
 from attnsae.graph.target import Target, TargetSpec, resolve
 from attnsae.models import model_name

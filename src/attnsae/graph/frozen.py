@@ -18,7 +18,7 @@ of a target with respect to the residual stream, :meth:`FrozenPrompt.grad`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -49,19 +49,6 @@ class FrozenSAE:
     def active(self) -> Tensor:
         """bool [S, d_sae]: the features firing at each position (their gating is frozen)."""
         return self.act != 0
-
-
-def saes_by_layer(model, saes: Sequence[SAE] | Mapping[int, SAE]) -> dict[int, SAE]:
-    """``{layer: SAE}`` from a list (each SAE checked against ``model``) or a mapping; two SAEs of a layer refused."""
-    if isinstance(saes, Mapping):
-        return dict(saes)
-    out: dict[int, SAE] = {}
-    for s in saes:
-        layer = check_sae(model, s)
-        if layer in out:
-            raise AttnsaeError(f"two SAEs read layer {layer}: give one SAE per layer")
-        out[layer] = s
-    return out
 
 
 def _frozen_mlp(block, norm, scale: Tensor, d: int) -> Callable[[Tensor], Tensor]:
@@ -314,9 +301,9 @@ class FrozenPrompt:
         return (y * self.final_w) @ direction
 
     def grad(self, value: Callable[[list[Tensor]], Tensor]) -> Tensor:
-        """``∂ value / ∂ x`` after every attention layer (row ``2l``) and every MLP (row ``2l + 1``) of the frozen model:
-        [2 n_layers, S, d_model]. ``value(probes)`` runs the frozen model with ``probes`` (:meth:`run`) and returns a
-        scalar."""
+        """``∂ value / ∂ x`` after every attention layer (row ``2l``) and every MLP (row ``2l + 1``) of the frozen
+        model: [2 n_layers, S, d_model]. ``value(probes)`` runs the frozen model with ``probes`` (:meth:`run`) and
+        returns a scalar."""
         probes = torch.zeros(2 * self.n_layers, self.S, self.W[0].W_O.shape[-1], requires_grad=True)
         with torch.enable_grad():
             value(list(probes)).backward()

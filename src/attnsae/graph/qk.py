@@ -190,7 +190,7 @@ def top_edge_heads(fp: FrozenPrompt, graph: Graph, edges: Tensor, n: int) -> lis
     for e in into[carried.argsort(descending=True)].tolist():
         m, src = int(graph.dst[e]), int(graph.src[e])
         l, t, s = int(graph.layer[m]), int(graph.pos[m]), int(graph.pos[src])
-        h = int(graph.index[m]) if bool(is_head[m]) else _dominant_head(fp, graph, m, src)
+        h = int(graph.index[m]) if bool(is_head[m]) else dominant_head(fp, graph, m, src)
         key = (l, h, t, s)
         if t > 0 and key not in out:  # at position 0 a causal head has one source: nothing to explain
             out.append(key)
@@ -199,7 +199,7 @@ def top_edge_heads(fp: FrozenPrompt, graph: Graph, edges: Tensor, n: int) -> lis
     return out
 
 
-def _dominant_head(fp: FrozenPrompt, graph: Graph, m: int, src: int) -> int:
+def dominant_head(fp: FrozenPrompt, graph: Graph, m: int, src: int) -> int:
     """The head whose term is largest in the edge from ``src`` into feature ``m``: ``A_h[t,s] (V_n W) · W_enc``."""
     l, t, j = int(graph.layer[m]), int(graph.pos[m]), int(graph.index[m])
     W = fp.W[l]

@@ -74,7 +74,8 @@ def graph_job(sae_paths: list[str], prompt: str, target: list[str] | None = None
     from attnsae.graph.export import circuit_tracer_json, write_viewer_files
     from attnsae.graph.faithfulness import faithfulness
     from attnsae.graph.files import graph_dict
-    from attnsae.graph.frozen import FrozenPrompt, saes_by_layer
+    from attnsae.evals.splice import saes_by_layer
+    from attnsae.graph.frozen import FrozenPrompt
     from attnsae.graph.prune import check_thresholds, prune, scores
     from attnsae.graph.qk import qk_split, top_edge_heads
     from attnsae.graph.target import TargetSpec, resolve

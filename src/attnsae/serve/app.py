@@ -271,6 +271,11 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
         with lock:
             return session(body.prompt).graph(body.target, body.mlp, body.node_threshold, body.edge_threshold)
 
+    @app.post("/api/qk")
+    def qk(body: S.EdgeBody) -> dict:
+        with lock:
+            return session(body.prompt).edge(body.target, body.mlp, body.source, body.dest)
+
     @app.post("/api/compare")
     def compare(body: S.CompareBody) -> dict:
         with lock:

@@ -37,6 +37,9 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
                            "nodes": {"id", "kind", "layer", "pos", "index", "value", "const", "effect",
                                      "influence": [...] n}, "edges": {"source", "target", "weight": [...] e}}
                           (attnsae.graph.files; built once per prompt, target and MLP mode)
+    POST /api/qk          why the head of one graph edge (source -> dest) attended: {"layer", "head", "dest", "src",
+                           "score", "pattern", "key" / "query": {"nodes": [{"node", "value"}], "rest", "constant",
+                           "closes"}, "key_contrast": {"nodes", "score_gap"}} (attnsae.graph.qk.qk_split)
     POST /api/compare     {"a": {"tokens", "token_strs"}, "b": {...}, "n_positions": min length,
                            "rows": [[{"layer", "feature", "a", "b", "delta"}] largest |delta| first] per position}
 
@@ -126,6 +129,13 @@ class GraphBody(PromptBody):
     mlp: Literal["leaf", "linear"] = "leaf"
     node_threshold: float = Field(0.8, gt=0.0, le=1.0, allow_inf_nan=False)
     edge_threshold: float = Field(0.98, gt=0.0, le=1.0, allow_inf_nan=False)
+
+
+class EdgeBody(PromptBody):
+    target: list[str] | None = Field(None, min_length=1, max_length=3)
+    mlp: Literal["leaf", "linear"] = "leaf"
+    source: str = Field(min_length=1, max_length=100, description="the edge's source node, e.g. L0.H6@12")
+    dest: str = Field(min_length=1, max_length=100, description="the edge's destination node, e.g. L1.H1@32")
 
 
 class CompareBody(PromptBody):

@@ -268,6 +268,10 @@ class PromptSession:
         """The pruned attention graph of ``target`` on this prompt (:mod:`attnsae.serve.graph_view`)."""
         return self.graphs.answer(target, mlp, node_threshold, edge_threshold)
 
+    def edge(self, target: list[str] | None, mlp: str, source: str, dest: str) -> dict:
+        """Why the head of one graph edge attended (:meth:`attnsae.serve.graph_view.GraphCache.edge`)."""
+        return self.graphs.edge(target, mlp, source, dest)
+
     def compare(self, other: PromptSession, k: int = 10) -> dict:
         """Per position (up to the shorter prompt), the ``k`` largest feature differences ``other − self`` over all
         SAE layers."""

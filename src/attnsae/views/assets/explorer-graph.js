@@ -2,12 +2,14 @@
    as SVG with x = token position and y = layer (embeddings at the bottom, then per layer its features or heads and,
    just above, its leaves, the target on top). Nodes are sized by |effect| on the target; edges are blue where they
    raise the node they feed and red where they lower it, wider when heavier (the heaviest MAX_EDGES are drawn); each
-   has a hover title with its numbers. Click a feature for its DFA panel, a head for its attention row; shift-click
-   picks nodes, "group" makes them a supernode (kept in the URL, parameter sn).
+   has a hover title with its numbers. Click a feature for its DFA panel, a head for its attention row, an edge into a
+   feature or head for why its head attended there (POST /api/qk: the score split over the nodes at each end, and
+   what set that source apart); shift-click picks nodes, "group" makes them a supernode (kept in the URL, sn).
 
    Stable ids and selectors: #graph-card, #graph-form, #graph-target-a, #graph-target-b, #graph-mlp,
    #graph-node-threshold, #graph-edge-threshold, #graph-run, #graph-group, #graph-ungroup, #graph-summary,
-   #graph-svg; circle.gnode[data-id][data-kind], line.gedge[data-source][data-target], rect.gsuper[data-group]. */
+   #graph-svg, #graph-qk (.qk-side[data-side]); circle.gnode[data-id][data-kind], line.gedge[data-source][data-target],
+   rect.gsuper[data-group]. */
 
 import {$, el, put, fmt, fmtSigned, api} from "./explorer-util.js";
 
@@ -143,7 +145,34 @@ export function createGraph(ctx) {
     });
   }
 
+  async function explainEdge(line) {
+    const s = ctx.state();
+    const body = {prompt: s.p, target: target(), mlp: $("graph-mlp").value, source: line.dataset.source,
+                  dest: line.dataset.target};
+    const box = $("graph-qk");
+    put(box, "…");
+    try {
+      const q = await api("/api/qk", body);
+      const side = (name, part) => el("div", {class: "qk-side", "data-side": name},
+        el("b", {}, name), " ", part.nodes.map((n) => `${n.node} ${fmtSigned(n.value)}`).join(", "),
+        part.rest !== undefined ? `, rest ${fmtSigned(part.rest)}, constant ${fmtSigned(part.constant)}` : "");
+      put(box, el("p", {}, `L${q.layer}.H${q.head} from ${q.dest} to ${q.src}: score ${fmt(q.score)}, attention ` +
+                    `${fmt(q.pattern)} (${body.source} → ${body.dest})`),
+          side("key", q.key), side("query", q.query),
+          q.key_contrast ? side(`vs the other sources (+${fmt(q.key_contrast.score_gap)})`, q.key_contrast) : null);
+    } catch (e) {
+      put(box);
+      ctx.error(e);
+    }
+  }
+
   function onClick(ev) {
+    const line = ev.target.closest("line.gedge");
+    if (line && data) {
+      const i = data.nodes.id.indexOf(line.dataset.target);
+      if (data.nodes.kind[i] === "feature" || data.nodes.kind[i] === "head") explainEdge(line);
+      return;
+    }
     const node = ev.target.closest("circle.gnode");
     if (!node || !data) return;
     const id = node.dataset.id;
@@ -174,5 +203,6 @@ export function createGraph(ctx) {
   }
 
   bind();
-  return {load, draw, shown: () => ({graph: data}), reset: () => { data = null; picked.clear(); put($("graph-svg")); }};
+  return {load, draw, shown: () => ({graph: data}),
+          reset: () => { data = null; picked.clear(); put($("graph-svg")); put($("graph-qk")); }};
 }
