@@ -45,6 +45,10 @@ def test_graph_command_writes_an_exact_file_and_viewer_files(saes, tmp_path):
                    "--edge-threshold", "1", "--viewer", str(tmp_path / "viewer"), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     d = json.loads(out.read_text())
+    assert out.stat().st_size > 1 << 16  # big enough that a rerun must recognise its own file from its start
+    again = run_cli("graph", "--sae", *saes, "--prompt", PROMPT, "--out", str(out), "--no-faithfulness",
+                    "--no-progress")
+    assert again.returncode == 0, again.stderr
     worst, n = closure_of(d)
     assert n == sum(k in ("feature", "head", "target") for k in d["nodes"]["kind"]) > 10 and worst < 1e-5
     assert d["pruning"]["nodes"] == d["pruning"]["nodes_unpruned"]

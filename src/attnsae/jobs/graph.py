@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from attnsae.errors import AttnsaeError
@@ -25,12 +26,12 @@ def check_graph_out(out: str, inputs: list[str]) -> Path:
     if os.path.lexists(path):
         if not path.is_file():
             raise AttnsaeError(f"--out {out} exists and is not a file; give a new .json path")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                ours = json.loads(fh.read(1 << 16) + "")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            ours = None
-        if not (isinstance(ours, dict) and ours.get("format") == FORMAT):
+        try:  # our files open with their format (graph_dict puts it first); a big one is not read whole
+            with open(path, "rb") as fh:
+                head = fh.read(256).decode("utf-8", "replace")
+        except OSError:
+            head = ""
+        if not re.match(r'\s*\{\s*"format"\s*:\s*"' + FORMAT + '"', head):
             raise AttnsaeError(f"--out {out} exists and is not a graph attnsae wrote; attnsae replaces only its own "
                                "files: give a new path, or remove it first")
     check_writable_dir(path.parent if str(path.parent) else Path("."))

@@ -175,7 +175,8 @@ def ioi_markdown(result: dict, plots: list[str] = ()) -> str:
                      "GPT-2 Small (paper)"],
                     [[CORRUPTION_NAMES.get(k, k), f"`{n['example']}`", f"{n['kept']['all']:.0%}",
                       f"{n['kept'].get('ABBA', float('nan')):.0%}", f"{n['kept'].get('BABA', float('nan')):.0%}",
-                      of_floor(n), f"{PAPER_KEPT.get(k, float('nan')):.0%}"] for k, n in result["noising"].items()])
+                      of_floor(n), f"{PAPER_KEPT[k]:.0%}" if k in PAPER_KEPT else "—"]
+                     for k, n in result["noising"].items()])
     for layer, ab in result["ablation"].items():
         lines += ["", f"## Feature ablation at S2, layer {layer} (SAE spliced, error term kept)", "",
                   (f"{ab['n_candidates']} features active at S2 ablated one at a time, each at each prompt's own "
