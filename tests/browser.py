@@ -133,11 +133,28 @@ class Browser:
     def __exit__(self, *exc: object) -> None:
         self._cleanup.close()
 
-    def open(self, url: str, timeout: float = 30) -> Page:
+    def open(self, url: str, timeout: float = 30, stand_ins: dict[str, str] | None = None) -> Page:
         """A new page in a context of its own (fresh storage, fixed viewport), loaded from ``url`` (file:// or
-        http://); ``timeout`` s is its default for navigation, waits and actions."""
+        http://); ``timeout`` s is its default for navigation, waits and actions. With ``stand_ins`` (file name ->
+        script text), a request to another origin is answered with the script of its file name, an empty script
+        for any other ``.js``, and refused otherwise (for third-party pages that load libraries from CDNs)."""
         context = self._browser.new_context(viewport={"width": self.width, "height": self.height})
         context.set_default_timeout(timeout * 1000)
+        if stand_ins is not None:
+            origin = url.split("/", 3)[:3]
+
+            def answer(route) -> None:
+                target = route.request.url
+                if target.split("/", 3)[:3] == origin:
+                    route.continue_()
+                    return
+                name = target.split("?")[0].rsplit("/", 1)[-1]
+                if name in stand_ins or name.endswith(".js"):
+                    route.fulfill(body=stand_ins.get(name, ""), content_type="text/javascript")
+                else:
+                    route.abort()
+
+            context.route("**/*", answer)
         page = Page(context.new_page())
         page.goto(url, wait_until="load")
         return page
