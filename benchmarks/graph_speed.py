@@ -7,7 +7,7 @@
    seconds of each step (capture and checks, edges, effects, pruning), set beside a plain matmul of the same
    floating-point work measured in the same run (the edges' roofline on this machine), and the pruned file's size.
    Target: under 5 s on 2 CPU cores.
-2. With ``--smollm2`` (after ``attnsae models fetch smollm2-135m``): SmolLM2-135M, the 15-token IOI prompt with every
+2. With ``--smollm2`` (after ``attnsae models fetch smollm2-135m``): SmolLM2-135M, a 20-token IOI prompt with every
    layer split into heads (no SAEs of it are shipped), its build time and the process's peak memory. Target: under
    60 s and 4 GB.
 """
@@ -36,7 +36,7 @@ from attnsae.sae.formats import load_sae
 from attnsae.sae.model import SAE, SAEConfig
 
 QUICKSTART = Path("attnsae-out/quickstart/saes")
-IOI = "When Mary and John went to the store, John gave a drink to"
+IOI = "When Mary and John went to the store after a long day at work, John gave a drink to"  # 20 tokens + BOS
 
 
 def stdlib_tokens(model, n: int) -> torch.Tensor:

@@ -314,8 +314,7 @@ def test_linear_mlp_graphs_are_exact_in_their_linear_model_or_refused(family, ar
 
     from attnsae.errors import AttnsaeError
     from attnsae.graph.build import build_from
-    from attnsae.graph.frozen import FrozenPrompt, removal
-    from attnsae.graph.graph import KINDS
+    from attnsae.graph.frozen import FrozenPrompt, measured_removals
     from attnsae.graph.target import TargetSpec, resolve
 
     model = arch_models(family)[1]
@@ -331,9 +330,5 @@ def test_linear_mlp_graphs_are_exact_in_their_linear_model_or_refused(family, ar
     g = build_from(model, fp, tgt, progress=False)
     assert g.closure < 1e-4
     base = float(tgt.frozen_value(fp))
-    for kind in ("token", "head", "mlp", "mlp_rest"):
-        ids = g.is_kind(kind).nonzero()[:, 0]
-        i = int(ids[g.effect[ids].abs().argmax()])
-        moved = base - float(tgt.frozen_value(fp, edit=removal(KINDS[int(g.kind[i])], int(g.layer[i]),
-                                                               int(g.pos[i]), int(g.index[i]))))
+    for i, moved in measured_removals(fp, tgt, g, ("token", "head", "mlp", "mlp_rest")):
         assert moved == pytest.approx(float(g.effect[i]), rel=1e-3, abs=1e-5 * (abs(base) + 1))

@@ -12,7 +12,7 @@ import torch
 from attnsae.errors import AttnsaeError
 from attnsae.graph.build import build, build_from
 from attnsae.graph.files import closure_of, graph_dict
-from attnsae.graph.frozen import FrozenPrompt, removal
+from attnsae.graph.frozen import FrozenPrompt, measured_removals
 from attnsae.graph.graph import KINDS
 from attnsae.graph.prune import prune, scores
 from attnsae.graph.target import TargetSpec, resolve
@@ -43,15 +43,10 @@ def _removal_matches_effects(model, saes: dict, tokens, spec=TargetSpec(), per_k
     assert sum(v for k, v in d.items() if k != "total") == pytest.approx(d["total"], rel=1e-4, abs=1e-4)
     base = float(tgt.frozen_value(fp))
     assert base == pytest.approx(tgt.value, rel=1e-4, abs=1e-4)  # the frozen run is the model on the prompt
-    n = 0
-    for kind in KINDS[:-1]:
-        ids = g.is_kind(kind).nonzero()[:, 0]
-        for i in ids[g.effect[ids].abs().argsort(descending=True)[:per_kind]].tolist():
-            moved = base - float(tgt.frozen_value(fp, edit=removal(kind, int(g.layer[i]), int(g.pos[i]),
-                                                                   int(g.index[i]))))
-            assert moved == pytest.approx(float(g.effect[i]), rel=1e-3, abs=1e-4 * (abs(base) + 1)), g.name(i)
-            n += 1
-    return n
+    checked = measured_removals(fp, tgt, g, KINDS[:-1], per_kind)
+    for i, moved in checked:
+        assert moved == pytest.approx(float(g.effect[i]), rel=1e-3, abs=1e-4 * (abs(base) + 1)), g.name(i)
+    return len(checked)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "one_head", "llama_gqa"])

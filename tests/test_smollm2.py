@@ -163,8 +163,7 @@ def test_the_ioi_graph_closes_and_its_effects_are_removals(smol):
     to it, removing nodes from the frozen model moves it by their effects; the linear-MLP graph closes too."""
     from attnsae.attribution.inputs import tokenize
     from attnsae.graph.build import build_from
-    from attnsae.graph.frozen import FrozenPrompt, removal
-    from attnsae.graph.graph import KINDS
+    from attnsae.graph.frozen import FrozenPrompt, measured_removals
     from attnsae.graph.target import TargetSpec, resolve
 
     tokens = tokenize(smol, "When Mary and John went to the store, John gave a drink to")[0]
@@ -175,10 +174,5 @@ def test_the_ioi_graph_closes_and_its_effects_are_removals(smol):
         assert g.closure < 1e-4 and tgt.value > 2
         d = g.decomposition()
         assert sum(v for k, v in d.items() if k != "total") == pytest.approx(d["total"], rel=1e-3, abs=1e-3)
-        base = float(tgt.frozen_value(fp))
-        for kind in ("feature", "head", "error", "mlp"):
-            ids = g.is_kind(kind).nonzero()[:, 0]
-            i = int(ids[g.effect[ids].abs().argmax()])
-            moved = base - float(tgt.frozen_value(fp, edit=removal(KINDS[int(g.kind[i])], int(g.layer[i]),
-                                                                   int(g.pos[i]), int(g.index[i]))))
+        for i, moved in measured_removals(fp, tgt, g, ("feature", "head", "error", "mlp")):
             assert moved == pytest.approx(float(g.effect[i]), rel=2e-3, abs=2e-3), (mlp, g.name(i))

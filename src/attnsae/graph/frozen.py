@@ -93,6 +93,21 @@ def removal(kind: str, layer: int, pos: int, index: int) -> Callable[[int, str, 
     return edit
 
 
+def measured_removals(fp: "FrozenPrompt", target, graph, kinds: tuple[str, ...], per_kind: int = 1
+                      ) -> list[tuple[int, float]]:
+    """For the ``per_kind`` nodes of largest |effect| of each of ``kinds`` in ``graph``: (node, how much ``target``
+    falls when that node is removed from the frozen model), measured with a forward pass, not from the edges (the
+    check of :attr:`attnsae.graph.graph.Graph.effect`)."""
+    base = float(target.frozen_value(fp))
+    out = []
+    for kind in kinds:
+        ids = graph.is_kind(kind).nonzero()[:, 0]
+        for i in ids[graph.effect[ids].abs().argsort(descending=True)[:per_kind]].tolist():
+            edit = removal(kind, int(graph.layer[i]), int(graph.pos[i]), int(graph.index[i]))
+            out.append((i, base - float(target.frozen_value(fp, edit=edit))))
+    return out
+
+
 class FrozenPrompt:
     """One prompt (``tokens`` int64 [S] or [1, S]) and SAEs ``{layer: SAE}`` (any subset of layers, none included).
 

@@ -405,8 +405,7 @@ def _graph(r: _Run) -> tuple[float, str]:
     the model's logit, its parts sum to the target, and removing nodes from the frozen model moves the target by
     their effects (a forward pass, not the edges)."""
     from attnsae.graph.build import build_from
-    from attnsae.graph.frozen import FrozenPrompt, removal
-    from attnsae.graph.graph import KINDS
+    from attnsae.graph.frozen import FrozenPrompt, measured_removals
     from attnsae.graph.target import TargetSpec, resolve
 
     fp = FrozenPrompt(r.model, {r.layer: r.sae}, r.tokens[0])
@@ -416,13 +415,8 @@ def _graph(r: _Run) -> tuple[float, str]:
     logit = r.logits[0, -1].max()
     errs = [g.closure, _rel(tgt.value, logit), _rel(sum(v for k, v in d.items() if k != "total"), d["total"])]
     base = float(tgt.frozen_value(fp))
-    for kind in ("token", "feature", "head", "error", "mlp"):
-        ids = g.is_kind(kind).nonzero()[:, 0]
-        if len(ids):
-            i = int(ids[g.effect[ids].abs().argmax()])
-            real = base - float(tgt.frozen_value(fp, edit=removal(KINDS[int(g.kind[i])], int(g.layer[i]),
-                                                                   int(g.pos[i]), int(g.index[i]))))
-            errs.append(_rel(real, g.effect[i], floor=abs(base)))
+    for i, real in measured_removals(fp, tgt, g, ("token", "feature", "head", "error", "mlp")):
+        errs.append(_rel(real, g.effect[i], floor=abs(base)))
     return max(errs), f"; {g.n_nodes} nodes, {g.n_edges} edges"
 
 
