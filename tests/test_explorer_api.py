@@ -233,3 +233,30 @@ def test_page_assets_and_dashboard_files_are_served_with_a_same_origin_policy(cl
     info = client.get("/api/info").json()
     assert info["dashboard"] and [s["dashboard"] for s in info["saes"]] == ["L0", "L1"]
     assert "/api/rdfa" in client.get("/openapi.json").json()["paths"]
+
+
+# ------------------------------------------------------------------------------------------------ bounds (issue 28)
+
+def test_repeated_layers_are_listed_once_and_identical_prompts_do_not_differ(client):
+    one = post(client, "features", k=8, layers=[1])
+    many = post(client, "features", k=8, layers=[1] * 1000)  # a 3 kB request may not cost 1000 layers of work
+    assert many["rows"] == one["rows"] and many["layers"] == one["layers"] == [1]
+    same = post(client, "compare", other=PROMPT, k=10)  # identical prompts: nothing beyond float rounding
+    assert not any(same["rows"]) and set(same["tolerance"]) == {"0", "1"}
+    assert all(0 < t < 1e-3 for t in same["tolerance"].values())
+
+
+def test_no_cdn_docs_a_nul_byte_and_a_long_input_get_short_answers(client):
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+    r = client.get("/dashboard/a%00b.html")
+    assert r.status_code == 404 and len(r.json()["detail"]) < 400
+    r = client.post("/api/intervene", json={"prompt": PROMPT, "layer": 1, "feature": 0, "position": 3,
+                                            "logit_tokens": ["x" * 50_000, "y"]})
+    assert r.status_code == 400 and len(r.json()["detail"]) < 400 and "more characters" in r.json()["detail"]
+
+
+def test_an_rdfa_source_after_its_destination_is_refused(client):
+    node = {"kind": "head_source", "layer": 1, "position": 3, "feature": 0, "coef": 1, "head": 0, "source": 5}
+    r = client.post("/api/rdfa", json={"prompt": PROMPT, "node": node})
+    assert r.status_code == 400 and "later position" in r.json()["detail"]

@@ -129,6 +129,9 @@ class RDFATracer(RDFAPrompt):
                 raise AttnsaeError(f"a head-source node needs a head in 0..{self.n_heads - 1}, got {head}")
             if source is None or not 0 <= source < self.S:
                 raise AttnsaeError(f"a head-source node needs a source in 0..{self.S - 1}, got {source}")
+            if source > position and bool(self.A[l][head, position, source] == 0):
+                raise AttnsaeError(f"head {head} of layer {l} does not attend from {position} to the later position "
+                                   f"{source} (causal attention): a source is at most its destination")
             r = self.saes[l].sae.W_enc.detach()[head * self.d_head:(head + 1) * self.d_head, feature].float()
             node = head_source_node(self, l, head, position, source, r, coef, 1, feature, top_k)
         else:

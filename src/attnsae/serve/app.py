@@ -51,6 +51,14 @@ def page_assets() -> dict[str, bytes]:
             if f.name in ("common.css", "common.js") or (f.name.startswith("explorer") and Path(f.name).suffix in MEDIA)}
 
 
+MAX_DETAIL = 300  # characters of an error line: a message never echoes a long input back
+
+
+def _bounded(text: str) -> str:
+    """``text`` cut to :data:`MAX_DETAIL` characters (saying how much was left out)."""
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + f"… ({len(text) - MAX_DETAIL:,} more characters)"
+
+
 def _one_line(err: RequestValidationError) -> str:
     """A validation error as one line: where, and what is wrong."""
     e = err.errors()[0]
@@ -162,18 +170,18 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
     sessions: OrderedDict[tuple[str, ...], PromptSession] = OrderedDict()
     lock = threading.Lock()
 
-    app = FastAPI(title="attnsae Circuit Explorer", version=__version__,
+    app = FastAPI(title="attnsae Circuit Explorer", version=__version__, docs_url=None, redoc_url=None,
                   description="Any prompt through attention-output SAEs: features, DFA, recursive DFA, effects, "
-                  "attention, interventions. Positions count BOS as 0.")
+                  "attention, interventions. Positions count BOS as 0.")  # /docs and /redoc would load a CDN
     _limit_body(app)
 
     @app.exception_handler(AttnsaeError)
     async def refused(request: Request, exc: AttnsaeError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, 400)
+        return JSONResponse({"detail": _bounded(str(exc))}, 400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, 422)
+        return JSONResponse({"detail": _bounded(_one_line(exc))}, 422)
 
     def session(prompt: str) -> PromptSession:
         """The prompt's session, made on first use (call with ``lock`` held)."""
@@ -211,7 +219,10 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
     def dashboard_file(path: str) -> Response:
         if site is None:
             return JSONResponse({"detail": "no dashboards: start the explorer with --dashboard DIR"}, 404)
-        target = (site / (path or "index.html")).resolve()
+        try:
+            target = (site / (path or "index.html")).resolve()
+        except (ValueError, OSError):  # a NUL byte, a name the file system refuses
+            return JSONResponse({"detail": f"no such dashboard file: {_bounded(repr(path))}"}, 404)
         if not target.is_relative_to(site) or not target.is_file():
             return JSONResponse({"detail": f"no such dashboard file: {path}"}, 404)
         return FileResponse(target, headers={"Content-Security-Policy": DASHBOARD_CSP,

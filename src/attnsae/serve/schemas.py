@@ -41,9 +41,11 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
                            "score", "pattern", "key" / "query": {"nodes": [{"node", "value"}], "rest", "constant",
                            "closes"}, "key_contrast": {"nodes", "score_gap"}} (attnsae.graph.qk.qk_split)
     POST /api/compare     {"a": {"tokens", "token_strs"}, "b": {...}, "n_positions": min length,
-                           "rows": [[{"layer", "feature", "a", "b", "delta"}] largest |delta| first] per position}
+                           "rows": [[{"layer", "feature", "a", "b", "delta"}] largest |delta| first] per position,
+                           "tolerance": {layer: |delta| at or below it is float rounding, left out}}
 
-Errors are 4xx with ``{"detail": "one line saying what is wrong and what to do"}``: 413 for a body over the size
+Errors are 4xx with ``{"detail": "one line saying what is wrong and what to do"}`` (at most 300 characters of it:
+an error never echoes a long input back): 413 for a body over the size
 limit, 422 for a malformed body, 400 for a well-formed request the model or SAEs cannot answer (a prompt past
 n_ctx, a layer without an SAE, a feature or position out of range).
 """

@@ -33,6 +33,7 @@ from attnsae.sae.model import SAE
 from attnsae.serve.graph_view import GraphCache
 
 ORDERS = ("act", "dfa", "logit")
+COMPARE_TOL = 1e-5  # relative: differences below this share of a layer's largest activation are float rounding
 
 
 def _predictions(logits: Tensor, k: int, decode) -> list[dict]:
@@ -110,7 +111,7 @@ class PromptSession:
         Each entry has all three numbers; up to ``k`` per token and layer."""
         if order not in ORDERS:
             raise AttnsaeError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
-        layers = self.layers if layers is None else [self._layer(l) for l in layers]
+        layers = self.layers if layers is None else [self._layer(l) for l in dict.fromkeys(layers)]  # each once
         top1 = self.logits.argmax(-1)  # [S]
         scale = self.tracer.final_scale if self.tracer.final_scale is not None else torch.ones(self.S)
         rows: list[list[dict]] = [[] for _ in range(self.S)]
@@ -274,19 +275,23 @@ class PromptSession:
 
     def compare(self, other: PromptSession, k: int = 10) -> dict:
         """Per position (up to the shorter prompt), the ``k`` largest feature differences ``other − self`` over all
-        SAE layers."""
+        SAE layers, leaving out those within float rounding: ``|delta| <= COMPARE_TOL · max(1, largest activation of
+        the layer in either prompt)`` (the answer states each layer's tolerance)."""
         n = min(self.S, other.S)
         rows: list[list[dict]] = [[] for _ in range(n)]
+        tolerance = {}
         for l in self.layers:
             a, b = self.acts(l)[:n], other.acts(l)[:n]  # [n, d_sae]
             delta = b - a
+            tol = COMPARE_TOL * max(1.0, float(a.abs().max()), float(b.abs().max()))
+            tolerance[l] = tol
             top = delta.abs().topk(min(k, delta.shape[1]), dim=1)
             for t in range(n):
                 rows[t] += [{"layer": l, "feature": int(j), "a": float(a[t, j]), "b": float(b[t, j]),
-                             "delta": float(delta[t, j])} for v, j in zip(top.values[t], top.indices[t]) if v > 0]
+                             "delta": float(delta[t, j])} for v, j in zip(top.values[t], top.indices[t]) if v > tol]
         for r in rows:
             r.sort(key=lambda d: -abs(d["delta"]))
             del r[k:]
         return {"a": {"tokens": self.tokens.tolist(), "token_strs": self.token_strs},
                 "b": {"tokens": other.tokens.tolist(), "token_strs": other.token_strs}, "n_positions": n,
-                "rows": rows}
+                "rows": rows, "tolerance": tolerance}
