@@ -260,3 +260,17 @@ def test_an_rdfa_source_after_its_destination_is_refused(client):
     node = {"kind": "head_source", "layer": 1, "position": 3, "feature": 0, "coef": 1, "head": 0, "source": 5}
     r = client.post("/api/rdfa", json={"prompt": PROMPT, "node": node})
     assert r.status_code == 400 and "later position" in r.json()["detail"]
+
+
+def test_a_logit_difference_of_newline_tokens_given_as_ids_is_exact(client, ref_model):
+    """Python's predictions are newline-plus-indent tokens, which a text box cannot hold: the page sends ids."""
+    tok = ref_model.tokenizer
+    a, b = (tok("\n" + pad, add_special_tokens=False)["input_ids"] for pad in ("    ", ""))
+    assert len(a) == len(b) == 1 and a != b
+    r = post(client, "intervene", layer=1, feature=0, position=3, scale=1.0, logit_tokens=[a[0], b[0]])
+    logits = ref_model(ref_model.to_tokens(PROMPT))[0, -1]
+    assert r["logit_diff"]["tokens"] == [tok.decode(a), tok.decode(b)]
+    assert r["logit_diff"]["before"] == pytest.approx(float(logits[a[0]] - logits[b[0]]), abs=1e-3)
+    bad = client.post("/api/intervene", json={"prompt": PROMPT, "layer": 1, "feature": 0, "position": 3,
+                                              "logit_tokens": [10**9, 1]})
+    assert bad.status_code == 400 and "out of range" in bad.json()["detail"]

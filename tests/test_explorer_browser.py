@@ -106,6 +106,7 @@ def test_prompt_dfa_rdfa_ablation_and_the_url_restores_the_view(browser, server)
     # the URL holds the view: a fresh page from it shows the same selection, expansion and intervention
     url = page.url
     assert f"f=0/{feature}@9" in url and "iv=1" in url
+    assert "ta=%23" in url and "tb=%23" in url  # picked tokens travel as ids ("#199"): newlines survive
     assert_clean(page, server)
     again = browser.open(url)
     again.wait_for_selector('#tokens .chip[aria-pressed="true"]')

@@ -120,8 +120,9 @@ class InterveneBody(FeatureAt):
     position: int | None = Field(None, ge=0, le=1_000_000, description="null: every position")
     scale: float = Field(0.0, ge=-1000.0, le=1000.0, allow_inf_nan=False, description="0 ablates")
     at: int | None = Field(None, ge=0, le=1_000_000, description="where to read logits (default: last token)")
-    logit_tokens: list[str] | None = Field(None, min_length=2, max_length=2,
-                                           description="two single-token strings: report logit[0] - logit[1]")
+    logit_tokens: list[int | str] | None = Field(None, min_length=2, max_length=2,
+                                                 description="two tokens, each an id or a single-token string: "
+                                                 "report logit[0] - logit[1] (ids keep tokens such as '\\n' exact)")
     k: int = Field(10, ge=1, le=MAX_K)
 
 

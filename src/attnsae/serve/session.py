@@ -208,7 +208,13 @@ class PromptSession:
 
     # ------------------------------------------------------------------------------------------- interventions
 
-    def _single_token(self, text: str) -> int:
+    def _single_token(self, text: str | int) -> int:
+        """A token id, or the id of a single-token string."""
+        if isinstance(text, int):
+            if not 0 <= text < int(self.model.cfg.d_vocab):
+                raise AttnsaeError(f"token id {text} is out of range: the vocabulary has ids "
+                                   f"0..{self.model.cfg.d_vocab - 1}")
+            return text
         ids = self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise AttnsaeError(f"{text!r} is {len(ids)} tokens, not one: give single-token strings for a logit "
@@ -217,7 +223,7 @@ class PromptSession:
 
     @torch.no_grad()
     def intervene(self, layer: int, feature: int, position: int | None = None, scale: float = 0.0,
-                  at: int | None = None, logit_tokens: Sequence[str] | None = None, k: int = 10) -> dict:
+                  at: int | None = None, logit_tokens: Sequence[str | int] | None = None, k: int = 10) -> dict:
         """Scale one feature (0 ablates) at ``position`` (None: every position) and run the model again with every
         SAE spliced in, error terms kept; compare the logits at ``at`` (default: the last token) and the features
         of later layers with the clean run."""
@@ -257,7 +263,7 @@ class PromptSession:
         downstream.sort(key=lambda d: -abs(d["delta"]))
         diff = None
         if pair:
-            diff = {"tokens": list(logit_tokens), "before": float(before[at, pair[0]] - before[at, pair[1]]),
+            diff = {"tokens": [self.decode([i]) for i in pair], "before": float(before[at, pair[0]] - before[at, pair[1]]),
                     "after": float(after[at, pair[0]] - after[at, pair[1]])}
         return {"layer": layer, "feature": feature, "position": position, "scale": scale, "at": at,
                 "before": _predictions(before[at], k, self.decode), "after": _predictions(after[at], k, self.decode),

@@ -437,16 +437,20 @@ export function createPanels(ctx) {
 
   /* ---------- direct logit effect ---------- */
 
-  function pickToken(str, e) {
+  /* A picked token is kept as its id ("#199"): a text box would drop a newline token's "\n". The box shows it with
+     visible whitespace and remembers the id until the user types over it. */
+  function pickToken(str, e, id) {
     const which = e && e.shiftKey ? "tb" : "ta";
-    $(which === "ta" ? "logit-a" : "logit-b").value = str;
-    ctx.setState({[which]: str}, false);
+    const box = $(which === "ta" ? "logit-a" : "logit-b");
+    box.value = tokenText(str);
+    if (Number.isInteger(id)) box.dataset.tokenId = String(id); else delete box.dataset.tokenId;
+    ctx.setState({[which]: Number.isInteger(id) ? `#${id}` : str}, false);
   }
 
-  function tokenButtons(strs, values, cls) {
+  function tokenButtons(strs, values, cls, ids = []) {
     const items = strs.map((str, i) => ({
       label: tokenChip(str), value: values[i], title: `${JSON.stringify(str)}: click to use as logit token A (shift: B)`,
-      onclick: (e) => pickToken(str, e)}));
+      onclick: (e) => pickToken(str, e, ids[i])}));
     return barList(items, {cls});
   }
 
@@ -463,8 +467,8 @@ export function createPanels(ctx) {
       return;
     }
     put($("effect"), el("div", {class: "three-col"},
-      el("div", {id: "effect-top"}, el("h4", {}, "promotes"), tokenButtons(le.top_strs || [], le.top_values || [], "promote")),
-      el("div", {id: "effect-bottom"}, el("h4", {}, "suppresses"), tokenButtons(le.bottom_strs || [], le.bottom_values || [], "suppress")),
+      el("div", {id: "effect-top"}, el("h4", {}, "promotes"), tokenButtons(le.top_strs || [], le.top_values || [], "promote", le.top_tokens || [])),
+      el("div", {id: "effect-bottom"}, el("h4", {}, "suppresses"), tokenButtons(le.bottom_strs || [], le.bottom_values || [], "suppress", le.bottom_tokens || [])),
       el("div", {id: "effect-predictions"}, el("h4", {}, "model predicts after ", posChip(position)),
         predictionList(r.predictions || []))),
       el("p", {class: "hint"}, `direct effect of one unit of ${featureName(layer, feature)} (act ${fmt(r.act)}) on the logits: ` +
@@ -476,7 +480,7 @@ export function createPanels(ctx) {
     const prior = before ? new Map(before.map((p) => [p.token, p.prob])) : null;
     return el("ol", {class: "preds " + cls + (prior ? " with-delta" : "")}, preds.map((p) => el("li", {},
       el("button", {type: "button", class: "pick", title: `${JSON.stringify(p.str)}: click to use as logit token A (shift: B)` +
-                    (finite(p.logit) ? `\nlogit ${fmt(p.logit, 4)}` : ""), onclick: (e) => pickToken(p.str, e)},
+                    (finite(p.logit) ? `\nlogit ${fmt(p.logit, 4)}` : ""), onclick: (e) => pickToken(p.str, e, p.token)},
         tokenChip(p.str)),
       el("span", {class: "num prob"}, fmtPct(p.prob, 3)),
       finite(p.logit) ? el("span", {class: "num muted"}, fmt(p.logit, 3)) : null,
@@ -504,7 +508,8 @@ export function createPanels(ctx) {
     }
     const body = {prompt: prompt(), layer, feature, position: s.ip === "all" ? null : position, scale: s.sc,
                   at: s.iat === "pos" ? position : null, k: 10};
-    if (ta !== "") body.logit_tokens = [ta, tb];
+    const tok = (t) => (/^#\d+$/.test(t) ? Number(t.slice(1)) : t);  // "#199": a token id
+    if (ta !== "") body.logit_tokens = [tok(ta), tok(tb)];
     const g = gen;
     const r = await guarded($("intervene-card"), g, () => cachedApi("/api/intervene", body));
     if (!r || g !== gen) return;

@@ -621,9 +621,11 @@ function bind() {
   });
   $("rdfa-collapse").addEventListener("click", () => { setState({ex: []}); panels.loadRdfa(); });
 
+  const tokenOf = (box) => (box.dataset.tokenId ? `#${box.dataset.tokenId}` : box.value);  // a picked token: its id
   const ivInputs = () => setState({
     sc: numOr($("intervene-scale").value, 0, -1000, 1000), ip: $("intervene-where").value, iat: $("intervene-at").value,
-    ta: $("logit-a").value, tb: $("logit-b").value});
+    ta: tokenOf($("logit-a")), tb: tokenOf($("logit-b"))});
+  for (const id of ["logit-a", "logit-b"]) $(id).addEventListener("input", (e) => { delete e.target.dataset.tokenId; });
   for (const id of ["intervene-scale", "intervene-where", "intervene-at", "logit-a", "logit-b"]) {
     $(id).addEventListener("change", ivInputs);
   }
