@@ -263,7 +263,8 @@ class PromptSession:
         downstream.sort(key=lambda d: -abs(d["delta"]))
         diff = None
         if pair:
-            diff = {"tokens": [self.decode([i]) for i in pair], "before": float(before[at, pair[0]] - before[at, pair[1]]),
+            diff = {"tokens": [self.decode([i]) for i in pair],
+                    "before": float(before[at, pair[0]] - before[at, pair[1]]),
                     "after": float(after[at, pair[0]] - after[at, pair[1]])}
         return {"layer": layer, "feature": feature, "position": position, "scale": scale, "at": at,
                 "before": _predictions(before[at], k, self.decode), "after": _predictions(after[at], k, self.decode),
