@@ -54,13 +54,6 @@ def test_the_graph_is_drawn_clicked_grouped_and_kept_in_the_url(browser, server)
     layer, rest = hid[1:].split(".H")
     assert page.input_value("#attn-layer") == layer and page.input_value("#attn-head") == rest.split("@")[0]
 
-    feats = page.locator('#graph-svg circle.gnode[data-kind="feature"]')
-    if feats.count():
-        f = feats.first.get_attribute("data-id")  # L0/123@5
-        feats.first.click()
-        page.wait_for_selector("#dfa-heatmap")
-        assert page.text_content("#feature-name") == f.split("@")[0]
-
     into = data["nodes"]["kind"]
     kinds_of = dict(zip(data["nodes"]["id"], into))
     edge = next(k for k, t in enumerate(data["edges"]["target"]) if kinds_of[t] in ("head", "feature"))
@@ -82,6 +75,17 @@ def test_the_graph_is_drawn_clicked_grouped_and_kept_in_the_url(browser, server)
     assert first in title and second in title
     page.click("#graph-ungroup")
     assert page.locator("#graph-svg rect.gsuper").count() == 0
+
+    # unpruned (both thresholds 1) the random SAE's features are in the graph: a click opens the feature's DFA
+    page.fill("#graph-node-threshold", "1")
+    page.fill("#graph-edge-threshold", "1")
+    page.click("#graph-run")
+    page.wait_for_selector('#graph-svg circle.gnode[data-kind="feature"]')
+    feature = page.locator('#graph-svg circle.gnode[data-kind="feature"]').first
+    f = feature.get_attribute("data-id")  # L0/123@5
+    feature.dispatch_event("click")
+    page.wait_for_selector("#dfa-heatmap")
+    assert page.text_content("#feature-name") == f.split("@")[0]
     assert_clean(page, server)
 
 

@@ -72,9 +72,11 @@ def test_graph_command_writes_an_exact_file_and_viewer_files(saes, tmp_path):
 
 def test_a_pruned_graph_is_small_and_a_failed_run_keeps_the_old_file(saes, tmp_path):
     out = tmp_path / "g.json"
-    proc = run_cli("graph", "--sae", saes[1], "--prompt", PROMPT, "--out", str(out), "--no-faithfulness",
-                   "--no-progress")
-    assert proc.returncode == 0, proc.stderr
+    for _ in range(2):  # the rerun replaces its own graph and picture
+        proc = run_cli("graph", "--sae", saes[1], "--prompt", PROMPT, "--out", str(out), "--png",
+                       str(tmp_path / "g.png"), "--no-faithfulness", "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     d = json.loads(out.read_text())
     assert d["sae_layers"] == [1] and d["faithfulness"] is None
     assert 0 < d["pruning"]["nodes"] < d["pruning"]["nodes_unpruned"]

@@ -286,7 +286,7 @@ def graph_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_graph(args: argparse.Namespace) -> None:
-    from attnsae.jobs.graph import graph_job
+    from attnsae.jobs.circuit_graph import graph_job
     from attnsae.views.graph_text import graph_summary_text
 
     summary = graph_job(args.sae, args.prompt, args.target, args.model, args.device, args.out, args.node_threshold,

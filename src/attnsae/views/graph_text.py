@@ -1,4 +1,5 @@
-"""``attnsae graph``'s printed summary, from the graph job's summary dict (:func:`attnsae.jobs.graph.graph_job`)."""
+"""``attnsae graph``'s printed summary, from the graph job's summary dict
+(:func:`attnsae.jobs.circuit_graph.graph_job`)."""
 
 from __future__ import annotations
 

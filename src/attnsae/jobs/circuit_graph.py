@@ -3,58 +3,52 @@ its faithfulness on the real model, and write it (our JSON, and optionally circu
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 from attnsae.errors import AttnsaeError
 from attnsae.graph.files import FORMAT
 
 
-def check_graph_out(out: str, inputs: list[str]) -> Path:
-    """``--out``: a new ``.json`` file or an attnsae graph file (replaced), never an input or anyone else's file."""
-    from attnsae.io import check_writable_dir
-
-    path = Path(out)
-    if path.suffix != ".json":
-        raise AttnsaeError(f"--out {out} must be a .json file (the graph)")
-    for p in inputs:
-        if os.path.lexists(p) and os.path.lexists(path) and os.path.realpath(p) == os.path.realpath(path):
-            raise AttnsaeError(f"--out {out} is an input (an SAE); an output never replaces an input: give another "
-                               "file")
-    if os.path.lexists(path):
-        if not path.is_file():
-            raise AttnsaeError(f"--out {out} exists and is not a file; give a new .json path")
-        try:  # our files open with their format (graph_dict puts it first); a big one is not read whole
-            with open(path, "rb") as fh:
-                head = fh.read(256).decode("utf-8", "replace")
-        except OSError:
-            head = ""
-        if not re.match(r'\s*\{\s*"format"\s*:\s*"' + FORMAT + '"', head):
-            raise AttnsaeError(f"--out {out} exists and is not a graph attnsae wrote; attnsae replaces only its own "
-                               "files: give a new path, or remove it first")
-    check_writable_dir(path.parent if str(path.parent) else Path("."))
-    return path
+def _is_graph_file(head: bytes) -> bool:
+    """Our graph files open with their format (graph_dict puts it first): a big one is not read whole."""
+    return bool(re.match(r'\s*\{\s*"format"\s*:\s*"' + FORMAT + '"', head.decode("utf-8", "replace")))
 
 
-def check_png_out(png: str, out: Path) -> Path:
-    """``--png``: a new .png file, or one an earlier ``attnsae graph`` drew (its Software text); never ``--out``."""
-    from attnsae.io import check_writable_dir
+def _is_graph_picture(head: bytes) -> bool:
     from attnsae.views.graph_plot import SOFTWARE
 
-    path = Path(png)
-    if path.suffix != ".png":
-        raise AttnsaeError(f"--png {png} must be a .png file")
+    return SOFTWARE.encode() in head
+
+
+def check_output_file(name: str, flag: str, suffix: str, ours: Callable[[bytes], bool], what: str,
+                      inputs: list[str], viewer: str | None) -> Path:
+    """An output file of ``attnsae graph`` (``--out``, ``--png``), checked before any work: ``suffix``; new, or a file
+    an earlier run wrote (``ours`` of its first 16 KiB; ``what`` names such a file); never an input, nor inside one
+    (an SAE folder) or inside ``--viewer`` (that folder is replaced whole)."""
+    from attnsae.io import check_writable_dir
+
+    path = Path(name)
+    if path.suffix != suffix:
+        raise AttnsaeError(f"{flag} {name} must be a {suffix} file")
+    real = os.path.realpath(path)
+    for p in [*inputs, *([viewer] if viewer else [])]:
+        folder = os.path.realpath(p)
+        if real == folder or real.startswith(folder.rstrip(os.sep) + os.sep):
+            what = "--viewer, which is replaced whole" if p == viewer else "an input (an SAE)"
+            raise AttnsaeError(f"{flag} {name} is or lies in {what}; an output never replaces or joins an input: "
+                               "give a path outside it")
     if os.path.lexists(path):
         try:
             with open(path, "rb") as fh:
-                ours = path.is_file() and SOFTWARE.encode() in fh.read(1 << 14)
+                head = fh.read(1 << 14) if path.is_file() else b""
         except OSError:
-            ours = False
-        if not ours:
-            raise AttnsaeError(f"--png {png} exists and is not a picture attnsae graph drew; attnsae replaces only "
-                               "its own files: give a new path, or remove it first")
+            head = b""
+        if not ours(head):
+            raise AttnsaeError(f"{flag} {name} exists and is not {what}; attnsae replaces only its own files: give a "
+                               "new path, or remove it first")
     check_writable_dir(path.parent if str(path.parent) else Path("."))
     return path
 
@@ -86,8 +80,10 @@ def graph_job(sae_paths: list[str], prompt: str, target: list[str] | None = None
 
     check_thresholds(node_threshold, edge_threshold)
     spec = TargetSpec.parse(target)
-    path = check_graph_out(out, sae_paths)
-    png_path = check_png_out(png, path) if png is not None else None
+    path = check_output_file(out, "--out", ".json", _is_graph_file, "a graph attnsae wrote", sae_paths,
+                             viewer)
+    png_path = check_output_file(png, "--png", ".png", _is_graph_picture, "a picture attnsae graph drew",
+                                 sae_paths, viewer) if png else None
     if viewer is not None:
         check_output_dir(viewer, "graph", sae_paths, flag="--viewer")
     if sae_paths:
@@ -112,7 +108,7 @@ def graph_job(sae_paths: list[str], prompt: str, target: list[str] | None = None
     if png_path is not None:
         from attnsae.views.graph_plot import graph_picture
 
-        graph_picture(json.loads(json_text(data)), png_path)
+        graph_picture(data, png_path)
     if viewer is not None:
         name = slug or path.stem
         with atomic_dir(viewer, owner="graph", inputs=sae_paths) as tmp:
