@@ -63,7 +63,8 @@ from torch import Tensor
 
 from attnsae.attribution.inputs import check_features
 from attnsae.attribution.rdfa_nodes import feature_node, head_source_node
-from attnsae.attribution.rdfa_prompt import DEFAULT_PATTERN_BYTES, Patterns, RDFAPrompt
+from attnsae.attribution.patterns import Patterns
+from attnsae.attribution.rdfa_prompt import DEFAULT_PATTERN_BYTES, RDFAPrompt
 from attnsae.attribution.rdfa_tree import MAX_TREE_NODES, RDFANode, RDFAResult, tree_size
 from attnsae.errors import AttnsaeError
 from attnsae.sae.model import SAE
@@ -129,7 +130,7 @@ class RDFATracer(RDFAPrompt):
                 raise AttnsaeError(f"a head-source node needs a head in 0..{self.n_heads - 1}, got {head}")
             if source is None or not 0 <= source < self.S:
                 raise AttnsaeError(f"a head-source node needs a source in 0..{self.S - 1}, got {source}")
-            if source > position and bool(self.A[l][head, position, source] == 0):
+            if source > position and bool(self.A.row(l, position)[head, source] == 0):
                 raise AttnsaeError(f"head {head} of layer {l} does not attend from {position} to the later position "
                                    f"{source} (causal attention): a source is at most its destination")
             r = self.saes[l].sae.W_enc.detach()[head * self.d_head:(head + 1) * self.d_head, feature].float()

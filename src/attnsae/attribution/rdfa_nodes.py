@@ -43,7 +43,7 @@ def head_source_node(p: RDFAPrompt, l: int, h: int, t: int, s: int, r: Tensor, c
     features (depth ``depth - 1``) and the norm and bias remainders; a leaf at depth 0."""
     W = p.W[l]
     g = int(W.kv_of_head[h])
-    alpha = coef * float(p.A[l][h, t, s])
+    alpha = coef * float(p.A.row(l, t)[h, s])
     node = RDFANode("head_source", f"blocks.{l}.attn head {h}", alpha * float(p.v[l][s, g] @ r), layer=l,
                     position=t, source=s, head=h, feature=feature, coef=coef)
     if depth <= 0:

@@ -18,34 +18,14 @@ from attnsae.attribution.weights import LayerWeights, layer_weights
 from attnsae.errors import AttnsaeError
 from attnsae.models import check_tokens
 from attnsae.models.architecture import describe, require
-from attnsae.models.hooks import capture
+from attnsae.models.fast_attention import fused_attention
+from attnsae.models.hooks import capture, kv_of_head
+from attnsae.attribution.patterns import QK, Patterns, plain_softmax, qk_hooks, scaling_of
 from attnsae.sae.checks import check_sae, cpu_sae
 from attnsae.sae.model import SAE
 
 
 DEFAULT_PATTERN_BYTES = 256 * 2**20  # attention patterns kept in memory (float32 [head, dest, src] per layer)
-
-
-class Patterns:
-    """``hook_pattern`` per layer, float32 [head, dest, src]: those given, then each other layer captured when first
-    asked for (a forward pass stopped after it), keeping the most recently used layers that fit in ``max_bytes``
-    (at least one)."""
-
-    def __init__(self, model, tokens: Tensor, max_bytes: int, given: dict[int, Tensor]) -> None:
-        self.model, self.tokens, self.max_bytes = model, tokens, max_bytes
-        self.cache: dict[int, Tensor] = dict(given)
-        self.captures = 0  # forward passes run for patterns after construction
-
-    def __getitem__(self, layer: int) -> Tensor:
-        if layer not in self.cache:
-            name = f"blocks.{layer}.attn.hook_pattern"
-            self.cache[layer] = capture(self.model, self.tokens[None], [name], stop_at_layer=layer + 1)[name][0]
-            self.captures += 1
-            while len(self.cache) > 1 and sum(a.numel() * 4 for a in self.cache.values()) > self.max_bytes:
-                del self.cache[next(iter(self.cache))]
-        else:
-            self.cache[layer] = self.cache.pop(layer)  # most recently used last
-        return self.cache[layer]
 
 
 @dataclass
@@ -66,13 +46,16 @@ class RDFAPrompt:
     A model RDFA cannot decompose raises its one-line refusal, unless ``dfa_fallback``: then only the SAE's own layer
     is captured (plain DFA) and :attr:`refused` says why. Attention patterns ``[head, dest, src]`` per layer (the
     one capture that grows with the prompt's length squared) are captured with the rest when all of them fit in
-    ``pattern_bytes``; otherwise each layer's is captured when first needed (:class:`Patterns`). ``keep_logits``
-    runs the whole model and keeps its logits (:attr:`logits` [pos, d_vocab]).
+    ``pattern_bytes``; otherwise rows come from the captured queries and keys, or a layer is captured when first needed
+    (:class:`~attnsae.attribution.patterns.Patterns`). ``keep_logits``
+    runs the whole model and keeps its logits (:attr:`logits` [pos, d_vocab]). ``lazy_components`` builds the
+    residual stream's components (and checks them against the model) when RDFA first needs them, not here: DFA and
+    the features answer sooner.
     """
 
     def __init__(self, model, sae: SAE, tokens: Tensor, upstream_saes: Sequence[SAE] | Mapping[int, SAE] = (),
                  centre_components: bool = True, dfa_fallback: bool = False, keep_logits: bool = False,
-                 pattern_bytes: int = DEFAULT_PATTERN_BYTES) -> None:
+                 pattern_bytes: int = DEFAULT_PATTERN_BYTES, lazy_components: bool = False) -> None:
         self.layer = L = check_sae(model, sae)
         self.refused = describe(model).refusal("rdfa", L)
         if self.refused and not dfa_fallback:
@@ -111,8 +94,16 @@ class RDFAPrompt:
                 names += [f"blocks.{l}.hook_attn_out", f"blocks.{l}.hook_mlp_out"]
         if keep_logits:
             names.append("ln_final.hook_scale")
-        c = {k: v[0] for k, v in capture(model, self.tokens[None], names, stop_at_layer=None if keep_logits else L + 1,
-                                         return_logits=keep_logits).items()}
+        # too long for every pattern: rows from queries and keys, checked against hook_z (attribution.patterns)
+        qk_layers = [] if eager else [l for l in range(int(model.cfg.n_layers) if keep_logits else L + 1)
+                                      if plain_softmax(model, l)]
+        for l in qk_layers:
+            names += [*qk_hooks(model, l)] + ([f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_z"]
+                                               if l not in layers else [])
+        with fused_attention(model):  # SDPA in every layer whose pattern is not captured
+            c = {k: v[0] for k, v in capture(model, self.tokens[None], names,
+                                             stop_at_layer=None if keep_logits else L + 1,
+                                             return_logits=keep_logits).items()}
         missing = [n for n in names if n not in c and n not in ("hook_pos_embed", "ln_final.hook_scale")]
         if missing:
             raise AttnsaeError(f"RDFA needs hook {missing[0]}, which this model does not expose")
@@ -121,7 +112,8 @@ class RDFAPrompt:
         self.final_scale: Tensor | None = c["ln_final.hook_scale"].reshape(S) if "ln_final.hook_scale" in c else None
         self.v = {l: c[f"blocks.{l}.attn.hook_v"] for l in layers}  # [S, n_kv, d_head]
         self.A = Patterns(model, self.tokens, pattern_bytes,
-                          {l: c[f"blocks.{l}.attn.hook_pattern"] for l in layers} if eager else {})
+                          {l: c[f"blocks.{l}.attn.hook_pattern"] for l in layers} if eager else {},
+                          self._queries_keys(model, c, qk_layers))
         self.z = {l: c[f"blocks.{l}.attn.hook_z"].reshape(S, -1) for l in layers}  # [S, d_in]
 
         self.saes: dict[int, SAELayer] = {}
@@ -134,8 +126,43 @@ class RDFAPrompt:
                                                    else 0.0)
                 self.saes[l] = SAELayer(s, pre.float(), s.activation(pre).float(), bias)
 
-        if not self.refused:
+        if not self.refused and lazy_components:  # built and checked on first use (:meth:`__getattr__`)
+            self._pending = (model, c)
+        elif not self.refused:
             self._components(model, c)
+
+    _LAZY = frozenset({"resid", "scale", "post_scale", "comps", "comp_mean", "origin", "comp_names", "_dirs"})
+
+    def __getattr__(self, name: str):
+        """With ``lazy_components``: the residual stream's components, built and checked when first read."""
+        state = self.__dict__
+        if name not in RDFAPrompt._LAZY or not ("_pending" in state or "_lazy_error" in state):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if "_lazy_error" in state:  # the check failed once: every later use says why again
+            raise state["_lazy_error"]
+        try:
+            self._components(*state.pop("_pending"))
+        except AttnsaeError as e:
+            for built in RDFAPrompt._LAZY:  # none of what the failed check was about is left to read
+                state.pop(built, None)
+            state["_lazy_error"] = e
+            raise
+        return getattr(self, name)
+
+    @staticmethod
+    def _queries_keys(model, c: dict[str, Tensor], layers: list[int]) -> dict[int, QK]:
+        """The layers whose pattern rows the captured queries and keys reproduce (checked against hook_z)."""
+        out = {}
+        for l in layers:
+            nq, nk = qk_hooks(model, l)
+            v, z = c.get(f"blocks.{l}.attn.hook_v"), c.get(f"blocks.{l}.attn.hook_z")
+            if nq not in c or nk not in c or v is None or z is None:
+                continue
+            q, k = c[nq], c[nk]  # [S, H, d_head], [S, n_kv, d_head]
+            qk = QK(q, k, kv_of_head(q.shape[1], k.shape[1]), scaling_of(model, l, q.shape[-1]))
+            if qk.matches(v, z.reshape(q.shape)):
+                out[l] = qk
+        return out
 
     def _components(self, model, c: dict[str, Tensor]) -> None:
         """The residual stream's components at every layer up to the top one, checked against the model."""
@@ -186,13 +213,13 @@ class RDFAPrompt:
                 raise AttnsaeError(f"RDFA cannot decompose this model: {what} does not match the model (max error "
                                    f"{err:.3g}); its blocks do not fit the pre-norm layout RDFA assumes")
 
+        total = self.comps[:, self.origin < 0].sum(1)  # [S, d_model]: the components written before layer l
         for l in range(self.layer + 1):
-            keep = self.origin < l
-            total = self.comps[:, keep].sum(1)
-            for j, sl in self.saes.items():
-                if j < l:
-                    total = total + self.W[j].out((sl.act @ sl.sae.W_dec.detach().float()) @ self.W[j].W_O_cat,
-                                                  self.post_scale[j])
+            if l > 0:  # add what layer l - 1 wrote: its components, and its SAE's features where it has one
+                total = total + self.comps[:, self.origin == l - 1].sum(1)
+                if l - 1 in self.saes:
+                    sl, W = self.saes[l - 1], self.W[l - 1]
+                    total = total + W.out((sl.act @ sl.sae.W_dec.detach().float()) @ W.W_O_cat, self.post_scale[l - 1])
             close(total, self.resid[l], f"the sum of components at blocks.{l}.hook_resid_pre")
             W = self.W[l]
             ln_out = self.resid[l]
@@ -219,7 +246,7 @@ class RDFAPrompt:
         ``position`` t; it sums to ``pre_j[t] − bias_j``."""
         w = self.saes[layer].sae.W_enc.detach()[:, feature].float().view(self.n_heads, self.d_head)  # [H, d_head]
         vw = torch.einsum("shd,hd->sh", self.v[layer][:, self.W[layer].kv_of_head], w)  # [S, H]
-        return self.A[layer][:, position, :].T * vw
+        return self.A.row(layer, position).T * vw
 
     def directions(self, l: int, s: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Active features of layer l's SAE at s: (indices [n], activations [n], d_j W_O [n, d_model], means [n])."""

@@ -7,8 +7,9 @@ dashboard scan read ``hook_z`` or the logits), and for them ``softmax(q k^T * sc
 
 * **Scoped.** Nothing is changed at load: inside the ``with`` block each plain GPT-2-style attention
   (:class:`JointQKVAttentionBridge`: no per-head result, no fp32 upcast, no inverse-layer scaling) gets
-  :func:`_fused_reconstruct` bound as its ``_reconstruct_attention`` *method*; after the block the module is as it
-  was. A ``copy.deepcopy`` of the model taken inside the block rebinds the method to the copy, whose modules are not
+  :func:`_fused_reconstruct` bound as its ``_reconstruct_attention`` *method*, and each plain rotary attention
+  (Llama, SmolLM2, Qwen 2, Mistral without a window: :mod:`attnsae.models.fused_rotary`) gets :func:`_fused_rotary`
+  bound as its ``forward``; after the block the module is as it was. A ``copy.deepcopy`` of the model taken inside the block rebinds the method to the copy, whose modules are not
   in the block (:data:`_ACTIVE`), so the copy runs the bridge's own attention, its own weights and its own hooks (and
   drops the method at its first call).
 * **Hook-complete.** Each call takes the fused path only when nothing could tell the difference; otherwise the
@@ -34,12 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules import module as torch_module
 
+from attnsae.models import fused_rotary
+
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()  # attention modules inside a fused_attention block, fused now
 _INSTALLED: weakref.WeakSet = weakref.WeakSet()  # attention modules holding the fused method by a block's doing
 _VERDICT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> did the probe agree
 
 
-def eligible(attn) -> bool:
+def _joint_eligible(attn) -> bool:
     """Whether an attention module is the plain GPT-2-style bridge the fused path reproduces."""
     from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
 
@@ -48,6 +51,19 @@ def eligible(attn) -> bool:
             and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
             and not getattr(attn, "_reorder_and_upcast_attn", False)
             and not getattr(cfg, "use_attn_result", False))
+
+
+def method_of(attn) -> str | None:
+    """The method the fused path replaces on ``attn`` (``_reconstruct_attention`` or ``forward``); None: not
+    eligible."""
+    if _joint_eligible(attn):
+        return "_reconstruct_attention"
+    return "forward" if fused_rotary.eligible(attn) else None
+
+
+def eligible(attn) -> bool:
+    """Whether an attention module is one the fused path reproduces."""
+    return method_of(attn) is not None
 
 
 def _hooked(point) -> bool:
@@ -60,29 +76,45 @@ def _global_hooks() -> bool:
         "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
 
 
-def _fusable(attn, q: torch.Tensor, kwargs: dict) -> bool:
-    """Whether this call may take the fused path (the module docstring's list)."""
+def _fusable_now(attn, kwargs: dict) -> bool:
+    """The conditions every fused call needs (the module docstring's list, less the mask)."""
     if attn not in _ACTIVE or attn.training or kwargs.get("output_attentions"):
         return False
     if kwargs.get("past_key_values") is not None or kwargs.get("layer_past") is not None:
         return False  # the KV cache the bridge's _update_kv_cache extends (generation); transformers' `cache`, an
         # empty DynamicCache in every plain forward, the bridge leaves alone, and so does this path
-    if _hooked(attn.hook_attn_scores) or _hooked(attn.hook_pattern) or _global_hooks():
+    return not (_hooked(attn.hook_attn_scores) or _hooked(attn.hook_pattern) or _global_hooks())
+
+
+def _fusable(attn, q: torch.Tensor, kwargs: dict) -> bool:
+    """Whether this GPT-2-style call may take the fused path (the module docstring's list)."""
+    if not _fusable_now(attn, kwargs):
         return False
     mask = kwargs.get("attention_mask")
     if mask is None or mask.ndim != 4 or mask.shape[-2] != q.shape[1] or mask.shape[-1] != q.shape[1]:
         return False
-    masked = ~mask if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2  # HF: finfo.min
-    return not bool(masked.all(-1).any())  # a fully masked row (padding): the bridge's own handling of it
+    return fused_rotary.mask_verdict(mask)[0]  # a fully masked row (padding): the bridge's own handling of it
+
+
+def _drop_if_copied(attn, name: str) -> None:
+    """A deep copy taken inside a block carries the fused method, rebound to the copy's module, out of the block:
+    there its first call removes it, and the copy is the bridge TransformerLens made."""
+    if attn not in _INSTALLED and vars(attn).get(name, None) is not None:
+        vars(attn).pop(name)
+
+
+def _fused_rotary(self, *args, **kwargs) -> tuple:
+    """A rotary bridge's ``forward`` through SDPA when :func:`_fusable_now` and the call allows it, else the
+    bridge's own (bound as a method)."""
+    _drop_if_copied(self, "forward")
+    if not (_fusable_now(self, kwargs) and fused_rotary.fusable_call(self, args, kwargs)):
+        return type(self).forward(self, *args, **kwargs)
+    return fused_rotary.fused_forward(self, *args, **kwargs)
 
 
 def _fused_reconstruct(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> tuple:
-    """``_reconstruct_attention`` through SDPA when :func:`_fusable`, else the bridge's own (bound as a method).
-
-    A deep copy taken inside a block carries this method, rebound to the copy's module, out of the block: there its
-    first call removes it, and the copy is the bridge TransformerLens made."""
-    if self not in _INSTALLED and vars(self).get("_reconstruct_attention", None) is not None:
-        vars(self).pop("_reconstruct_attention")
+    """``_reconstruct_attention`` through SDPA when :func:`_fusable`, else the bridge's own (bound as a method)."""
+    _drop_if_copied(self, "_reconstruct_attention")
     if not _fusable(self, q, kwargs):
         return type(self)._reconstruct_attention(self, q, k, v, **kwargs)
     n_heads = self.config.n_heads
@@ -117,8 +149,14 @@ def _probe(attn) -> bool | None:
             for kind in hooks:
                 getattr(m, kind).clear()
         with torch.no_grad():
-            plain = type(attn)._reconstruct_attention(attn, q, k, v, attention_mask=mask)[0]
-            fused = _fused_reconstruct(attn, q, k, v, attention_mask=mask)[0]
+            if method_of(attn) == "forward":  # a rotary bridge: the whole forward on a hidden state and cos/sin
+                x = torch.randn(1, 8, int(cfg.d_model), generator=g).to(param)
+                pe = tuple(torch.randn(1, 8, d_head, generator=g).to(param) for _ in "cs")
+                kw = {"hidden_states": x, "position_embeddings": pe, "attention_mask": mask}
+                plain, fused = type(attn).forward(attn, **kw)[0], fused_rotary.fused_forward(attn, **kw)[0]
+            else:
+                plain = type(attn)._reconstruct_attention(attn, q, k, v, attention_mask=mask)[0]
+                fused = _fused_reconstruct(attn, q, k, v, attention_mask=mask)[0]
     except Exception:  # a private method TransformerLens renamed, or anything else: the bridge's path it is
         return False
     finally:
@@ -138,9 +176,10 @@ def fused_attention(model) -> Iterator[int]:
     if not mods or any(m in _INSTALLED for m in mods):  # nothing to fuse, or an outer block already did
         yield sum(m in _ACTIVE for m in mods)
         return
-    saved = [vars(m).get("_reconstruct_attention") for m in mods]
-    for m in mods:
-        vars(m)["_reconstruct_attention"] = types.MethodType(_fused_reconstruct, m)
+    names = [method_of(m) for m in mods]
+    saved = [vars(m).get(name) for m, name in zip(mods, names)]
+    for m, name in zip(mods, names):
+        vars(m)[name] = types.MethodType(_fused_reconstruct if name == "_reconstruct_attention" else _fused_rotary, m)
     _INSTALLED.update(mods)
     try:
         _ACTIVE.update(mods)
@@ -157,8 +196,8 @@ def fused_attention(model) -> Iterator[int]:
     finally:
         _ACTIVE.difference_update(mods)
         _INSTALLED.difference_update(mods)
-        for m, old in zip(mods, saved):
+        for m, name, old in zip(mods, names, saved):
             if old is None:
-                vars(m).pop("_reconstruct_attention", None)
+                vars(m).pop(name, None)
             else:
-                vars(m)["_reconstruct_attention"] = old
+                vars(m)[name] = old

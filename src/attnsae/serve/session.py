@@ -68,7 +68,8 @@ class PromptSession:
         tokens, _ = tokenize(model, prompt, first.cfg.prepend_bos)
         self.tokens = tokens[0]  # int64 [S]
         self.tracer = RDFATracer(model, first, self.tokens, {l: s for l, s in self.saes.items() if l < top},
-                                 keep_logits=True, pattern_bytes=pattern_bytes, dfa_fallback=True)
+                                 keep_logits=True, pattern_bytes=pattern_bytes, dfa_fallback=True,
+                                 lazy_components=True)
         arch = describe(model)  # what the model cannot support is said, as `attribute` says it, not refused whole
         self.rdfa_refused = self.tracer.refused
         self.logits_refused = {l: arch.refusal("logit_effect", l) for l in self.saes}
@@ -127,8 +128,9 @@ class PromptSession:
                     raise AttnsaeError(self.logits_refused[l])
                 logit = torch.full_like(act, float("nan"))
             else:
-                eff = logit_effect_matrix(self.model, sl.sae, uniq.tolist(), tokens=top1.tolist())  # [n_uniq, S]
-                logit = act * eff[inv, pos] / scale[pos]
+                tops, top_of = top1.unique(return_inverse=True)  # each predicted token once
+                eff = logit_effect_matrix(self.model, sl.sae, uniq.tolist(), tokens=tops.tolist())  # [n_uniq, n_top]
+                logit = act * eff[inv, top_of[pos]] / scale[pos]
             scores = {"act": act, "dfa": (sl.pre[pos, feat] - sl.bias[feat]), "logit": logit}
             key = scores[order].abs() if order != "act" else act
             idx = key.argsort(descending=True, stable=True)
@@ -204,7 +206,7 @@ class PromptSession:
             raise AttnsaeError(f"head {head} is out of range: the model has heads 0..{self.tracer.n_heads - 1}")
         self._position(dest, "dest")
         return {"layer": layer, "head": head, "dest": dest,
-                "weights": self.tracer.A[layer][head, dest].tolist()}
+                "weights": self.tracer.A.row(layer, dest)[head].tolist()}
 
     # ------------------------------------------------------------------------------------------- interventions
 
