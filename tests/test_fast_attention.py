@@ -181,7 +181,7 @@ def test_a_fast_path_that_disagrees_is_refused_at_entry(which, tiny_model_dir, l
     from attnsae.models import fast_attention
     from attnsae.models import load_model
 
-    model = load_model(tiny_model_dir if which == "gpt2" else llama_dir)  # its own object: the verdict is kept per model
+    model = load_model(tiny_model_dir if which == "gpt2" else llama_dir)  # its own object: verdicts are per model
     t = tokens_of(model, 1)
     clean = model(t)
     real = fast_attention.F.scaled_dot_product_attention

@@ -9,9 +9,9 @@ dashboard scan read ``hook_z`` or the logits), and for them ``softmax(q k^T * sc
   (:class:`JointQKVAttentionBridge`: no per-head result, no fp32 upcast, no inverse-layer scaling) gets
   :func:`_fused_reconstruct` bound as its ``_reconstruct_attention`` *method*, and each plain rotary attention
   (Llama, SmolLM2, Qwen 2, Mistral without a window: :mod:`attnsae.models.fused_rotary`) gets :func:`_fused_rotary`
-  bound as its ``forward``; after the block the module is as it was. A ``copy.deepcopy`` of the model taken inside the block rebinds the method to the copy, whose modules are not
-  in the block (:data:`_ACTIVE`), so the copy runs the bridge's own attention, its own weights and its own hooks (and
-  drops the method at its first call).
+  bound as its ``forward``; after the block the module is as it was. A ``copy.deepcopy`` of the model taken inside
+  the block rebinds the method to the copy, whose modules are not in the block (:data:`_ACTIVE`), so the copy runs
+  the bridge's own attention, its own weights and its own hooks (and drops the method at its first call).
 * **Hook-complete.** Each call takes the fused path only when nothing could tell the difference; otherwise the
   bridge's own code runs: any hook (forward, pre-forward, backward) on ``hook_attn_scores`` or ``hook_pattern``, any
   global module hook, train mode (attention dropout), a KV cache the bridge extends (``past_key_values`` or
