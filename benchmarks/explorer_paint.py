@@ -17,7 +17,6 @@ import argparse
 import glob
 import shutil
 import statistics
-import time
 
 import torch
 

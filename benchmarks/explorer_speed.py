@@ -176,8 +176,8 @@ def main() -> None:
         print(f"{label:<40}{med:>11.1f}{p90:>9.1f}" + (f"{target:>11.0f}{p90 / target:>8.2f}" if target else ""))
     print(f"memory: one prompt's session holds {session_bytes / 2**20:.0f} MiB of tensors (after features, "
           f"clicks, RDFA and an intervention); the process peaked at "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB resident (the model, {len(saes)} SAEs, "
-          f"2 sessions and the bridge's own forward above); ratio = p90 / target, under 1 meets it")
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB resident (the model, "
+          f"{len(saes)} SAEs, 2 sessions and the bridge's own forward above); ratio = p90 / target, under 1 meets it")
 
 
 if __name__ == "__main__":
