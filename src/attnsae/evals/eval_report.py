@@ -42,11 +42,15 @@ class SAEEval:
     head_fvu: list[float]
     head_error_share: list[float]
     feature_frequency: list[float] = field(repr=False)
+    # 95% bootstrap intervals over contexts, [lo, hi] per metric (attnsae.evals.intervals); {} with one context
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    # latents never seen in n_tokens, and Chao1's estimate of how many of those are live but rare
+    unseen: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The scalar metrics (no per-head or per-feature lists)."""
         d = asdict(self)
-        for k in ("head_fvu", "head_error_share", "feature_frequency"):
+        for k in ("head_fvu", "head_error_share", "feature_frequency", "intervals", "unseen"):
             d.pop(k)
         return d
 
@@ -64,6 +68,7 @@ class EvalReport:
     saes: list[SAEEval]
     meta: dict[str, Any] = field(default_factory=dict)  # where the tokens came from, set by the caller
     ce_refused: str | None = None  # why CE and KL were not measured (then NaN); None when they were
+    bootstrap: dict[str, Any] = field(default_factory=dict)  # how the intervals were made (resamples, level, seed)
 
     def to_dict(self, feature_frequency: bool = True) -> dict[str, Any]:
         """Plain JSON-ready dict; NaN and infinities become None."""

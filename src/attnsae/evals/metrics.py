@@ -59,6 +59,8 @@ from attnsae.models.fast_attention import fused_attention
 from attnsae.models import check_tokens, model_name
 from attnsae.sae.model import SAE, SAEOutput
 from attnsae.evals.eval_report import LOSS_FIELDS, EvalReport, SAEEval  # noqa: F401  (LOSS_FIELDS: the report's)
+from attnsae.evals import intervals as iv
+from attnsae.evals.intervals import ContextSums
 from attnsae.evals.splice import ablate_z, mean_z, splice_saes
 from attnsae.sae.checks import check_sae
 
@@ -99,9 +101,14 @@ class ReconstructionSums:
         self.sq = torch.zeros(d_in, dtype=torch.float64)  # sum x^2 per dim
         self.x_sum = torch.zeros(d_in, dtype=torch.float64)
         self.fires = torch.zeros(d_sae, dtype=torch.long)
+        self.contexts = ContextSums()  # per-context sums, for the bootstrap intervals (3D updates only)
 
     def update(self, x: Tensor, x_hat: Tensor, f: Tensor) -> None:
-        """x, x_hat: [n, d_in]; f: [n, d_sae]."""
+        """x, x_hat: [n, d_in]; f: [n, d_sae]; or each [batch, pos, ...]: one row per context (also kept per
+        context)."""
+        if x.ndim == 3:
+            self.contexts.add(x, x_hat)
+            x, x_hat, f = x.flatten(0, 1), x_hat.flatten(0, 1), f.flatten(0, 1)
         active = f > 0
         self.n += len(x)
         self.l0_sum += active.sum().item()
@@ -167,6 +174,8 @@ class LossSums:
     def __init__(self) -> None:
         self.ce = self.kl = 0.0
         self.n = 0
+        self.rows: dict[str, list[Tensor]] = {"ce": [], "kl": [], "n": []}  # per context, one tensor per batch
+        self._batch: dict[str, Tensor] = {}  # the current batch's per-context sums, over its chunks
 
     def update(self, logp: Tensor, targets: Tensor, logp_clean: Tensor | None = None) -> None:
         """Add one chunk of predicted positions.
@@ -177,12 +186,27 @@ class LossSums:
             logp_clean: the clean run's log-probabilities at the same positions ``[..., d_vocab]`` for the KL; it is
                 overwritten (the KL is reduced in place, so that no further ``[..., d_vocab]`` tensor is made).
         """
-        self.ce -= logp.gather(-1, targets.unsqueeze(-1)).double().sum().item()
+        rows = {"ce": -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double().flatten(1).sum(1),
+                "n": torch.full((targets.shape[0],), targets[0].numel(), dtype=torch.float64)}  # [batch]
+        self.ce += rows["ce"].sum().item()
         if logp_clean is not None:
             p_clean = logp_clean.exp()
             diff = logp_clean.sub_(logp)  # logp_clean - logp
-            self.kl += p_clean.mul_(diff).sum(-1).double().sum().item()
+            rows["kl"] = p_clean.mul_(diff).sum(-1).double().flatten(1).sum(1)
+            self.kl += rows["kl"].sum().item()
         self.n += targets.numel()
+        for k, v in rows.items():
+            self._batch[k] = self._batch[k] + v.cpu() if k in self._batch else v.cpu()
+
+    def end_batch(self) -> None:
+        """The batch's chunks are all in: keep its per-context sums (rows of the batch are contexts)."""
+        for k, v in self._batch.items():
+            self.rows[k].append(v)
+        self._batch = {}
+
+    def per_context(self, key: str) -> Tensor:
+        """float64 [n_contexts]: a sum (``ce``, ``kl``, ``n`` predictions) per context."""
+        return torch.cat(self.rows[key])
 
     @property
     def mean_ce(self) -> float:
@@ -251,6 +275,7 @@ class LossHead:
         """
         for sl in self.chunks(*states.shape[:2]):
             sums.update(self.logp(states[:, sl]), targets[:, sl], None if clean is None else self.logp(clean[:, sl]))
+        sums.end_batch()
 
 
 def default_batch_size(model, context_size: int, arch=None) -> int:
@@ -297,7 +322,7 @@ def _reconstruction_runs(model, saes: list[SAE], layers: list[int], recon: list[
         for sae, layer, sums in zip(saes, layers, recon):
             x = zs[layer].to(sae.device, sae.dtype)
             x_hat, f, _ = sae(x)
-            sums.update(x, x_hat, f)
+            sums.update(*(t.reshape(len(batch), -1, t.shape[-1]) for t in (x, x_hat, f)))  # per context
 
 
 def _loss_runs(head: LossHead, saes: list[SAE], layers: list[int], recon: list[ReconstructionSums],
@@ -310,7 +335,7 @@ def _loss_runs(head: LossHead, saes: list[SAE], layers: list[int], recon: list[R
 
     def recorder(sums: ReconstructionSums):
         def observe(layer: int, x: Tensor, out: SAEOutput) -> None:  # x: [batch, pos, d_in]
-            sums.update(*(t[:, first:].flatten(0, 1) for t in (x, out.x_hat, out.feature_acts)))
+            sums.update(*(t[:, first:] for t in (x, out.x_hat, out.feature_acts)))
 
         return observe
 
@@ -391,11 +416,13 @@ def evaluate(
 
     results = []
     n_heads = int(model.cfg.n_heads)
+    W = iv.weights(len(tokens)) if len(tokens) > 1 else None  # bootstrap resamples of the contexts
     for j, (name, sae, layer, sums) in enumerate(zip(names, saes, layers, recon)):
         m = sums.metrics()
         fvu, share = sums.per_head(n_heads)
         ce = dict.fromkeys(LOSS_FIELDS, float("nan")) if losses is None else losses.fields(j, layer)
         results.append(SAEEval(
+            intervals={} if W is None else _intervals(W, sums, losses, j, layer), unseen=iv.unseen_estimate(sums.fires),
             name=name, layer=layer, hook_name=f"blocks.{layer}.attn.hook_z", d_in=sae.d_in, d_sae=sae.d_sae,
             architecture=sae.cfg.architecture, n_tokens=m.n_tokens, l0=m.l0,
             explained_variance=m.explained_variance, nmse=m.nmse, cosine=m.cosine, **ce,
@@ -409,7 +436,21 @@ def evaluate(
         "position-independent mean of hook_z over the evaluation tokens (first pass)"
         + (", BOS position excluded" if keep_bos else ""),
         saes=results, ce_refused=refused,
+        bootstrap={} if W is None else {"resamples": iv.N_BOOTSTRAP, "level": iv.LEVEL, "seed": iv.SEED,
+                                        "over": "contexts"},
     )
+
+
+def _intervals(W: Tensor, sums: ReconstructionSums, losses: _Losses | None, j: int, layer: int) -> dict:
+    """SAE ``j``'s bootstrap intervals (:mod:`attnsae.evals.intervals`): explained variance, and the loss metrics
+    unless CE is refused."""
+    out = {"explained_variance": iv.percentile(iv.explained_variance(W, sums.contexts.stacked()))}
+    if losses is not None:
+        per = {"clean": losses.clean, "sae": losses.spliced[j], "zero": losses.zero[layer], "mean": losses.mean[layer]}
+        ce = {k: v.per_context("ce") for k, v in per.items()}
+        out.update(iv.loss_intervals(W, {**ce, "kl": losses.spliced[j].per_context("kl")},
+                                     losses.clean.per_context("n")))
+    return out
 
 
 __all__ = ["reconstruction_metrics", "ReconstructionMetrics", "ReconstructionSums", "evaluate", "EvalReport",

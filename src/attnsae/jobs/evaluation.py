@@ -9,7 +9,7 @@ from pathlib import Path
 from attnsae.evals.metrics import EvalReport, evaluate
 from attnsae.io import atomic_dir, atomic_write_json, printable
 from attnsae.jobs.inputs import check_out, corpus_for_sae, load_saes_and_model, load_tokens, sae_names, stdlib_note
-from attnsae.views.plots import density_histogram
+from attnsae.views.plots import density_histogram, recovery_plot
 
 
 def evaluate_saes(sae_paths: list[str], out: str | os.PathLike, model: str | None = None, device: str = "cpu",
@@ -35,4 +35,6 @@ def evaluate_saes(sae_paths: list[str], out: str | os.PathLike, model: str | Non
     with atomic_dir(folder, owner="eval", inputs=sae_paths) as tmp:  # both files, or neither (a full disk)
         atomic_write_json(report.to_dict(), tmp / "eval.json")
         density_histogram(report, tmp / "density.png", title=f"feature density ({printable(source)} {split})")
+        if report.ce_refused is None:
+            recovery_plot(report, tmp / "recovery.png", title=f"{report.model}: CE recovered ({printable(source)})")
     return report, folder

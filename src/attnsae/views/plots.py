@@ -42,14 +42,16 @@ def density_histogram(reports: EvalReport | SAEEval | Sequence[EvalReport | SAEE
     ax = fig.add_subplot()
     for s, f in zip(evals, freqs):
         n_dead = int((f == 0).sum())
-        label = f"{s.name} (layer {s.layer}, {f.size} features, {n_dead / max(f.size, 1):.1%} dead)"
+        unseen = (f", Chao1: ~{s.unseen['expected_live_unseen']:.0f} of them live but rare" if s.unseen else "")
+        label = (f"{s.name} (layer {s.layer}, {f.size} features, {n_dead / max(f.size, 1):.1%} never fired in "
+                 f"{s.n_tokens:,} tokens{unseen})")
         counts, _ = np.histogram(np.log10(f[f > 0]), bins=edges)
         step = ax.stairs(counts, edges, label=label)
         if n_dead:
             ax.bar(dead_x, n_dead, width=0.3, fill=False, edgecolor=step.get_edgecolor(), hatch="//")
     ax.axvline(-1, color="grey", linestyle=":", linewidth=1)  # the "dense" threshold (10% of tokens)
     ticks = list(range(math.ceil(lo), 1))
-    ax.set_xticks([dead_x] + ticks, ["dead"] + [f"{t}" for t in ticks])
+    ax.set_xticks([dead_x] + ticks, ["never\nfired"] + [f"{t}" for t in ticks])
     ax.set_xlabel("log10 firing frequency (fraction of tokens a feature is active on)")
     ax.set_ylabel("features")
     ax.set_title(title)
@@ -59,7 +61,37 @@ def density_histogram(reports: EvalReport | SAEEval | Sequence[EvalReport | SAEE
         fig.savefig(tmp, format="png")
 
 
-__all__ = ["density_histogram"]
+def recovery_plot(report: EvalReport, path: str | os.PathLike, title: str = "CE recovered") -> None:
+    """One PNG: per SAE, CE recovered against zero and mean ablation and the explained variance, each with its 95%
+    bootstrap interval as an error bar (:mod:`attnsae.evals.intervals`) and a line at 100%. Written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6, 0.5 * len(report.saes) + 3), 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(report.saes))
+    for i, (key, label) in enumerate((("ce_recovered_zero", "CE recovered (zero-ablation)"),
+                                      ("ce_recovered_mean", "CE recovered (mean-ablation)"),
+                                      ("explained_variance", "explained variance"))):
+        y = np.array([getattr(s, key) for s in report.saes], dtype=np.float64)
+        iv = np.array([s.intervals.get(key, [np.nan, np.nan]) for s in report.saes], dtype=np.float64)
+        err = np.abs(np.stack([y - iv[:, 0], iv[:, 1] - y]))
+        ax.errorbar(x + (i - 1) * 0.2, y, yerr=np.where(np.isfinite(err), err, 0), fmt="o", ms=4, capsize=3,
+                    label=label)
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xticks(x, [s.name for s in report.saes], rotation=90 if len(x) > 12 else 0)
+    ax.set_ylabel("share (1 = 100%)")
+    b = report.bootstrap
+    ax.set_title(title + (f" — {b['level']:.0%} intervals, bootstrap over {report.n_contexts:,} contexts" if b else ""),
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+__all__ = ["density_histogram", "recovery_plot"]
 
 
 def families_plot(counts: dict[str, dict[str, int]], stats: dict[str, list[dict]], labels: dict[str, list[str]],
