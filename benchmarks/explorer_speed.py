@@ -59,7 +59,7 @@ def main() -> None:
         raise SystemExit("no SAEs: run `attnsae quickstart` first or give --sae DIR ...")
     torch.set_grad_enabled(False)
     saes, model = load_saes_and_model(args.sae, args.model, "cpu")
-    client = TestClient(create_app(model, saes, max_sessions=args.repeats + 2))
+    client = TestClient(create_app(model, saes, max_sessions=args.repeats + 2), base_url="http://127.0.0.1")
 
     def post(name: str, **body) -> dict:
         r = client.post(f"/api/{name}", json=body)
