@@ -60,7 +60,7 @@ def main() -> None:
         return
     saes, model = load_saes_and_model(sorted(glob.glob("attnsae-out/quickstart/saes/layer*")), None, "cpu")
     app = create_app(model, saes, "attnsae-out/quickstart/dashboard")
-    pick = induction_pick(TestClient(app))
+    pick = induction_pick(TestClient(app, base_url="http://127.0.0.1"))
     t = pick["position"]
     hash_ = urlencode({"p": PROMPT, "f": f"1/{pick['feature']}@{t}", "al": 1, "ah": pick["head"], "ad": t,
                        "ex": "0"})

@@ -39,7 +39,7 @@ def site(tmp_path_factory, saes):
 
 @pytest.fixture(scope="module")
 def client(ref_model, saes, site):
-    return TestClient(create_app(ref_model, saes, dashboard=site))
+    return TestClient(create_app(ref_model, saes, dashboard=site), base_url="http://127.0.0.1")
 
 
 def post(client, name: str, **body) -> dict:

@@ -139,7 +139,7 @@ def test_the_explorer_reads_a_2048_token_prompt(smol):
     from attnsae.serve.app import create_app
 
     saes = [random_sae(smol, 3, d_sae=256, seed=4, architecture="topk", k=16), random_sae(smol, 6, d_sae=256, seed=5)]
-    client = TestClient(create_app(smol, saes, max_sessions=1))
+    client = TestClient(create_app(smol, saes, max_sessions=1), base_url="http://127.0.0.1")
     words = "the cat sat on the mat and then the dog ran to the park with a ball ".split()
     prompt = " ".join(words[i % len(words)] for i in range(2047))
     feats = client.post("/api/features", json={"prompt": prompt, "k": 4}).json()

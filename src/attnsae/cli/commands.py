@@ -361,16 +361,14 @@ def run_study(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------------------------- explore
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
 def explore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", nargs="+", required=True, metavar="DIR", help="SAE folders (one per layer) to explore")
     add_model_args(p, sae_default=True)
     p.add_argument("--dashboard", default=None, metavar="DIR",
                    help="a dashboards folder of these SAEs (`attnsae dashboard`): family labels and feature pages")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1, this machine only; anything else is reachable by others)")
+                   help="address to bind (default 127.0.0.1, this machine only; anything else is reachable by others); "
+                   "only requests addressed to it, 127.0.0.1, localhost or [::1] are served")
     p.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
 
 
@@ -379,12 +377,13 @@ def run_explore(args: argparse.Namespace) -> None:
 
     from attnsae.jobs.inputs import load_saes_and_model
     from attnsae.serve.app import create_app, listen, url_of
+    from attnsae.serve.guards import LOCAL_HOSTS
 
     if args.dashboard is not None and not (Path(args.dashboard) / "index.html").is_file():
         raise AttnsaeError(f"--dashboard {args.dashboard} is not a dashboards folder (no index.html): give the folder "
                            "`attnsae dashboard` or the quickstart wrote")
     saes, model = load_saes_and_model(args.sae, args.model, args.device)
-    app = create_app(model, saes, args.dashboard)
+    app = create_app(model, saes, args.dashboard, host=args.host)
     sock = listen(args.host, args.port)
     if args.host not in LOCAL_HOSTS:
         print(f"attnsae: warning: binding {args.host}: anyone who can reach this address can use the explorer "

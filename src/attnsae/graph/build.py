@@ -89,12 +89,16 @@ def build(model, saes: Sequence[SAE] | Mapping[int, SAE] = (), tokens: Tensor | 
     return graph
 
 
-def build_from(model, fp: FrozenPrompt, tgt: Target, progress: bool = True) -> Graph:
-    """The graph of the resolved target ``tgt`` on the frozen prompt ``fp``."""
+def build_from(model, fp: FrozenPrompt, tgt: Target, progress: bool = True, max_edges: int | None = None) -> Graph:
+    """The graph of the resolved target ``tgt`` on the frozen prompt ``fp``; with ``max_edges``, refused before any
+    work when it would have more edges (:func:`count_edges`)."""
     t0 = time.perf_counter()
+    if max_edges is not None and (n := count_edges(model, fp, tgt)) > max_edges:
+        raise AttnsaeError(f"this graph would have {n:,} edges, over the {max_edges:,} allowed here: shorten the "
+                           "prompt, or pick a target earlier in it")
     top = tgt.layer if tgt.kind == "feature" else fp.n_layers
     P = tgt.pos + 1 if describe(model).causal else fp.S  # the positions that can reach the target
-    need_g = fp.mlp_mode == "linear" or any(l not in fp.saes for l in range(top))
+    need_g = top > 0 and (fp.mlp_mode == "linear" or any(l not in fp.saes for l in range(top)))  # no layer: no g
     g = fp.grad(lambda probes: tgt.frozen_value(fp, probes))[:, :P] if need_g else None  # [2 n_layers, P, d]
 
     nodes, src_rows, dst_rows, weights = _Nodes(), [], [], []
@@ -144,6 +148,35 @@ def build_from(model, fp: FrozenPrompt, tgt: Target, progress: bool = True) -> G
     graph.compute_effects()
     graph.seconds = {"build": time.perf_counter() - t0}
     return graph
+
+
+def count_edges(model, fp: FrozenPrompt, tgt: Target) -> int:
+    """How many edges :func:`build_from` makes for ``tgt`` on ``fp``, counted from the node counts alone (no edge
+    made): a reader at position t of layer l has one edge from every part made before layer l at a position it
+    attends to (s <= t when the layer is causal), a linear MLP node one from each part at its position that it reads,
+    and the target one from every part it reads."""
+    top = tgt.layer if tgt.kind == "feature" else fp.n_layers
+    P = tgt.pos + 1 if describe(model).causal else fp.S
+    parts = torch.full((P,), len(fp.embeds), dtype=torch.long)  # [P] parts made so far at each position
+    edges = 0
+
+    def read(l: int, readers: Tensor) -> int:  # readers [P]: how many read at each position through layer l
+        causal = bool(fp.A[l].triu(1).abs().max() == 0)
+        return int((readers * (parts.cumsum(0) if causal else parts.sum())).sum())
+
+    for l in range(top):
+        readers = fp.saes[l].active[:P].sum(1).long() if l in fp.saes else torch.full((P,), fp.W[l].n_heads)
+        edges += read(l, readers)
+        before_attention = parts.clone()
+        parts += readers + (l in fp.saes) + 1  # the readers, the SAE error, the constant output
+        if fp.mlp_mode == "linear":
+            edges += int((parts if fp.mlp_reads_mid[l] else before_attention).sum())
+            parts += 2  # the MLP's linear part and its remainder
+        else:
+            parts += 1
+    if tgt.kind == "feature":
+        return edges + read(tgt.layer, torch.zeros(P, dtype=torch.long).index_fill_(0, torch.tensor([tgt.pos]), 1))
+    return edges + int(parts[tgt.pos])
 
 
 def _mlp_node(fp: FrozenPrompt, l: int, g: Tensor, nodes: _Nodes, n_feed: int, src_rows: list, dst_rows: list,

@@ -10,7 +10,9 @@ start-up, so no path from a request reaches the file system), ``/api/...``, ``/o
 ``dashboard`` the files of that dashboards folder under ``/dashboard/`` (resolved and refused outside it). Request
 bodies are bounded (413 past :data:`~attnsae.serve.schemas.MAX_BODY_BYTES`, 411 without a length) and so are
 prompts (characters, then tokens against the model's context); the page may talk only to this origin (a
-Content-Security-Policy of ``'self'``).
+Content-Security-Policy of ``'self'``). Only requests addressed to this machine's loopback names or the ``host`` it
+was started with are served, a request waits a bounded time for the model (503 after), and every answer's size is
+bounded before the work (:mod:`attnsae.serve.guards`; the bounds are in :mod:`attnsae.serve.schemas`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -30,11 +32,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from attnsae import __version__
-from attnsae.serve.session import PromptSession
+from attnsae.serve.session import PromptSession, check_prompt_length
 from attnsae.errors import AttnsaeError
 from attnsae.models import model_name, n_ctx
 from attnsae.sae.model import SAE
 from attnsae.serve import schemas as S
+from attnsae.serve.guards import ModelBusy, ModelLock, ServedHosts, answer, check_items, served_hosts
 
 PAGE_CSP = ("default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
             "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -151,9 +154,11 @@ def dashboard_of(site: Path, by_layer: Mapping[int, SAE]) -> dict[int, dict]:
 
 
 def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path | None = None,
-               max_sessions: int = 4) -> FastAPI:
+               max_sessions: int = 4, host: str | None = None, lock_wait_s: float = S.LOCK_WAIT_S) -> FastAPI:
     """The explorer app for ``model`` and its ``saes``; ``dashboard``: a folder written by ``attnsae dashboard``
-    for the same SAEs (family labels and links to feature pages)."""
+    for the same SAEs (family labels and links to feature pages); ``host``: the address it is served on, whose
+    name requests may carry besides ``127.0.0.1``, ``localhost`` and ``[::1]``; ``lock_wait_s``: how long a request
+    waits for the model before a 503. ``app.state.model_lock`` is the :class:`~attnsae.serve.guards.ModelLock`."""
     from attnsae.evals.splice import saes_by_layer
 
     by_layer = saes_by_layer(model, saes)
@@ -168,12 +173,15 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
         families = dashboard_of(site, by_layer)
     assets = page_assets()
     sessions: OrderedDict[tuple[str, ...], PromptSession] = OrderedDict()
-    lock = threading.Lock()
+    lock = ModelLock(lock_wait_s)
+    bos = by_layer[max(by_layer)].cfg.prepend_bos
 
     app = FastAPI(title="attnsae Circuit Explorer", version=__version__, docs_url=None, redoc_url=None,
                   description="Any prompt through attention-output SAEs: features, DFA, recursive DFA, effects, "
                   "attention, interventions. Positions count BOS as 0.")  # /docs and /redoc would load a CDN
     _limit_body(app)
+    app.add_middleware(ServedHosts, hosts=served_hosts(host))  # added last: the outermost check
+    app.state.model_lock = lock
 
     @app.exception_handler(AttnsaeError)
     async def refused(request: Request, exc: AttnsaeError) -> JSONResponse:
@@ -182,6 +190,10 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _bounded(_one_line(exc))}, 422)
+
+    @app.exception_handler(ModelBusy)
+    async def busy(request: Request, exc: ModelBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": str(S.RETRY_AFTER_S)})
 
     def session(prompt: str) -> PromptSession:
         """The prompt's session, made on first use (call with ``lock`` held)."""
@@ -193,6 +205,14 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
             while len(sessions) > max_sessions:
                 sessions.popitem(last=False)
         return sessions[key]
+
+    def n_tokens(prompt: str) -> int:
+        """The prompt's token count (BOS included) before any work: its session's, or the tokenizer's."""
+        s = sessions.get((prompt,))
+        return s.S if s is not None else check_prompt_length(model, prompt, bos)
+
+    def n_layers(layers: Sequence[int] | None) -> int:
+        return len(by_layer) if layers is None else len(set(layers))
 
     def family(layer: int, feature: int) -> str | None:
         f = families.get(layer)
@@ -230,7 +250,10 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
 
     # ------------------------------------------------------------------------------------------- API
 
-    @app.get("/api/info")
+    def post(path: str):
+        return app.post(path, response_model=dict, responses=S.API_ERRORS)
+
+    @app.get("/api/info", responses=S.INFO_ERRORS)
     def info() -> dict:
         return {"model": model_name(model), "n_layers": int(model.cfg.n_layers), "n_heads": int(model.cfg.n_heads),
                 "d_head": int(model.cfg.d_head), "n_ctx": n_ctx(model), "max_prompt_chars": S.MAX_PROMPT_CHARS,
@@ -240,57 +263,78 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
                          for l, s in sorted(by_layer.items())],
                 "dashboard": site is not None, "version": __version__}
 
-    @app.post("/api/features")
-    def features(body: S.FeaturesBody) -> dict:
-        with lock:
-            out = session(body.prompt).features(body.order, body.k, body.layers)
-        for row in out["rows"]:
-            for e in row:
-                e["family"] = family(e["layer"], e["feature"])
-        return out
+    def ask(prompt: str, question: Callable[[PromptSession], dict], lower: str,
+            count: Callable[[], None] | None = None) -> Response:
+        """``question`` put to the prompt's session with the model held (after ``count``, the size check that needs
+        no session); the answer written once the model is free, refused past MAX_RESPONSE_BYTES saying what to
+        ``lower``."""
+        with lock.held():
+            if count is not None:
+                count()
+            out = question(session(prompt))
+        return answer(out, lower)
 
-    @app.post("/api/dfa")
-    def dfa(body: S.FeatureAt) -> dict:
-        with lock:
-            return session(body.prompt).dfa(body.layer, body.feature, body.position)
+    @post("/api/features")
+    def features(body: S.FeaturesBody) -> Response:
+        def count() -> None:
+            n, L = n_tokens(body.prompt), n_layers(body.layers)
+            cells = n * max(L, 1)
+            check_items(cells * body.k, f"{n} tokens x {L} layers x k={body.k}",
+                        f"lower k to {S.MAX_ANSWER_ITEMS // cells}" if cells <= S.MAX_ANSWER_ITEMS else
+                        f"ask for at most {max(1, S.MAX_ANSWER_ITEMS // n)} layers, or shorten the prompt")
 
-    @app.post("/api/rdfa")
-    def rdfa(body: S.RDFABody) -> dict:
+        def listed(s: PromptSession) -> dict:
+            out = s.features(body.order, body.k, body.layers)
+            for row in out["rows"]:
+                for e in row:
+                    e["family"] = family(e["layer"], e["feature"])
+            return out
+
+        return ask(body.prompt, listed, "lower k or ask for fewer layers", count)
+
+    @post("/api/dfa")
+    def dfa(body: S.FeatureAt) -> Response:
+        def count() -> None:
+            n, H = n_tokens(body.prompt), int(model.cfg.n_heads)
+            check_items(n * H, f"{n} tokens x {H} heads", "shorten the prompt")
+
+        return ask(body.prompt, lambda s: s.dfa(body.layer, body.feature, body.position), "shorten the prompt", count)
+
+    @post("/api/rdfa")
+    def rdfa(body: S.RDFABody) -> Response:
         n = body.node
-        with lock:
-            return session(body.prompt).rdfa(n.kind, n.layer, n.position, n.feature, n.coef, n.head, n.source,
-                                             body.top_k, body.threshold)
+        return ask(body.prompt, lambda s: s.rdfa(n.kind, n.layer, n.position, n.feature, n.coef, n.head, n.source,
+                                                 body.top_k, body.threshold), "lower top_k")
 
-    @app.post("/api/effect")
-    def effect(body: S.EffectBody) -> dict:
-        with lock:
-            return session(body.prompt).effect(body.layer, body.feature, body.position, body.k)
+    @post("/api/effect")
+    def effect(body: S.EffectBody) -> Response:
+        return ask(body.prompt, lambda s: s.effect(body.layer, body.feature, body.position, body.k), "lower k")
 
-    @app.post("/api/attention")
-    def attention(body: S.AttentionBody) -> dict:
-        with lock:
-            return session(body.prompt).attention(body.layer, body.head, body.dest)
+    @post("/api/attention")
+    def attention(body: S.AttentionBody) -> Response:
+        return ask(body.prompt, lambda s: s.attention(body.layer, body.head, body.dest), "shorten the prompt")
 
-    @app.post("/api/intervene")
-    def intervene(body: S.InterveneBody) -> dict:
-        with lock:
-            return session(body.prompt).intervene(body.layer, body.feature, body.position, body.scale, body.at,
-                                                  body.logit_tokens, body.k)
+    @post("/api/intervene")
+    def intervene(body: S.InterveneBody) -> Response:
+        return ask(body.prompt, lambda s: s.intervene(body.layer, body.feature, body.position, body.scale, body.at,
+                                                      body.logit_tokens, body.k), "lower k")
 
-    @app.post("/api/graph")
-    def graph(body: S.GraphBody) -> dict:
-        with lock:
-            return session(body.prompt).graph(body.target, body.mlp, body.node_threshold, body.edge_threshold)
+    @post("/api/graph")
+    def graph(body: S.GraphBody) -> Response:
+        return ask(body.prompt, lambda s: s.graph(body.target, body.mlp, body.node_threshold, body.edge_threshold),
+                   "lower node_threshold and edge_threshold to prune more")
 
-    @app.post("/api/qk")
-    def qk(body: S.EdgeBody) -> dict:
-        with lock:
-            return session(body.prompt).edge(body.target, body.mlp, body.source, body.dest)
+    @post("/api/qk")
+    def qk(body: S.EdgeBody) -> Response:
+        return ask(body.prompt, lambda s: s.edge(body.target, body.mlp, body.source, body.dest), "shorten the prompt")
 
-    @app.post("/api/compare")
-    def compare(body: S.CompareBody) -> dict:
-        with lock:
-            a = session(body.prompt)
-            return a.compare(session(body.other), body.k)
+    @post("/api/compare")
+    def compare(body: S.CompareBody) -> Response:
+        def count() -> None:
+            n, L = min(n_tokens(body.prompt), n_tokens(body.other)), len(by_layer)
+            check_items(n * L * body.k, f"{n} positions x {L} layers x k={body.k}",
+                        f"lower k to {max(1, S.MAX_ANSWER_ITEMS // (n * L))} or shorten the prompts")
+
+        return ask(body.prompt, lambda s: s.compare(session(body.other), body.k), "lower k", count)
 
     return app

@@ -1,5 +1,7 @@
 """The explorer's Graph view: the pruned attention graph of a session's prompt (:mod:`attnsae.graph`), built on
-request and kept per (target, MLP mode) while the session lives.
+request and kept per (target, MLP mode) while the session lives; a graph of more than
+:data:`~attnsae.serve.schemas.MAX_GRAPH_EDGES` edges is refused before it is built, and a pruned answer of more than
+:data:`~attnsae.serve.schemas.MAX_ANSWER_ITEMS` nodes and edges before it is written (400: prune more).
 
 Answer (``POST /api/graph``): what :func:`attnsae.graph.files.graph_dict` writes for the pruned graph (``nodes`` and
 ``edges`` as columns, ``target``, ``pruning``), plus ``scores``, ``decomposition`` and ``closure_max_rel_error``.
@@ -17,6 +19,8 @@ from attnsae.graph.files import graph_dict
 from attnsae.graph.frozen import FrozenPrompt
 from attnsae.graph.prune import prune, scores
 from attnsae.graph.target import TargetSpec, resolve
+from attnsae.serve import schemas as S
+from attnsae.serve.guards import check_items
 
 
 class GraphCache:
@@ -30,7 +34,10 @@ class GraphCache:
 
     def answer(self, target: list[str] | None, mlp: str, node_threshold: float, edge_threshold: float) -> dict:
         g = self.graph(target, mlp)
-        return graph_dict(g, prune(g, node_threshold, edge_threshold), node_threshold, edge_threshold,
+        pruned = prune(g, node_threshold, edge_threshold)
+        check_items(int(pruned.node_mask.sum() + pruned.edge_mask.sum()), "nodes + edges kept by the pruning",
+                    "lower node_threshold and edge_threshold to prune more")
+        return graph_dict(g, pruned, node_threshold, edge_threshold,
                           {"scores": scores(g), "decomposition": g.decomposition(), "closure_max_rel_error": g.closure})
 
     def edge(self, target: list[str] | None, mlp: str, source: str, dest: str) -> dict:
@@ -56,7 +63,8 @@ class GraphCache:
             if mlp not in self.frozen:
                 self.frozen[mlp] = FrozenPrompt(self.model, self.saes, self.tokens, mlp)
             fp = self.frozen[mlp]
-            self.graphs[key] = build_from(self.model, fp, resolve(spec, fp, self.model.tokenizer), progress=False)
+            self.graphs[key] = build_from(self.model, fp, resolve(spec, fp, self.model.tokenizer), progress=False,
+                                          max_edges=S.MAX_GRAPH_EDGES)
             while len(self.graphs) > self.limit:
                 self.graphs.pop(next(iter(self.graphs)))
         return self.graphs[key]

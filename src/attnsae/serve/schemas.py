@@ -44,26 +44,49 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
                            "rows": [[{"layer", "feature", "a", "b", "delta"}] largest |delta| first] per position,
                            "tolerance": {layer: |delta| at or below it is float rounding, left out}}
 
-Errors are 4xx with ``{"detail": "one line saying what is wrong and what to do"}`` (at most 300 characters of it:
-an error never echoes a long input back): 413 for a body over the size
-limit, 422 for a malformed body, 400 for a well-formed request the model or SAEs cannot answer (a prompt past
-n_ctx, a layer without an SAE, a feature or position out of range).
+Errors are ``{"detail": "one line saying what is wrong and what to do"}`` (at most 300 characters of it: an error
+never echoes a long input back; :class:`ErrorBody`, and ``/openapi.json`` lists each endpoint's):
+
+* 400: a well-formed request the model or SAEs cannot answer (a prompt past n_ctx, a layer without an SAE, a feature
+  or position out of range), an answer over the bounds below, or a ``Host`` header other than ``127.0.0.1``,
+  ``localhost``, ``[::1]`` or the ``--host`` given (:class:`attnsae.serve.guards.ServedHosts`);
+* 411: a request body without a Content-Length; 413: a body over :data:`MAX_BODY_BYTES`;
+* 422: a malformed body (wrong type, out of its range, an unknown field, a list past its ``max_length``);
+* 503 with ``Retry-After``: the model stayed busy with another request for :data:`LOCK_WAIT_S`.
+
+Bounds. Every list in a request has a ``max_length`` (``layers``: :data:`MAX_LAYERS`, repeats counted once), every
+number a range, every string a length. Each answer's size is counted before the work and a request over
+:data:`MAX_ANSWER_ITEMS` entries is refused with 400 saying what to lower: ``features`` lists up to tokens × layers
+× k entries, ``compare`` positions × SAE layers × k, ``dfa`` tokens × heads; a graph (``graph``, ``qk``) with more
+than :data:`MAX_GRAPH_EDGES` edges is refused before it is built (:func:`attnsae.graph.build.count_edges`), and its
+pruned answer past :data:`MAX_ANSWER_ITEMS` nodes and edges (prune more: lower the thresholds). The others are
+bounded by ``k``, ``top_k`` (at most :data:`MAX_K`) and the prompt's length (at most n_ctx tokens). As a backstop no
+API answer is larger than :data:`MAX_RESPONSE_BYTES`. One lock serialises the model; a request waits for it at most
+:data:`LOCK_WAIT_S`, and holds it only for work within the bounds above (docs/explorer.md states the longest hold
+measured on the reference model).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_PROMPT_CHARS = 100_000  # a prompt longer than this is refused before tokenising (n_ctx bounds the tokens)
 MAX_BODY_BYTES = 1_000_000  # any request body over this is refused (413)
 MAX_K = 200  # the most items any ranked list may ask for
+MAX_LAYERS = 1000  # the most entries in a list of layers (repeats are counted once)
+MAX_ANSWER_ITEMS = 100_000  # the most entries an answer may list, counted before the work (module docstring)
+MAX_GRAPH_EDGES = 16_000_000  # a graph with more edges is refused before it is built (counted from its nodes)
+MAX_RESPONSE_BYTES = 32_000_000  # no API answer is larger (a features answer of MAX_ANSWER_ITEMS: 12 to 15 MB)
+LOCK_WAIT_S = 30.0  # the longest a request waits for the model before a 503
+RETRY_AFTER_S = 5  # the Retry-After of that 503
 
 Prompt = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="text; BOS is prepended")
 Layer = Field(ge=0, le=10_000, description="a layer that has an SAE")
 Feature = Field(ge=0, le=10_000_000, description="an SAE feature index")
 Position = Field(ge=0, le=1_000_000, description="a token position (0 is BOS)")
+TargetWord = Annotated[str, Field(max_length=1000, description="a token, '-', or 'LAYER/FEATURE@POS'")]
 
 
 class _Body(BaseModel):
@@ -77,7 +100,8 @@ class PromptBody(_Body):
 class FeaturesBody(PromptBody):
     order: Literal["act", "dfa", "logit"] = "act"
     k: int = Field(8, ge=1, le=MAX_K, description="features per token and layer")
-    layers: list[int] | None = Field(None, max_length=1000, description="layers to list (default: all with an SAE)")
+    layers: list[int] | None = Field(None, max_length=MAX_LAYERS, description="layers to list (default: all with an "
+                                     "SAE); repeats count once")
 
 
 class FeatureAt(PromptBody):
@@ -120,22 +144,22 @@ class InterveneBody(FeatureAt):
     position: int | None = Field(None, ge=0, le=1_000_000, description="null: every position")
     scale: float = Field(0.0, ge=-1000.0, le=1000.0, allow_inf_nan=False, description="0 ablates")
     at: int | None = Field(None, ge=0, le=1_000_000, description="where to read logits (default: last token)")
-    logit_tokens: list[int | str] | None = Field(None, min_length=2, max_length=2,
-                                                 description="two tokens, each an id or a single-token string: "
-                                                 "report logit[0] - logit[1] (ids keep tokens such as '\\n' exact)")
+    logit_tokens: list[int | Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]] | None = Field(
+        None, min_length=2, max_length=2, description="two tokens, each an id or a single-token string: report "
+        "logit[0] - logit[1] (ids keep tokens such as '\\n' exact)")
     k: int = Field(10, ge=1, le=MAX_K)
 
 
 class GraphBody(PromptBody):
-    target: list[str] | None = Field(None, min_length=1, max_length=3, description="[] or null: the top prediction; "
-                                     "[token], [token, '-', token], or ['LAYER/FEATURE@POS']")
+    target: list[TargetWord] | None = Field(None, min_length=1, max_length=3, description="[] or null: the top "
+                                            "prediction; [token], [token, '-', token], or ['LAYER/FEATURE@POS']")
     mlp: Literal["leaf", "linear"] = "leaf"
     node_threshold: float = Field(0.8, gt=0.0, le=1.0, allow_inf_nan=False)
     edge_threshold: float = Field(0.98, gt=0.0, le=1.0, allow_inf_nan=False)
 
 
 class EdgeBody(PromptBody):
-    target: list[str] | None = Field(None, min_length=1, max_length=3)
+    target: list[TargetWord] | None = Field(None, min_length=1, max_length=3)
     mlp: Literal["leaf", "linear"] = "leaf"
     source: str = Field(min_length=1, max_length=100, description="the edge's source node, e.g. L0.H6@12")
     dest: str = Field(min_length=1, max_length=100, description="the edge's destination node, e.g. L1.H1@32")
@@ -144,3 +168,27 @@ class EdgeBody(PromptBody):
 class CompareBody(PromptBody):
     other: str = Prompt
     k: int = Field(10, ge=1, le=MAX_K, description="differences per position")
+
+
+class ErrorBody(BaseModel):
+    """Every refusal's body."""
+
+    detail: str = Field(description="one line: what is wrong and what to do (at most about 300 characters)")
+
+
+_WHY = {400: "refused: a request the model or SAEs cannot answer, an answer over the bounds, or an unserved Host",
+        411: "the request body has no Content-Length", 413: f"the request body is over {MAX_BODY_BYTES:,} bytes",
+        422: "a malformed request body", 503: f"the model stayed busy with another request for {LOCK_WAIT_S:g} s"}
+
+
+def error_responses(*codes: int) -> dict[int, dict]:
+    """The ``responses=`` of a route (what ``/openapi.json`` documents) for these refusal status codes."""
+    out: dict[int, dict] = {c: {"model": ErrorBody, "description": _WHY[c]} for c in codes}
+    if 503 in out:
+        out[503]["headers"] = {"Retry-After": {"description": "seconds to wait before asking again",
+                                               "schema": {"type": "integer"}}}
+    return out
+
+
+API_ERRORS = error_responses(400, 411, 413, 422, 503)  # every POST /api/... endpoint
+INFO_ERRORS = error_responses(400)  # GET /api/info (only an unserved Host)
