@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from attnsae import __version__
 from attnsae.serve.session import PromptSession
 from attnsae.errors import AttnsaeError
+from attnsae.evals.interventions import Edit
 from attnsae.models import model_name, n_ctx
 from attnsae.sae.model import SAE
 from attnsae.serve import schemas as S
@@ -273,9 +274,15 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
 
     @app.post("/api/intervene")
     def intervene(body: S.InterveneBody) -> dict:
+        edits = [Edit(**e) for e in body.edit_list()]
         with lock:
-            return session(body.prompt).intervene(body.layer, body.feature, body.position, body.scale, body.at,
-                                                  body.logit_tokens, body.k)
+            return session(body.prompt).intervene(edits, body.at, body.logit_tokens, body.k, body.other)
+
+    @app.post("/api/generate")
+    def generate(body: S.GenerateBody) -> dict:
+        edits = [Edit(**e.model_dump()) for e in body.edits]
+        with lock:
+            return session(body.prompt).generate(edits, body.n, body.other)
 
     @app.post("/api/graph")
     def graph(body: S.GraphBody) -> dict:
