@@ -90,22 +90,26 @@ def test_prompt_dfa_rdfa_ablation_and_the_url_restores_the_view(browser, server)
                            '.rdfa-node[data-kind="component"]')
     assert first.locator(".rdfa-closure").count() == 1
 
-    # two logit tokens picked from the effect card's predictions (click: A, shift-click: B), then zero-ablate
+    # two logit tokens picked from the effect card's predictions (click: first, shift-click: second), then the
+    # feature zeroed at its position through the edit list
     page.wait_for_selector("#effect-predictions button.pick")
     picks = page.locator("#effect-predictions button.pick")
     picks.nth(0).click()
     picks.nth(1).click(modifiers=["Shift"])
     assert page.input_value("#logit-a") and page.input_value("#logit-b")
-    page.fill("#intervene-scale", "0")
+    page.click("#add-feature-edit")
+    assert page.get_attribute("#edit-list .edit-row", "data-op") == "zero"
+    page.fill("#intervene-at", "9")
+    page.press("#intervene-at", "Tab")
     page.click("#intervene-run")
     page.wait_for_selector("#logit-diff-after")
     before, after = numbers(page, "#logit-diff-before", "#logit-diff-after")
     assert before != after
-    assert page.locator("#preds-before li").count() == 10 and page.locator("#downstream tbody tr").count() > 0
+    assert page.locator("#preds-before tbody tr").count() == 10 and page.locator("#downstream tbody tr").count() > 0
 
     # the URL holds the view: a fresh page from it shows the same selection, expansion and intervention
     url = page.url
-    assert f"f=0/{feature}@9" in url and "iv=1" in url
+    assert f"f=0/{feature}@9" in url and "iv=1" in url and f"ed=f0.{feature}@9z" in url and "at=9" in url
     assert "ta=%23" in url and "tb=%23" in url  # picked tokens travel as ids ("#199"): newlines survive
     assert_clean(page, server)
     again = browser.open(url)
@@ -175,3 +179,56 @@ def test_keyboard_attention_compare_export_errors_and_narrow_layout(browser, ser
     page.click("#error-close")
     assert page.is_hidden("#error")
     assert_clean(page, server, allow_http_errors=1)
+
+
+def test_two_edits_move_the_predictions_then_generate_clean_and_edited(browser, server):
+    """A feature edit from the feature card and a head edit from the attention menu, one scaled: the edited run's
+    predictions differ from the clean run's (both tables labelled), then both greedy continuations side by side;
+    with a compared prompt of the same length the head can be patched from it."""
+    page = run_prompt(browser, server)
+    page.locator('#tokens .row[data-position="9"] .chip[data-layer="0"]').first.click()
+    page.wait_for_selector("#add-feature-edit")
+    page.click("#add-feature-edit")
+    assert page.is_disabled("#add-head-edit")  # no attention layer chosen yet
+    page.select_option("#attn-layer", "1")
+    page.select_option("#attn-head", "1")
+    page.click("#add-head-edit")
+    rows = page.locator("#edit-list .edit-row")
+    assert rows.count() == 2 and rows.nth(1).get_attribute("data-kind") == "head"
+    assert rows.nth(1).locator(".edit-target").text_content() == "L1.H1"
+    rows.nth(1).locator(".edit-op").select_option("scale")
+    assert rows.nth(1).locator(".edit-value").is_visible()
+    rows.nth(1).locator(".edit-value").fill("-2")
+    rows.nth(1).locator(".edit-value").press("Tab")
+    page.click("#intervene-run")
+    page.wait_for_selector("#preds-after table")
+    assert page.text_content("#preds-before h4").startswith("before: the clean run")
+    assert page.text_content("#preds-after h4").startswith("after: the edited run")
+    assert [h.strip() for h in page.locator("#preds-after th").all_text_contents()] == ["next token", "prob.", "logit",
+                                                                                      "Δ pp"]
+    before = page.locator("#preds-before td").all_text_contents()
+    after = page.locator("#preds-after td").all_text_contents()
+    assert before != after
+    assert "ed=" in page.url and "h1.1@*s-2" in page.url
+
+    page.fill("#generate-n", "5")
+    page.press("#generate-n", "Tab")
+    page.click("#generate-run")
+    page.wait_for_selector("#gen-edited .gen-tok")
+    assert page.locator("#gen-clean .gen-tok").count() == 5 and page.locator("#gen-edited .gen-tok").count() == 5
+    assert page.text_content("#gen-clean h4").startswith("clean") and "2 edits" in page.text_content("#gen-edited h4")
+    assert page.text_content("#gen-first-diff")
+
+    # patch from B: the option opens once a second prompt is compared; a prompt of the same length aligns by position
+    option = rows.nth(1).locator('.edit-op option[value="patch"]')
+    assert option.is_disabled()
+    page.fill("#compare-prompt", PROMPT.replace("path", "file"))
+    page.click("#compare-run")
+    page.wait_for_selector("#compare-result tr.tok-diff")
+    assert not option.is_disabled()
+    rows.nth(1).locator(".edit-op").select_option("patch")
+    assert not rows.nth(1).locator(".edit-from").is_visible()  # every position: no position of B to name
+    page.click("#intervene-run")
+    page.wait_for_selector('#intervene-result[data-edits$="h1.1@*p"]')  # every position: position by position
+    assert "L1.H1 at every position: patch from B" in page.text_content("#intervene-result .iv-summary")
+    assert_clean(page, server)

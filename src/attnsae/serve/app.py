@@ -34,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from attnsae import __version__
 from attnsae.serve.session import PromptSession, check_prompt_length
 from attnsae.errors import AttnsaeError
+from attnsae.evals.interventions import Edit
 from attnsae.models import model_name, n_ctx
 from attnsae.sae.model import SAE
 from attnsae.serve import schemas as S
@@ -316,8 +317,14 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
 
     @post("/api/intervene")
     def intervene(body: S.InterveneBody) -> Response:
-        return ask(body.prompt, lambda s: s.intervene(body.layer, body.feature, body.position, body.scale, body.at,
-                                                      body.logit_tokens, body.k), "lower k")
+        edits = [Edit(**e) for e in body.edit_list()]
+        return ask(body.prompt, lambda s: s.intervene(edits, body.at, body.logit_tokens, body.k, body.other),
+                   "lower k")
+
+    @post("/api/generate")
+    def generate(body: S.GenerateBody) -> Response:
+        edits = [Edit(**e.model_dump()) for e in body.edits]
+        return ask(body.prompt, lambda s: s.generate(edits, body.n, body.other), "lower n")
 
     @post("/api/graph")
     def graph(body: S.GraphBody) -> Response:

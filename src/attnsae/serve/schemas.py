@@ -27,11 +27,18 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
                                             "definition", ...} | null, "logit_effect_refused": str | null,
                            "predictions": [{"token", "str", "logit", "prob"}] k}
     POST /api/attention   {"layer", "head", "dest", "weights": [float] S}   (one row of hook_pattern)
-    POST /api/intervene   {"layer", "feature", "position" (null: all), "scale",
-                           "at" (position the logits are read at), "before": [PRED], "after": [PRED],
-                           "logit_diff": {"tokens": [str, str], "before", "after"} | null,
-                           "max_abs_logit_change", "downstream": [{"layer", "position", "feature", "before",
-                           "after", "delta"}] (largest |delta| first, layers after the edited one)}
+    POST /api/intervene   {"edits": [EDIT as checked: {"kind": "feature" | "head", ...}], "at" (the position the
+                           logits are read after), "at_token", "before": [PRED] (clean run), "after": [PRED] (edited),
+                           "logit_diff": {"tokens": [str, str], "ids": [int, int], "before", "after"} | null,
+                           "max_abs_logit_change", "downstream": [{"layer", "position", "feature", "before", "after",
+                           "delta"}] (every SAE's features as it read hook_z, largest |delta| first, leaving out
+                           |delta| <= "tolerance": {layer: float})}
+                          EDIT = {"layer", "feature" | "head", "position" (null: all), "op": "zero" | "scale" | "set" |
+                                  "patch", "value" (scale, set), "from_position" (patch: the position of "other")};
+                          the older body {"layer", "feature", "position", "scale"} is one scale edit
+    POST /api/generate    {"n", "prompt_tokens", "edits": [EDIT], "clean": {"tokens": [int] n, "strs": [str] n},
+                           "edited": {...}, "first_difference": index into the n tokens | null}
+                          (greedy; attnsae.evals.interventions says how edits reach generated tokens)
     POST /api/graph       the pruned attention graph: {"target", "prompt_tokens", "n_layers", "mlp_mode", "pruning",
                            "scores", "decomposition", "closure_max_rel_error",
                            "nodes": {"id", "kind", "layer", "pos", "index", "value", "const", "effect",
@@ -70,7 +77,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_PROMPT_CHARS = 100_000  # a prompt longer than this is refused before tokenising (n_ctx bounds the tokens)
 MAX_BODY_BYTES = 1_000_000  # any request body over this is refused (413)
@@ -81,6 +88,8 @@ MAX_GRAPH_EDGES = 16_000_000  # a graph with more edges is refused before it is 
 MAX_RESPONSE_BYTES = 32_000_000  # no API answer is larger (a features answer of MAX_ANSWER_ITEMS: 12 to 15 MB)
 LOCK_WAIT_S = 30.0  # the longest a request waits for the model before a 503
 RETRY_AFTER_S = 5  # the Retry-After of that 503
+MAX_EDITS = 32  # the most edits one intervention or generation may apply
+MAX_NEW_TOKENS = 32  # the most tokens one generation may ask for (each is a forward pass, twice)
 
 Prompt = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="text; BOS is prepended")
 Layer = Field(ge=0, le=10_000, description="a layer that has an SAE")
@@ -140,14 +149,58 @@ class AttentionBody(PromptBody):
     dest: int = Position
 
 
-class InterveneBody(FeatureAt):
+class EditBody(_Body):
+    """One edit (attnsae.evals.interventions.Edit): a feature of the SAE at ``layer``, or a head at any layer."""
+
+    layer: int = Field(ge=0, le=10_000)
+    feature: int | None = Field(None, ge=0, le=10_000_000, description="an SAE feature (or give head)")
+    head: int | None = Field(None, ge=0, le=10_000, description="a head: its slice of hook_z (or give feature)")
     position: int | None = Field(None, ge=0, le=1_000_000, description="null: every position")
-    scale: float = Field(0.0, ge=-1000.0, le=1000.0, allow_inf_nan=False, description="0 ablates")
+    op: Literal["zero", "scale", "set", "patch"] = "zero"
+    value: float | None = Field(None, ge=-1e6, le=1e6, allow_inf_nan=False, description="scale: the factor; set: "
+                                "the value")
+    from_position: int | None = Field(None, ge=0, le=1_000_000, description="patch: the position of the other "
+                                      "prompt read (default: the same, on prompts of equal length)")
+
+
+Edits = Field(default_factory=list, max_length=MAX_EDITS, description=f"up to {MAX_EDITS} edits, applied together")
+Other = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS, description="prompt B, that patches read from")
+
+
+class InterveneBody(PromptBody):
+    edits: list[EditBody] = Edits
+    other: str | None = Other
+    layer: int | None = Field(None, ge=0, le=10_000, description="older body: one feature scaled (give edits instead)")
+    feature: int | None = Field(None, ge=0, le=10_000_000, description="older body, with layer")
+    position: int | None = Field(None, ge=0, le=1_000_000, description="older body: null for every position")
+    scale: float = Field(0.0, ge=-1000.0, le=1000.0, allow_inf_nan=False, description="older body: 0 ablates")
     at: int | None = Field(None, ge=0, le=1_000_000, description="where to read logits (default: last token)")
     logit_tokens: list[int | Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]] | None = Field(
         None, min_length=2, max_length=2, description="two tokens, each an id or a single-token string: report "
         "logit[0] - logit[1] (ids keep tokens such as '\\n' exact)")
     k: int = Field(10, ge=1, le=MAX_K)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> InterveneBody:
+        older = (self.layer, self.feature, self.position) != (None, None, None) or "scale" in self.model_fields_set
+        if older and self.edits:
+            raise ValueError("give edits, or the older layer, feature, position and scale, not both")
+        if older and (self.layer is None or self.feature is None):
+            raise ValueError("the older body needs both layer and feature (or give edits)")
+        return self
+
+    def edit_list(self) -> list[dict]:
+        """The edits as plain dicts; the older body as one scale edit."""
+        if self.layer is not None:
+            return [{"layer": self.layer, "feature": self.feature, "position": self.position, "op": "scale",
+                     "value": self.scale}]
+        return [e.model_dump() for e in self.edits]
+
+
+class GenerateBody(PromptBody):
+    edits: list[EditBody] = Edits
+    other: str | None = Other
+    n: int = Field(10, ge=1, le=MAX_NEW_TOKENS, description="tokens to generate")
 
 
 class GraphBody(PromptBody):

@@ -6,9 +6,9 @@ A :class:`PromptSession` runs the model once (an :class:`~attnsae.attribution.rd
 layer, with every other SAE upstream and the logits kept), so a click costs no forward pass: DFA reads the captured
 values and patterns, RDFA expands one node at a time. Attention patterns, the one capture that grows with the
 prompt's length squared, are kept only while they fit in ``pattern_bytes`` (see :class:`~attnsae.attribution.rdfa.
-Patterns`); everything else is linear in the prompt's length. An intervention (scale one feature, at one position or
-all) runs the model again through :func:`attnsae.evals.splice.splice_saes` with the error terms kept, so only the
-edit changes anything.
+Patterns`); everything else is linear in the prompt's length. Interventions (several feature and head edits at
+once: zero, scale, set, patch from a second prompt) and greedy generation with them run the model again through
+:mod:`attnsae.evals.interventions`, with the error terms kept, so only the edits change anything.
 
 Each method returns plain JSON-ready data (dicts and lists of Python numbers); shapes: ``S`` tokens (BOS included at
 position 0), ``H`` heads, ``d_sae`` features.
@@ -27,7 +27,8 @@ from attnsae.models.architecture import describe
 from attnsae.attribution.rdfa import DEFAULT_PATTERN_BYTES, RDFATracer
 from attnsae.attribution.rdfa_tree import RDFANode
 from attnsae.errors import AttnsaeError
-from attnsae.evals.splice import saes_by_layer, splice_saes
+from attnsae.evals.interventions import Edit, check_edits, feature_changes, generate, run_edited
+from attnsae.evals.splice import saes_by_layer
 from attnsae.models import model_name, n_ctx
 from attnsae.sae.model import SAE
 from attnsae.serve.graph_view import GraphCache
@@ -223,55 +224,49 @@ class PromptSession:
                                f"difference (mind the leading space)")
         return int(ids[0])
 
-    @torch.no_grad()
-    def intervene(self, layer: int, feature: int, position: int | None = None, scale: float = 0.0,
-                  at: int | None = None, logit_tokens: Sequence[str | int] | None = None, k: int = 10) -> dict:
-        """Scale one feature (0 ablates) at ``position`` (None: every position) and run the model again with every
-        SAE spliced in, error terms kept; compare the logits at ``at`` (default: the last token) and the features
-        of later layers with the clean run."""
-        self._layer(layer)
-        (feature,) = check_features(self.saes[layer], feature)
-        if position is not None:
-            self._position(position)
+    def _other_tokens(self, other: str | None) -> Tensor | None:
+        """Prompt B's tokens [S_B] (BOS as this prompt's), or None."""
+        if other is None:
+            return None
+        bos = self.saes[max(self.saes)].cfg.prepend_bos
+        check_prompt_length(self.model, other, bos)
+        return tokenize(self.model, other, bos)[0][0]
+
+    def intervene(self, edits: Sequence[Edit], at: int | None = None, logit_tokens: Sequence[str | int] | None = None,
+                  k: int = 10, other: str | None = None) -> dict:
+        """Run the model again with ``edits`` (:func:`attnsae.evals.interventions.run_edited`: features and heads,
+        zero / scale / set / patch from ``other``, prompt B), every SAE spliced in with its error term kept; compare
+        the logits at ``at`` (default: the last token) and every SAE's features with the clean run."""
         at = self.S - 1 if at is None else self._position(at, "at")
         pair = [self._single_token(t) for t in logit_tokens] if logit_tokens else None
-        after_acts: dict[int, Tensor] = {}
-
-        def edit(l: int, acts: Tensor) -> Tensor:
-            if l != layer:
-                return acts
-            acts = acts.clone()
-            acts[:, slice(None) if position is None else position, feature] *= scale
-            return acts
-
-        def observe(l: int, x: Tensor, out) -> None:
-            if l > layer:
-                after_acts[l] = out.feature_acts[0].detach().float().cpu()
-
-        with splice_saes(self.model, self.saes, with_error=True, edit=edit, observe=observe):
-            logits = self.model(self.tokens[None].to(next(self.model.parameters()).device), return_type="logits")
-        after = logits[0].detach().float().cpu()  # [S, d_vocab]
-        before = self.logits
-        downstream = []
-        for l, acts in sorted(after_acts.items()):
-            delta = acts - self.tracer.saes[l].act  # [S, d_sae]
-            flat = delta.abs().flatten()
-            for i in flat.topk(min(k, len(flat))).indices.tolist():
-                t, j = divmod(i, delta.shape[1])
-                if delta[t, j] != 0:
-                    downstream.append({"layer": l, "position": t, "feature": j,
-                                       "before": float(self.tracer.saes[l].act[t, j]), "after": float(acts[t, j]),
-                                       "delta": float(delta[t, j])})
-        downstream.sort(key=lambda d: -abs(d["delta"]))
+        run = run_edited(self.model, self.saes, self.tokens, edits, self._other_tokens(other))
+        after, before = run.logits, self.logits  # [S, d_vocab]
+        changes, tolerance = feature_changes({l: self.acts(l) for l in self.saes}, run.feature_acts, k, COMPARE_TOL)
         diff = None
         if pair:
-            diff = {"tokens": [self.decode([i]) for i in pair],
+            diff = {"tokens": [self.decode([i]) for i in pair], "ids": pair,
                     "before": float(before[at, pair[0]] - before[at, pair[1]]),
                     "after": float(after[at, pair[0]] - after[at, pair[1]])}
-        return {"layer": layer, "feature": feature, "position": position, "scale": scale, "at": at,
+        return {"edits": [e.to_dict() for e in run.edits], "at": at, "at_token": self.token_strs[at],
                 "before": _predictions(before[at], k, self.decode), "after": _predictions(after[at], k, self.decode),
                 "logit_diff": diff, "max_abs_logit_change": float((after[at] - before[at]).abs().max()),
-                "downstream": downstream[:k]}
+                "downstream": changes, "tolerance": tolerance}
+
+    def generate(self, edits: Sequence[Edit] = (), n: int = 10, other: str | None = None) -> dict:
+        """``n`` tokens generated greedily after the prompt, clean and with ``edits`` applied at every step
+        (:func:`attnsae.evals.interventions.generate`)."""
+        source = self._other_tokens(other)
+        checked = check_edits(self.model, self.saes, edits, self.S, None if source is None else len(source))
+        clean = getattr(self, "_clean_continuation", None)  # greedy: the longest one so far starts every shorter one
+        if clean is None or len(clean) < n:
+            clean = self._clean_continuation = generate(self.model, self.tokens, n)
+        clean = clean[:n]
+        edited = generate(self.model, self.tokens, n, self.saes, checked, source) if checked else clean
+        differ = (clean != edited).nonzero()
+        return {"n": n, "prompt_tokens": self.S, "edits": [e.to_dict() for e in checked],
+                "clean": {"tokens": clean.tolist(), "strs": [self.decode([t]) for t in clean.tolist()]},
+                "edited": {"tokens": edited.tolist(), "strs": [self.decode([t]) for t in edited.tolist()]},
+                "first_difference": int(differ[0]) if len(differ) else None}
 
     def graph(self, target: list[str] | None = None, mlp: str = "leaf", node_threshold: float = 0.8,
               edge_threshold: float = 0.98) -> dict:

@@ -1,5 +1,6 @@
 /* Circuit Explorer: the detail cards for the selected (layer, feature, position): the feature header, DFA heatmap
-   and bars, the recursive DFA tree, the direct logit effect, intervention and prompt comparison.
+   and bars, the recursive DFA tree, the direct logit effect and prompt comparison (the intervention card is
+   explorer-intervene.js).
    See explorer.js for the page's ids and selectors. */
 
 import {$, el, put, append, tokenChip, tokenText, fmt, fmtSigned, fmtPct, finite, barList, bar, cachedApi, api, clamp,
@@ -13,7 +14,7 @@ const KIND_TITLES = {feature: "an SAE feature (its value: coefficient × activat
 const MIN_CELL = 9, MAX_CELL = 26, LABEL_W = 34, TOP = 6, TOKEN_LABEL_H = 62;
 
 /* ctx: {state(), info(), features(), select(sel), setAttention(layer, head, dest), setState(patch, push), error(e),
-         busy(node, on)} */
+         busy(node, on), pickToken(str, event, id) (a logit token for the intervention), addEdit(sel)} */
 export function createPanels(ctx) {
   let gen = 0;                 // a newer selection drops older answers
   const shown = {};            // the answers on screen (for export)
@@ -52,23 +53,20 @@ export function createPanels(ctx) {
     $("detail").classList.add("empty");
     put($("feature-head"), el("p", {class: "muted"},
       "Click a feature chip in the token list (or move with ↑ ↓ ← → and press Enter) to see its direct feature " +
-      "attribution, recursive DFA tree, logit effect, and to intervene on it."));
-    for (const id of ["dfa-body", "rdfa-tree", "effect", "intervene-result"]) $(id).replaceChildren();
+      "attribution, recursive DFA tree, logit effect, and to add it to the intervention's edits."));
+    for (const id of ["dfa-body", "rdfa-tree", "effect"]) $(id).replaceChildren();
     put($("identity"));
-    $("intervene-run").disabled = true;
-    for (const id of ["dfa-card", "rdfa-card", "effect-card", "intervene-card"]) ctx.busy($(id), false);
+    for (const id of ["dfa-card", "rdfa-card", "effect-card"]) ctx.busy($(id), false);
   }
 
   function show() {
     const s = ctx.state(), F = ctx.features();
     if (!s.sel || !F) { clear(); return; }
     const g = ++gen;
-    for (const k of ["dfa", "rdfa", "effect", "intervene"]) delete shown[k];
+    for (const k of ["dfa", "rdfa", "effect"]) delete shown[k];
     $("detail").classList.remove("empty");
-    $("intervene-run").disabled = false;
     renderHead();
-    put($("intervene-result"));
-    return Promise.all([loadDfa(g), loadRdfa(g), loadEffect(g), s.iv ? runIntervene() : null]);
+    return Promise.all([loadDfa(g), loadRdfa(g), loadEffect(g)]);
   }
 
   function renderHead() {
@@ -85,7 +83,9 @@ export function createPanels(ctx) {
         el("h2", {id: "feature-name"}, featureName(layer, feature)),
         entry && entry.family ? el("span", {class: "badge family", "data-family": entry.family}, entry.family) : null,
         el("span", {class: "muted"}, "at"), posChip(position),
-        dashboardLink(layer, feature)),
+        dashboardLink(layer, feature),
+        el("button", {type: "button", id: "add-feature-edit", title: "add an edit of this feature at this position " +
+                      "to the intervention below (zero it; change the op there)", onclick: () => ctx.addEdit(s.sel)}, "+ edit")),
       entry ? el("div", {class: "feature-stats muted num"},
         `act ${fmt(entry.act)} · dfa ${fmt(entry.dfa)} · logit ${fmt(entry.logit)}`) : null,
       occurrences.length > 1 ? el("div", {class: "occurrences"},
@@ -437,20 +437,10 @@ export function createPanels(ctx) {
 
   /* ---------- direct logit effect ---------- */
 
-  /* A picked token is kept as its id ("#199"): a text box would drop a newline token's "\n". The box shows it with
-     visible whitespace and remembers the id until the user types over it. */
-  function pickToken(str, e, id) {
-    const which = e && e.shiftKey ? "tb" : "ta";
-    const box = $(which === "ta" ? "logit-a" : "logit-b");
-    box.value = tokenText(str);
-    if (Number.isInteger(id)) box.dataset.tokenId = String(id); else delete box.dataset.tokenId;
-    ctx.setState({[which]: Number.isInteger(id) ? `#${id}` : str}, false);
-  }
-
   function tokenButtons(strs, values, cls, ids = []) {
     const items = strs.map((str, i) => ({
-      label: tokenChip(str), value: values[i], title: `${JSON.stringify(str)}: click to use as logit token A (shift: B)`,
-      onclick: (e) => pickToken(str, e, ids[i])}));
+      label: tokenChip(str), value: values[i], title: `${JSON.stringify(str)}: click to use as the first logit token of the intervention (shift: second)`,
+      onclick: (e) => ctx.pickToken(str, e, ids[i])}));
     return barList(items, {cls});
   }
 
@@ -473,79 +463,16 @@ export function createPanels(ctx) {
         predictionList(r.predictions || []))),
       el("p", {class: "hint"}, `direct effect of one unit of ${featureName(layer, feature)} (act ${fmt(r.act)}) on the logits: ` +
         `${le.definition}; the same numbers as the chips' "logit" and the dashboards. Click a token to use it in the logit ` +
-        "difference below (shift-click: second token)"));
+        "difference of the intervention (shift-click: second token)"));
   }
 
-  function predictionList(preds, cls = "", before = null) {
-    const prior = before ? new Map(before.map((p) => [p.token, p.prob])) : null;
-    return el("ol", {class: "preds " + cls + (prior ? " with-delta" : "")}, preds.map((p) => el("li", {},
-      el("button", {type: "button", class: "pick", title: `${JSON.stringify(p.str)}: click to use as logit token A (shift: B)` +
-                    (finite(p.logit) ? `\nlogit ${fmt(p.logit, 4)}` : ""), onclick: (e) => pickToken(p.str, e, p.token)},
+  function predictionList(preds) {
+    return el("ol", {class: "preds"}, preds.map((p) => el("li", {},
+      el("button", {type: "button", class: "pick", title: `${JSON.stringify(p.str)}: click to use as the first logit token of the intervention (shift: second)` +
+                    (finite(p.logit) ? `\nlogit ${fmt(p.logit, 4)}` : ""), onclick: (e) => ctx.pickToken(p.str, e, p.token)},
         tokenChip(p.str)),
       el("span", {class: "num prob"}, fmtPct(p.prob, 3)),
-      finite(p.logit) ? el("span", {class: "num muted"}, fmt(p.logit, 3)) : null,
-      prior ? deltaPP(prior.get(p.token), p.prob) : null)));
-  }
-
-  function deltaPP(before, after) {
-    if (!finite(before)) return el("span", {class: "num delta new", title: "not in the top list before"}, "new");
-    const d = 100 * (after - before);
-    if (Math.abs(d) < 0.05) return el("span", {class: "num delta muted"}, "=");
-    return el("span", {class: "num delta " + (d < 0 ? "neg" : "pos"), title: "change in probability, percentage points"},
-              (d > 0 ? "+" : "−") + fmt(Math.abs(d), 2));
-  }
-
-  /* ---------- intervention ---------- */
-
-  async function runIntervene() {
-    const s = ctx.state(), F = ctx.features();
-    if (!s.sel || !F) return;
-    const {layer, feature, position} = s.sel;
-    const ta = s.ta, tb = s.tb;
-    if ((ta === "") !== (tb === "")) {
-      ctx.error(new Error("A logit difference needs both tokens A and B (or neither)."));
-      return;
-    }
-    const body = {prompt: prompt(), layer, feature, position: s.ip === "all" ? null : position, scale: s.sc,
-                  at: s.iat === "pos" ? position : null, k: 10};
-    const tok = (t) => (/^#\d+$/.test(t) ? Number(t.slice(1)) : t);  // "#199": a token id
-    if (ta !== "") body.logit_tokens = [tok(ta), tok(tb)];
-    const g = gen;
-    const r = await guarded($("intervene-card"), g, () => cachedApi("/api/intervene", body));
-    if (!r || g !== gen) return;
-    shown.intervene = r;
-    if (!s.iv) ctx.setState({iv: true}, false);
-    const at = finite(r.at) ? r.at : F.tokens.length - 1;
-    const ld = r.logit_diff;
-    const down = r.downstream || [];
-    const downMax = Math.max(0, ...down.map((x) => Math.abs(x.delta)));
-    put($("intervene-result"), 
-      el("p", {class: "iv-summary"},
-        el("b", {}, s.sc === 0 ? "zero-ablated " : `scaled ×${fmt(s.sc)} `), featureName(layer, feature), " ",
-        r.position === null || r.position === undefined ? "at every position" : el("span", {}, "at ", posChip(r.position)),
-        "; logits read after ", posChip(at), el("span", {class: "muted num"}, ` · max |Δ logit| ${fmt(r.max_abs_logit_change)}`)),
-      ld ? el("div", {class: "logit-diff num"},
-        el("span", {}, "logit(", tokenChip(ld.tokens[0]), ") − logit(", tokenChip(ld.tokens[1]), "): "),
-        el("span", {class: "ld"}, "before ", el("b", {id: "logit-diff-before"}, fmt(ld.before, 4))),
-        el("span", {class: "ld"}, "after ", el("b", {id: "logit-diff-after"}, fmt(ld.after, 4))),
-        el("span", {class: "ld " + (ld.after - ld.before < 0 ? "neg" : "pos")}, "Δ ", fmtSigned(ld.after - ld.before, 3)))
-        : el("p", {class: "hint"}, "Give two tokens A and B for a logit difference."),
-      el("div", {class: "two-col"},
-        el("div", {id: "preds-before"}, el("h4", {}, "before"), predictionList(r.before || [], "before")),
-        el("div", {id: "preds-after"}, el("h4", {}, "after"), predictionList(r.after || [], "after", r.before || []))),
-      el("h4", {}, "downstream feature changes"),
-      down.length ? el("div", {class: "table-scroll"}, el("table", {class: "data", id: "downstream"},
-        el("thead", {}, el("tr", {}, el("th", {}, "feature"), el("th", {}, "at"), el("th", {class: "num"}, "before"),
-                       el("th", {class: "num"}, "after"), el("th", {class: "num"}, "Δ"), el("th", {}, ""))),
-        el("tbody", {}, down.slice(0, 30).map((x) => el("tr", {},
-          el("td", {}, el("button", {type: "button", class: "goto", onclick: () => ctx.select({layer: x.layer, feature: x.feature, position: x.position})},
-            featureName(x.layer, x.feature))),
-          el("td", {}, posChip(x.position)),
-          el("td", {class: "num"}, fmt(x.before)), el("td", {class: "num"}, fmt(x.after)),
-          el("td", {class: "num " + (x.delta < 0 ? "neg" : "pos")}, fmtSigned(x.delta)),
-          el("td", {class: "bar-cell"}, bar(x.delta, downMax, true)))))))
-        : el("p", {class: "hint"}, layer >= Math.max(...F.layers) ? "No SAE reads a layer after this one."
-                                                                  : "No downstream feature changed."));
+      finite(p.logit) ? el("span", {class: "num muted"}, fmt(p.logit, 3)) : null)));
   }
 
   /* ---------- compare ---------- */
@@ -591,6 +518,6 @@ export function createPanels(ctx) {
 
   function redraw() { if (heat) drawHeat(); }
 
-  return {show, clear, runIntervene, runCompare, loadRdfa: () => (ctx.state().sel ? loadRdfa(gen) : null), redraw,
+  return {show, clear, runCompare, loadRdfa: () => (ctx.state().sel ? loadRdfa(gen) : null), redraw,
           shown: () => shown, resetCompare: () => { delete shown.compare; put($("compare-result")); }};
 }

@@ -1,7 +1,8 @@
 /* Circuit Explorer (attnsae explore): prompt → tokens → SAE features → DFA / recursive DFA / logit effect /
    intervention / comparison, against the local JSON API of attnsae.serve (see attnsae/serve/schemas.py).
 
-   Modules: explorer.js (state, URL, token list), explorer-panels.js (detail cards), explorer-util.js (helpers).
+   Modules: explorer.js (state, URL, token list), explorer-panels.js (detail cards), explorer-intervene.js (the
+   intervention card), explorer-graph.js (the Graph view), explorer-util.js (helpers).
    Every request goes to this page's own origin (relative URLs); data enters the DOM only as text or attributes.
 
    Stable ids and selectors (for tests and scripts):
@@ -23,13 +24,16 @@
      #rdfa-tree .rdfa-node[data-kind][data-path]   kind: feature | head_source | component | remainder;
                                         .expand buttons (aria-expanded on the node), .rdfa-closure lines
      #effect (#effect-top, #effect-bottom, #effect-predictions)
-     #intervene-scale, #intervene-where (pos | all), #intervene-at (pos | last), #logit-a, #logit-b,
-     #intervene-run, #intervene-result (#logit-diff-before, #logit-diff-after, #preds-before, #preds-after, #downstream)
+     #add-feature-edit (feature card), #add-head-edit (by the attention menu): add an edit (explorer-intervene.js)
+     #edit-list .edit-row[data-i][data-kind][data-op]: .edit-pos, .edit-op, .edit-value, .edit-from input, .edit-remove
+     #intervene-at, #logit-a, #logit-b, #intervene-run, #intervene-result (#logit-diff-before, #logit-diff-after,
+       #preds-before, #preds-after, #downstream); #generate-n, #generate-run, #generate-result (#gen-clean, #gen-edited
+       .gen-tok, .gen-diff from the first difference on, #gen-first-diff)
      #compare-prompt, #compare-run, #compare-result (.dchip[data-layer][data-feature][data-position])
      #error (role="alert"; #error-text, #error-close), #export (downloads the view as JSON), #info
    State: the whole view lives in location.hash (URLSearchParams): p (prompt), q (other prompt), order, k, bos,
-   layers, f (layer/feature@position), al/ah (attention layer/head), ad (pinned attention destination), scale,
-   where, at, ta/tb (logit tokens), iv (intervention shown), cmp (comparison shown), topk, th, ex (expanded RDFA
+   layers, f (layer/feature@position), al/ah (attention layer/head), ad (pinned attention destination), ed, at,
+   ta/tb, iv, gn, gs (the intervention: explorer-intervene.js), cmp (comparison shown), topk, th, ex (expanded RDFA
    paths), g (the graph shown), sn (supernodes: node ids, "," within a group, ";" between groups; the Graph view is
    explorer-graph.js). Keys: in the token list ↑ ↓ PgUp PgDn Home End move between rows, ← → between chips, Enter selects,
    "a" pins the attention destination; "/" focuses the prompt; Escape dismisses the error bar. */
@@ -37,11 +41,12 @@
 import {$, el, put, tokenNodes, tokenText, fmt, fmtPct, api, cachedApi, clamp, ApiError} from "./explorer-util.js";
 import {createPanels} from "./explorer-panels.js";
 import {createGraph} from "./explorer-graph.js";
+import {createIntervene, parseIv, writeIv} from "./explorer-intervene.js";
 
 const EXAMPLE = "import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n    return os.path.join(path, sys.argv[1])\n";
 
 const DEFAULTS = {p: "", q: "", o: "act", k: 8, bos: false, ly: null, sel: null, al: null, ah: 0, ad: null,
-                  sc: 0, ip: "pos", iat: "pos", ta: "", tb: "", iv: false, cmp: false, tk: 5, th: 0, ex: [],
+                  ed: [], at: null, ta: "", tb: "", iv: false, gn: 10, gs: false, cmp: false, tk: 5, th: 0, ex: [],
                   g: false, sn: []};
 
 let state = structuredClone(DEFAULTS);
@@ -75,12 +80,7 @@ function parseHash(hash) {
   if (m) s.sel = {layer: Number(m[1]), feature: Number(m[2]), position: Number(m[3])};
   if (/^\d+$/.test(h.get("al") || "")) { s.al = Number(h.get("al")); s.ah = intOr(h.get("ah"), 0, 0, 10000); }
   if (/^\d+$/.test(h.get("ad") || "")) s.ad = Number(h.get("ad"));
-  s.sc = numOr(h.get("scale"), 0, -1000, 1000);
-  s.ip = h.get("where") === "all" ? "all" : "pos";
-  s.iat = h.get("at") === "last" ? "last" : "pos";
-  s.ta = h.get("ta") || "";
-  s.tb = h.get("tb") || "";
-  s.iv = h.get("iv") === "1" && !!s.sel;
+  Object.assign(s, parseIv(h));
   s.cmp = h.get("cmp") === "1";
   s.tk = intOr(h.get("topk"), 5, 1, 50);
   s.th = numOr(h.get("th"), 0, 0, 1);
@@ -101,12 +101,7 @@ function toHash(s) {
   if (s.sel) h.set("f", `${s.sel.layer}/${s.sel.feature}@${s.sel.position}`);
   if (s.al !== null) { h.set("al", String(s.al)); h.set("ah", String(s.ah)); }
   if (s.ad !== null) h.set("ad", String(s.ad));
-  if (s.sc !== 0) h.set("scale", String(s.sc));
-  if (s.ip !== "pos") h.set("where", s.ip);
-  if (s.iat !== "pos") h.set("at", s.iat);
-  if (s.ta) h.set("ta", s.ta);
-  if (s.tb) h.set("tb", s.tb);
-  if (s.iv) h.set("iv", "1");
+  writeIv(s, h);
   if (s.cmp) h.set("cmp", "1");
   if (s.tk !== 5) h.set("topk", String(s.tk));
   if (s.th !== 0) h.set("th", String(s.th));
@@ -410,9 +405,12 @@ function setAttention(layer, head, dest) {
 
 /* ---------------- selection and runs ---------------- */
 
+const intervene = createIntervene({state: () => state, features: () => F, error: showError, busy, setState,
+                                   select: (sel) => select(sel)});
+
 const panels = createPanels({
   state: () => state, info: () => info, features: () => F, error: showError, busy,
-  setState, select: (sel) => select(sel), setAttention,
+  setState, select: (sel) => select(sel), setAttention, pickToken: intervene.pickToken, addEdit: intervene.addFeature,
 });
 
 const graph = createGraph({
@@ -423,7 +421,7 @@ function select(sel, push = true) {
   if (!F || sel.position >= F.token_strs.length) return;
   const same = state.sel && isSelected(sel.layer, sel.feature, sel.position);
   if (same) return;
-  setState({sel, iv: false, ex: []}, push);
+  setState({sel, ex: []}, push);
   if (!state.bos && sel.position === 0) { state.bos = true; $("hide-bos").checked = false; writeHash(false); rebuildTokens(); }
   for (const c of $("tokens-spacer").querySelectorAll(".chip")) {
     const on = isSelected(Number(c.dataset.layer), Number(c.dataset.feature), Number(c.dataset.position));
@@ -442,6 +440,7 @@ async function refresh() {
     F = null; attn = null;
     rebuildTokens();
     panels.clear();
+    intervene.clear();
     return;
   }
   const card = $("tokens-card");
@@ -453,7 +452,7 @@ async function refresh() {
     if (g === gen) {
       showError(e);
       F = null; shownPrompt = null; attn = null;
-      rebuildTokens(); paintAttention(); panels.clear(); panels.resetCompare(); busy(card, false);
+      rebuildTokens(); paintAttention(); panels.clear(); intervene.clear(); panels.resetCompare(); busy(card, false);
     }
     return;
   }
@@ -463,7 +462,7 @@ async function refresh() {
   F = r;
   shownPrompt = state.p;
   attn = null;
-  if (state.sel && state.sel.position >= F.token_strs.length) setState({sel: null, iv: false, ex: []});
+  if (state.sel && state.sel.position >= F.token_strs.length) setState({sel: null, ex: []});
   if (state.ad !== null && state.ad >= F.token_strs.length) setState({ad: null});
   if (state.sel && state.sel.position === 0) { state.bos = true; $("hide-bos").checked = false; }
   rebuildTokens({keepScroll: !newPrompt});
@@ -480,7 +479,7 @@ async function refresh() {
     scrollToPosition(state.sel.position);
   }
   loadAttention();
-  const work = [panels.show()];
+  const work = [panels.show(), intervene.show()];
   if (state.cmp && state.q) work.push(panels.runCompare()); else panels.resetCompare();
   if (state.g) work.push(graph.load());
   await Promise.all(work);
@@ -491,7 +490,7 @@ function run() {
   if (!p) { showError(new Error("Type a prompt first.")); $("prompt").focus(); return; }
   hideError();
   const changed = p !== state.p;
-  setState(changed ? {p, sel: null, iv: false, ex: [], ad: null} : {p}, changed);
+  setState(changed ? {p, sel: null, ex: [], ad: null, ed: [], at: null, iv: false, gs: false} : {p}, changed);
   if (changed) cursor = {index: 0, chip: 0};
   refresh();
 }
@@ -510,11 +509,7 @@ function readControlsIntoDom() {
   $("attn-layer").value = state.al === null ? "" : String(state.al);
   $("attn-head").value = String(state.ah);
   $("attn-head").disabled = state.al === null;
-  $("intervene-scale").value = String(state.sc);
-  $("intervene-where").value = state.ip;
-  $("intervene-at").value = state.iat;
-  $("logit-a").value = state.ta;
-  $("logit-b").value = state.tb;
+  intervene.readControls();
   $("rdfa-topk").value = String(state.tk);
   $("rdfa-threshold").value = String(state.th);
 }
@@ -621,18 +616,7 @@ function bind() {
   });
   $("rdfa-collapse").addEventListener("click", () => { setState({ex: []}); panels.loadRdfa(); });
 
-  const tokenOf = (box) => (box.dataset.tokenId ? `#${box.dataset.tokenId}` : box.value);  // a picked token: its id
-  const ivInputs = () => setState({
-    sc: numOr($("intervene-scale").value, 0, -1000, 1000), ip: $("intervene-where").value, iat: $("intervene-at").value,
-    ta: tokenOf($("logit-a")), tb: tokenOf($("logit-b"))});
-  for (const id of ["logit-a", "logit-b"]) $(id).addEventListener("input", (e) => { delete e.target.dataset.tokenId; });
-  for (const id of ["intervene-scale", "intervene-where", "intervene-at", "logit-a", "logit-b"]) {
-    $(id).addEventListener("change", ivInputs);
-  }
-  for (const b of document.querySelectorAll("[data-scale]")) {
-    b.addEventListener("click", () => { $("intervene-scale").value = b.dataset.scale; ivInputs(); panels.runIntervene(); });
-  }
-  $("intervene-form").addEventListener("submit", (e) => { e.preventDefault(); ivInputs(); panels.runIntervene(); });
+  intervene.bind();
 
   $("compare-form").addEventListener("submit", (e) => { e.preventDefault(); runCompare(); });
   $("compare-prompt").addEventListener("keydown", (e) => {
@@ -658,6 +642,7 @@ function runCompare() {
   if (!state.p) { showError(new Error("Run the first prompt first.")); return; }
   if ($("prompt").value !== state.p) { showError(new Error("The prompt box was edited: press Run first, then compare.")); return; }
   setState({q, cmp: true});
+  intervene.renderEdits();  // "patch from B" is offered once there is a B
   panels.runCompare();
 }
 
@@ -675,6 +660,7 @@ function onUrl() {
   attn = null;
   loadAttention();
   panels.show();
+  intervene.show();
   if (state.cmp && state.q) panels.runCompare(); else panels.resetCompare();
   graph.draw();
 }
@@ -684,7 +670,7 @@ function onUrl() {
 function exportJson() {
   const data = {
     exported: new Date().toISOString(), url: location.href, state: structuredClone(state), info,
-    responses: {features: F, ...panels.shown(), ...graph.shown(), attention: attn},
+    responses: {features: F, ...panels.shown(), ...intervene.shown(), ...graph.shown(), attention: attn},
   };
   const blob = new Blob([JSON.stringify(data, null, 1)], {type: "application/json"});
   const url = URL.createObjectURL(blob);
