@@ -151,9 +151,13 @@ def dashboard_of(site: Path, by_layer: Mapping[int, SAE]) -> dict[int, dict]:
 
 
 def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path | None = None,
-               max_sessions: int = 4) -> FastAPI:
+               max_sessions: int = 4, labels: str | Path | None = None, card_corpus: str = "stdlib",
+               card_tokens: int | None = None) -> FastAPI:
     """The explorer app for ``model`` and its ``saes``; ``dashboard``: a folder written by ``attnsae dashboard``
-    for the same SAEs (family labels and links to feature pages)."""
+    for the same SAEs (family labels, links to feature pages, and the feature cards' data); ``labels``: the labels
+    file (None: labels live in memory only; ``attnsae explore`` gives :func:`attnsae.views.labels.
+    default_labels_path`); without ``dashboard``, feature cards scan ``card_tokens`` tokens of ``card_corpus``
+    (:mod:`attnsae.serve.cards`)."""
     from attnsae.evals.splice import saes_by_layer
 
     by_layer = saes_by_layer(model, saes)
@@ -292,5 +296,34 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
         with lock:
             a = session(body.prompt)
             return a.compare(session(body.other), body.k)
+
+    # ------------------------------------------------------------------------------------------- feature cards
+
+    from attnsae.sae.checks import fingerprint
+    from attnsae.serve.cards import CARD_TOKENS, FeatureCards
+    from attnsae.views.labels import Labels
+
+    cards = FeatureCards(model, by_layer, lock, Labels(labels, {l: fingerprint(s) for l, s in by_layer.items()}),
+                         site, families, card_corpus, card_tokens or CARD_TOKENS)
+
+    @app.post("/api/card")
+    def card(body: S.CardBody) -> dict:
+        return cards.card(body.layer, body.feature)
+
+    @app.post("/api/search")
+    def search(body: S.SearchBody) -> dict:
+        acts = None
+        if body.prompt is not None:
+            with lock:
+                acts = session(body.prompt).acts
+        return cards.search(body.query, body.layers, body.k, acts)
+
+    @app.get("/api/labels")
+    def labels_list() -> dict:
+        return cards.all_labels()
+
+    @app.post("/api/label")
+    def label(body: S.LabelBody) -> dict:
+        return cards.set_label(body.layer, body.feature, body.label)
 
     return app
