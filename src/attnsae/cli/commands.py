@@ -365,25 +365,36 @@ def explore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", nargs="+", required=True, metavar="DIR", help="SAE folders (one per layer) to explore")
     add_model_args(p, sae_default=True)
     p.add_argument("--dashboard", default=None, metavar="DIR",
-                   help="a dashboards folder of these SAEs (`attnsae dashboard`): family labels and feature pages")
+                   help="a dashboards folder of these SAEs (`attnsae dashboard`): family labels, feature pages and "
+                   "the feature cards' data")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1, this machine only; anything else is reachable by others); "
                    "only requests addressed to it, 127.0.0.1, localhost or [::1] are served")
     p.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="the JSON file of the feature labels you write in the page: a labels file of earlier runs "
+                   "or a new path (default $ATTNSAE_HOME/labels.json, ~/.cache/attnsae/labels.json)")
+    p.add_argument("--card-tokens", type=positive, default=None, metavar="N",
+                   help="without --dashboard: corpus tokens the feature cards scan, once per layer, when first asked "
+                   "(default 8,192 of the SAEs' corpus, validation split)")
 
 
 def run_explore(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from attnsae.jobs.inputs import load_saes_and_model
+    from attnsae.jobs.inputs import corpus_for_sae, load_saes_and_model
     from attnsae.serve.app import create_app, listen, url_of
     from attnsae.serve.guards import LOCAL_HOSTS
+    from attnsae.views.labels import default_labels_path, read_labels_file
 
     if args.dashboard is not None and not (Path(args.dashboard) / "index.html").is_file():
         raise AttnsaeError(f"--dashboard {args.dashboard} is not a dashboards folder (no index.html): give the folder "
                            "`attnsae dashboard` or the quickstart wrote")
+    labels = args.labels or default_labels_path()
+    read_labels_file(labels)  # refused before the model loads: never a file attnsae did not write
     saes, model = load_saes_and_model(args.sae, args.model, args.device)
-    app = create_app(model, saes, args.dashboard, host=args.host)
+    app = create_app(model, saes, args.dashboard, host=args.host, labels=labels,
+                     card_corpus=corpus_for_sae(saes[0], None), card_tokens=args.card_tokens)
     sock = listen(args.host, args.port)
     if args.host not in LOCAL_HOSTS:
         print(f"attnsae: warning: binding {args.host}: anyone who can reach this address can use the explorer "

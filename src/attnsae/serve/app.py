@@ -155,11 +155,15 @@ def dashboard_of(site: Path, by_layer: Mapping[int, SAE]) -> dict[int, dict]:
 
 
 def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path | None = None,
-               max_sessions: int = 4, host: str | None = None, lock_wait_s: float = S.LOCK_WAIT_S) -> FastAPI:
+               max_sessions: int = 4, host: str | None = None, lock_wait_s: float = S.LOCK_WAIT_S,
+               labels: str | Path | None = None, card_corpus: str = "stdlib", card_tokens: int | None = None) -> FastAPI:
     """The explorer app for ``model`` and its ``saes``; ``dashboard``: a folder written by ``attnsae dashboard``
-    for the same SAEs (family labels and links to feature pages); ``host``: the address it is served on, whose
-    name requests may carry besides ``127.0.0.1``, ``localhost`` and ``[::1]``; ``lock_wait_s``: how long a request
-    waits for the model before a 503. ``app.state.model_lock`` is the :class:`~attnsae.serve.guards.ModelLock`."""
+    for the same SAEs (family labels, links to feature pages, and the feature cards' data); ``host``: the address it
+    is served on, whose name requests may carry besides ``127.0.0.1``, ``localhost`` and ``[::1]``; ``lock_wait_s``:
+    how long a request waits for the model before a 503 (``app.state.model_lock`` is the
+    :class:`~attnsae.serve.guards.ModelLock`); ``labels``: the labels file (None: labels live in memory only;
+    ``attnsae explore`` gives :func:`attnsae.views.labels.default_labels_path`); without ``dashboard``, feature cards
+    scan ``card_tokens`` tokens of ``card_corpus`` (:mod:`attnsae.serve.cards`)."""
     from attnsae.evals.splice import saes_by_layer
 
     by_layer = saes_by_layer(model, saes)
@@ -343,5 +347,34 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
                         f"lower k to {max(1, S.MAX_ANSWER_ITEMS // (n * L))} or shorten the prompts")
 
         return ask(body.prompt, lambda s: s.compare(session(body.other), body.k), "lower k", count)
+
+    # ------------------------------------------------------------------------------------------- feature cards
+
+    from attnsae.sae.checks import fingerprint
+    from attnsae.serve.cards import CARD_TOKENS, FeatureCards
+    from attnsae.views.labels import Labels
+
+    cards = FeatureCards(model, by_layer, lock, Labels(labels, {l: fingerprint(s) for l, s in by_layer.items()}),
+                         site, families, card_corpus, card_tokens or CARD_TOKENS)
+
+    @post("/api/card")
+    def card(body: S.CardBody) -> Response:
+        return answer(cards.card(body.layer, body.feature), "ask for another feature")
+
+    @post("/api/search")
+    def search(body: S.SearchBody) -> Response:
+        acts = None
+        if body.prompt is not None:
+            with lock.held():
+                acts = session(body.prompt).acts
+        return answer(cards.search(body.query, body.layers, body.k, acts), "lower k")
+
+    @app.get("/api/labels", responses=S.INFO_ERRORS)
+    def labels_list() -> Response:
+        return answer(cards.all_labels(), "remove labels")
+
+    @post("/api/label")
+    def label(body: S.LabelBody) -> Response:
+        return answer(cards.set_label(body.layer, body.feature, body.label), "shorten the label")
 
     return app

@@ -50,6 +50,17 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
     POST /api/compare     {"a": {"tokens", "token_strs"}, "b": {...}, "n_positions": min length,
                            "rows": [[{"layer", "feature", "a", "b", "delta"}] largest |delta| first] per position,
                            "tolerance": {layer: |delta| at or below it is float rounding, left out}}
+    POST /api/card        {layer, feature}: what the feature means (attnsae.serve.cards): {"layer", "feature",
+                           "label", "family", "family_source", "density", "n_fired",
+                           "source": {"kind": "dashboard" | "scan", "n_tokens", "text"},
+                           "contexts": [{"act", "dest", "segments": [{"start", "tokens", "strs", "acts"}]}] <= 5,
+                           "top_tokens": [{"token", "str", "count"}] <= 5, "logits": {"top", "bottom":
+                           [{"token", "str", "value"}] 10, "definition"} | null, "logits_refused"}
+    POST /api/search      {query, layers?, k?, prompt?}: {"query", "tokens": [{"token", "str"}] (matched),
+                           "results": [{"layer", "feature", "label", "family", "why": [str], "rank",
+                           "fires": {"n", "positions" <= 32, "max_position", "max_act"} | null}] k, "n_found"}
+    GET  /api/labels      {"path", "max_chars", "labels": [{"layer", "feature", "label"}]}
+    POST /api/label       {layer, feature, label ("" removes it)}: {"layer", "feature", "label" | null, "path"}
 
 Errors are ``{"detail": "one line saying what is wrong and what to do"}`` (at most 300 characters of it: an error
 never echoes a long input back; :class:`ErrorBody`, and ``/openapi.json`` lists each endpoint's):
@@ -78,6 +89,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from attnsae.views.labels import MAX_LABEL_CHARS
 
 MAX_PROMPT_CHARS = 100_000  # a prompt longer than this is refused before tokenising (n_ctx bounds the tokens)
 MAX_BODY_BYTES = 1_000_000  # any request body over this is refused (413)
@@ -245,3 +258,22 @@ def error_responses(*codes: int) -> dict[int, dict]:
 
 API_ERRORS = error_responses(400, 411, 413, 422, 503)  # every POST /api/... endpoint
 INFO_ERRORS = error_responses(400)  # GET /api/info (only an unserved Host)
+
+
+class CardBody(_Body):
+    layer: int = Layer
+    feature: int = Feature
+
+
+class SearchBody(_Body):
+    query: str = Field(min_length=1, max_length=100, description="a feature (L1/114), label text, or a token")
+    layers: list[int] | None = Field(None, max_length=64, description="layers to search (default: all with an SAE)")
+    k: int = Field(20, ge=1, le=50, description="results")
+    prompt: str | None = Field(None, min_length=1, max_length=MAX_PROMPT_CHARS,
+                               description="also say where each result fires on this prompt")
+
+
+class LabelBody(_Body):
+    layer: int = Layer
+    feature: int = Feature
+    label: str = Field(max_length=MAX_LABEL_CHARS, description="the feature's label; empty removes it")

@@ -148,14 +148,24 @@ def _read_index(site: Path) -> dict:
 
 def read_feature(site: str | Path, sae: str, i: int) -> dict:
     """Feature ``i`` of the SAE named ``sae`` (e.g. "L17") read back from a written site: the FEATURE dict above."""
-    site = Path(site)
+    entry = _sae_entry(Path(site), sae)
+    if not 0 <= i < entry["d_sae"]:
+        raise KeyError(f"SAE {sae} has features 0..{entry['d_sae'] - 1}, not {i}")
+    return _read_chunk(Path(site) / entry["dir"], i // CHUNK_SIZE)[i % CHUNK_SIZE]
+
+
+def _sae_entry(site: Path, sae: str) -> dict:
+    """The index's entry of the SAE named ``sae``."""
     saes = {s["name"]: s for s in _read_index(site)["saes"]}
     if sae not in saes:
         raise KeyError(f"no SAE named {sae!r} in {site}: it has {', '.join(saes)}")
-    if not 0 <= i < saes[sae]["d_sae"]:
-        raise KeyError(f"SAE {sae} has features 0..{saes[sae]['d_sae'] - 1}, not {i}")
-    text = (site / saes[sae]["dir"] / f"{i // CHUNK_SIZE}.js").read_text(encoding="utf-8")
-    return json.loads(text[text.index("(") + 1:text.rindex(")")])["features"][i % CHUNK_SIZE]
+    return saes[sae]
+
+
+def _read_chunk(folder: Path, n: int) -> list[dict]:
+    """The features of data file ``n`` of one SAE's folder."""
+    text = (folder / f"{n}.js").read_text(encoding="utf-8")
+    return json.loads(text[text.index("(") + 1:text.rindex(")")])["features"]
 
 
 def read_families(site: str | Path) -> list[dict]:
@@ -218,3 +228,16 @@ def _summary(sae: dict, folder: str, family_names: list[str]) -> dict:
         "top_token": [first_token(f["top_tokens"]) for f in features],
         "top_logit": [first_token(f["logits"]["pos"]) for f in features],
     }
+
+
+def read_corpus(site: str | Path) -> dict:
+    """What the site's features were measured on: ``{"source", "split", "n_tokens", "context_size"}`` (``n_tokens``
+    counts the positions scanned, BOS left out)."""
+    return dict(_read_index(Path(site))["corpus"])
+
+
+def read_summary(site: str | Path, sae: str) -> dict:
+    """The index's summary of the SAE named ``sae``: its name, layer, ``d_sae``, ... and a column per feature
+    (``density``, ``max_act``, ``family`` (a code into the families' names), ``top_token``, ``top_logit``: -1 where
+    none), without reading any feature's data file."""
+    return _sae_entry(Path(site), sae)

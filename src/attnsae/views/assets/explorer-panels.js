@@ -80,7 +80,7 @@ export function createPanels(ctx) {
     });
     put(head, 
       el("div", {class: "feature-title"},
-        el("h2", {id: "feature-name"}, featureName(layer, feature)),
+        el("h2", {id: "feature-name", class: "fref", "data-layer": layer, "data-feature": feature}, featureName(layer, feature)),
         entry && entry.family ? el("span", {class: "badge family", "data-family": entry.family}, entry.family) : null,
         el("span", {class: "muted"}, "at"), posChip(position),
         dashboardLink(layer, feature),
@@ -307,7 +307,8 @@ export function createPanels(ctx) {
   function rdfaLabel(node) {
     const parts = [];
     if (node.kind === "feature") {
-      parts.push(el("button", {type: "button", class: "goto", title: `select L${node.layer}/${node.feature} at position ${node.position}`,
+      parts.push(el("button", {type: "button", class: "goto fref", "data-layer": node.layer, "data-feature": node.feature,
+                               title: `select L${node.layer}/${node.feature} at position ${node.position}`,
                                onclick: () => ctx.select({layer: node.layer, feature: node.feature, position: node.position})},
         featureName(node.layer, node.feature)), el("span", {class: "muted"}, "at"), posChip(node.position));
       if (finite(node.coef) && node.coef !== 1) {

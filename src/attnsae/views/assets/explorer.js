@@ -2,7 +2,8 @@
    intervention / comparison, against the local JSON API of attnsae.serve (see attnsae/serve/schemas.py).
 
    Modules: explorer.js (state, URL, token list), explorer-panels.js (detail cards), explorer-intervene.js (the
-   intervention card), explorer-graph.js (the Graph view), explorer-util.js (helpers).
+   intervention card), explorer-graph.js (the Graph view), explorer-cards.js (feature cards on hover, feature search,
+   labels), explorer-util.js (helpers).
    Every request goes to this page's own origin (relative URLs); data enters the DOM only as text or attributes.
 
    Stable ids and selectors (for tests and scripts):
@@ -42,6 +43,7 @@ import {$, el, put, tokenNodes, tokenText, fmt, fmtPct, api, cachedApi, clamp, A
 import {createPanels} from "./explorer-panels.js";
 import {createGraph} from "./explorer-graph.js";
 import {createIntervene, parseIv, writeIv} from "./explorer-intervene.js";
+import {createCards} from "./explorer-cards.js";
 
 const EXAMPLE = "import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n    return os.path.join(path, sys.argv[1])\n";
 
@@ -416,6 +418,8 @@ const panels = createPanels({
 const graph = createGraph({
   state: () => state, setState, error: showError, busy, select: (sel) => select(sel), setAttention,
 });
+
+createCards({state: () => state, select: (sel) => select(sel)});  // feature cards, search and labels
 
 function select(sel, push = true) {
   if (!F || sel.position >= F.token_strs.length) return;
