@@ -2,7 +2,8 @@
    number's name (it follows the ranking), a chip's own numbers with the token its logit is of, and the key of the
    attention shading (a single-hue scale: not the red and blue of signed values).
    Ids: #chip-legend (.legend-chip[data-family]: the families shown), #features-head (names the chip number),
-   #feature-stats (the selected feature's act, DFA, logit("token")), #attn-key (hidden while attention is off). */
+   #feature-stats (the selected feature's act, DFA, logit("token")), .preds-head (a prediction list's columns),
+   #attn-key (hidden while attention is off). */
 
 import {$, el, put, fmt, fmtSigned, finite, tokenChip} from "./explorer-util.js";
 
@@ -62,6 +63,13 @@ export function statLine(e, top) {
       "logit(", top ? tokenChip(top.str, "the model's top prediction here") : "top prediction", ") ",
       el("b", {}, fmtSigned(e.logit)))] : null,
   ];
+}
+
+/* The column titles over a list of predictions (explorer-panels.js predictionList: token, probability, logit). */
+export function predictionColumns(preds) {
+  return el("div", {class: "preds-head", "aria-hidden": "true"}, el("span", {}, "next token"),
+    el("span", {title: "probability"}, "prob"),
+    preds.some((p) => finite(p.logit)) ? el("span", {title: "the token's logit"}, "logit") : null);
 }
 
 /* The attention shading's key: a ramp from 0 to the largest weight shown, or hidden when attention is off. */

@@ -5,7 +5,7 @@
 import {$, el, put, append, tokenChip, tokenText, fmt, fmtSigned, fmtPct, finite, barList, bar, cachedApi, api, clamp,
         topIndices} from "./explorer-util.js";
 import {POS_AXIS_H, drawPositionAxis, heatFrame, setScale, termColour} from "./explorer-heatmap.js";
-import {statLine} from "./explorer-legend.js";
+import {predictionColumns, statLine} from "./explorer-legend.js";
 import {columnTitles, describeTerm, restGroup, splitChildren} from "./explorer-rdfa.js";
 
 const OCC_SHOWN = 16;
@@ -457,14 +457,15 @@ export function createPanels(ctx) {
     if (!r.logit_effect) {  // a model whose LM head no linear read-out explains (an encoder's MLM transform, ...)
       put($("effect"), el("div", {},
         el("p", {class: "hint", id: "effect-refused"}, r.logit_effect_refused || "no logit effect on this model"),
-        el("h4", {}, "model predicts after ", posChip(position)), predictionList(r.predictions || [])));
+        el("h4", {}, "model predicts after ", posChip(position)), predictionColumns(r.predictions || []),
+        predictionList(r.predictions || [])));
       return;
     }
     put($("effect"), el("div", {class: "three-col"},
       el("div", {id: "effect-top"}, el("h4", {}, "promotes ", el("span", {class: "sub"}, "logit per unit")), tokenButtons(le.top_strs || [], le.top_values || [], "promote", le.top_tokens || [])),
       el("div", {id: "effect-bottom"}, el("h4", {}, "suppresses ", el("span", {class: "sub"}, "logit per unit")), tokenButtons(le.bottom_strs || [], le.bottom_values || [], "suppress", le.bottom_tokens || [])),
       el("div", {id: "effect-predictions"}, el("h4", {}, "model predicts after ", posChip(position)),
-        predictionList(r.predictions || []))),
+        predictionColumns(r.predictions || []), predictionList(r.predictions || []))),
       el("p", {class: "hint"}, `direct effect of one unit of ${featureName(layer, feature)} (act ${fmt(r.act)}) on the logits: ` +
         `${le.definition}; the same numbers as the chips' "logit" and the dashboards. Click a token to use it in the logit ` +
         "difference below (shift-click: second token)"));
@@ -472,18 +473,13 @@ export function createPanels(ctx) {
 
   function predictionList(preds, cls = "", before = null) {
     const prior = before ? new Map(before.map((p) => [p.token, p.prob])) : null;
-    const logits = preds.some((p) => finite(p.logit));
-    const head = el("div", {class: "preds preds-head" + (prior ? " with-delta" : ""), "aria-hidden": "true"},
-      el("span", {}, "next token"), el("span", {title: "probability"}, "prob"),
-      logits ? el("span", {class: "h-logit", title: "the token's logit"}, "logit") : null,
-      prior ? el("span", {title: "change in probability, percentage points"}, "Δ pp") : null);
-    return [head, el("ol", {class: "preds " + cls + (prior ? " with-delta" : "")}, preds.map((p) => el("li", {},
+    return el("ol", {class: "preds " + cls + (prior ? " with-delta" : "")}, preds.map((p) => el("li", {},
       el("button", {type: "button", class: "pick", title: `${JSON.stringify(p.str)}: click to use as logit token A (shift: B)` +
                     (finite(p.logit) ? `\nlogit ${fmt(p.logit, 4)}` : ""), onclick: (e) => pickToken(p.str, e, p.token)},
         tokenChip(p.str)),
       el("span", {class: "num prob"}, fmtPct(p.prob, 3)),
       finite(p.logit) ? el("span", {class: "num muted"}, fmt(p.logit, 3)) : null,
-      prior ? deltaPP(prior.get(p.token), p.prob) : null)))];
+      prior ? deltaPP(prior.get(p.token), p.prob) : null)));
   }
 
   function deltaPP(before, after) {
@@ -522,8 +518,7 @@ export function createPanels(ctx) {
       el("p", {class: "iv-summary"},
         el("b", {}, s.sc === 0 ? "zero-ablated " : `scaled ×${fmt(s.sc)} `), featureName(layer, feature), " ",
         r.position === null || r.position === undefined ? "at every position" : el("span", {}, "at ", posChip(r.position)),
-        "; logits read after ", posChip(at), el("span", {class: "muted num", title: "the largest change of any token's logit there"},
-          ` · largest |Δ logit| ${fmt(r.max_abs_logit_change)}`)),
+        "; logits read after ", posChip(at), el("span", {class: "muted num"}, ` · max |Δ logit| ${fmt(r.max_abs_logit_change)}`)),
       ld ? el("div", {class: "logit-diff num"},
         el("span", {}, "logit(", tokenChip(ld.tokens[0]), ") − logit(", tokenChip(ld.tokens[1]), "): "),
         el("span", {class: "ld"}, "before ", el("b", {id: "logit-diff-before"}, fmt(ld.before, 4))),
@@ -531,14 +526,12 @@ export function createPanels(ctx) {
         el("span", {class: "ld " + (ld.after - ld.before < 0 ? "neg" : "pos")}, "Δ ", fmtSigned(ld.after - ld.before, 3)))
         : el("p", {class: "hint"}, "Give two tokens A and B for a logit difference."),
       el("div", {class: "two-col"},
-        el("div", {id: "preds-before"}, el("h4", {}, "before ", el("span", {class: "sub"}, "the clean run")),
-          predictionList(r.before || [], "before")),
-        el("div", {id: "preds-after"}, el("h4", {}, "after ", el("span", {class: "sub"}, `${featureName(layer, feature)} ` +
-          (s.sc === 0 ? "zero-ablated" : `×${fmt(s.sc)}`))), predictionList(r.after || [], "after", r.before || []))),
+        el("div", {id: "preds-before"}, el("h4", {}, "before"), predictionList(r.before || [], "before")),
+        el("div", {id: "preds-after"}, el("h4", {}, "after"), predictionList(r.after || [], "after", r.before || []))),
       el("h4", {}, "downstream feature changes"),
       down.length ? el("div", {class: "table-scroll"}, el("table", {class: "data", id: "downstream"},
-        el("thead", {}, el("tr", {}, el("th", {}, "feature"), el("th", {}, "at"), el("th", {class: "num"}, "act before"),
-                       el("th", {class: "num"}, "act after"), el("th", {class: "num"}, "Δ act"), el("th", {}, ""))),
+        el("thead", {}, el("tr", {}, el("th", {}, "feature"), el("th", {}, "at"), el("th", {class: "num"}, "before"),
+                       el("th", {class: "num"}, "after"), el("th", {class: "num"}, "Δ"), el("th", {}, ""))),
         el("tbody", {}, down.slice(0, 30).map((x) => el("tr", {},
           el("td", {}, el("button", {type: "button", class: "goto", onclick: () => ctx.select({layer: x.layer, feature: x.feature, position: x.position})},
             featureName(x.layer, x.feature))),

@@ -1,9 +1,7 @@
 /* Circuit Explorer (attnsae explore): prompt → tokens → SAE features → DFA / recursive DFA / logit effect /
    intervention / comparison, against the local JSON API of attnsae.serve (see attnsae/serve/schemas.py).
 
-   Modules: explorer.js (state, URL, token list), explorer-panels.js (detail cards), explorer-util.js (helpers);
-   explorer-lanes.js (row heights), -legend.js (keys), -heatmap.js (the DFA map's scale), -rdfa.js (RDFA's terms):
-   each names the ids it adds.
+   Modules: explorer.js (state, URL, token list), explorer-panels.js (detail cards), explorer-util.js (helpers).
    Every request goes to this page's own origin (relative URLs); data enters the DOM only as text or attributes.
 
    Stable ids and selectors (for tests and scripts):
@@ -37,10 +35,10 @@
    "a" pins the attention destination; "/" focuses the prompt; Escape dismisses the error bar. */
 
 import {$, el, put, tokenNodes, tokenText, fmt, fmtPct, api, cachedApi, clamp, ApiError} from "./explorer-util.js";
+import {rowHeight as tokenRowHeight} from "./explorer-lanes.js";  // every chip whole
+import {attentionKey, chipTitle, renderLegend} from "./explorer-legend.js";  // what colours and numbers mean
 import {createPanels} from "./explorer-panels.js";
 import {createGraph} from "./explorer-graph.js";
-import {rowHeight as tokenRowHeight} from "./explorer-lanes.js";
-import {attentionKey, chipTitle, renderLegend} from "./explorer-legend.js";
 
 const EXAMPLE = "import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n    return os.path.join(path, sys.argv[1])\n";
 
