@@ -186,10 +186,10 @@ def test_every_number_is_named(browser, servers):
     chip = row(page, 9).locator('.chip[data-layer="0"]').first
     assert f"logit({json.dumps(top, ensure_ascii=False)})" in chip.get_attribute("title")
     chip.click()
-    page.wait_for_selector("#feature-stats")
-    stats = page.text_content("#feature-stats")
+    page.wait_for_selector("#feature-head .feature-stats")
+    stats = page.text_content("#feature-head .feature-stats")
     assert re.search(r"act \S+ · DFA \S+ · logit\(.+\) [+−]?\S+", stats), stats
-    assert page.get_attribute("#feature-stats .stat-logit .tk", "title").startswith(json.dumps(top, ensure_ascii=False))
+    assert page.get_attribute("#feature-head .stat-logit .tk", "title").startswith(json.dumps(top, ensure_ascii=False))
     # the prediction list names its columns; the DFA bars say what they sum
     page.wait_for_selector("#effect-predictions .preds-head")
     assert page.locator("#effect-predictions .preds-head span").all_text_contents() == ["next token", "prob", "logit"]

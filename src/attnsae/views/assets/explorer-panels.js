@@ -90,7 +90,7 @@ export function createPanels(ctx) {
         entry && entry.family ? el("span", {class: "badge family", "data-family": entry.family}, entry.family) : null,
         el("span", {class: "muted"}, "at"), posChip(position),
         dashboardLink(layer, feature)),
-      entry ? el("div", {class: "feature-stats muted num", id: "feature-stats"},
+      entry ? el("div", {class: "feature-stats muted num"},
         statLine(entry, ((F.predictions || [])[position] || [])[0])) : null,
       occurrences.length > 1 ? el("div", {class: "occurrences"},
         el("span", {class: "muted"}, `in the top ${s.k} at ${occurrences.length} positions:`),
