@@ -2,8 +2,8 @@
    number's name (it follows the ranking), a chip's own numbers with the token its logit is of, and the key of the
    attention shading (a single-hue scale: not the red and blue of signed values).
    Ids: #chip-legend (.legend-chip[data-family]: the families shown), #features-head (names the chip number),
-   #feature-head .feature-stats (the selected feature's act, DFA, logit("token")), .preds-head (a prediction list's columns),
-   #attn-key (hidden while attention is off). */
+   #feature-head .feature-stats (the selected feature's act, DFA, logit("token")), .preds-head (a prediction list's
+   columns), #attn-key (hidden while attention is off). */
 
 import {$, el, put, fmt, fmtSigned, finite, tokenChip} from "./explorer-util.js";
 
