@@ -59,7 +59,8 @@ export function positionTicks(cols, cellW, dest, width) {
   let last = -Infinity;
   cols.forEach((s, ci) => {
     const x = ci * cellW;
-    if (ci === di || (consecutive && s % step) || x - last < room || (di >= 0 && Math.abs(di * cellW - x) < room)) return;
+    const crowded = x - last < room || (di >= 0 && Math.abs(di * cellW - x) < room);
+    if (ci === di || (consecutive && s % step) || crowded) return;
     picked.push(ci);
     last = x;
   });

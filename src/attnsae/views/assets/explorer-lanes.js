@@ -5,8 +5,8 @@
 
 import {el} from "./explorer-util.js";
 
-export const LINE_H = 24;  // one line of chips: 22 px (explorer.css .lane) and the 2 px gap under it
-const SLACK = 0.75;        // px added to each chip: sub-pixel rounding never moves a chip to a line not counted
+const LINE_H = 24;    // one line of chips: 22 px (explorer.css .lane) and the 2 px gap under it
+const SLACK = 0.75;    // px added to each chip: sub-pixel rounding never moves a chip to a line not counted
 
 /* The height in px of every token row: its padding and the fullest row's lanes; when wide, at least two lines (the
    token, and its prediction under it: explorer.css); when narrow, a line for both above the lanes.
@@ -44,11 +44,14 @@ function measureLane(spacer) {
   const v = el("span", {class: "v num"}, value);
   const chip = el("button", {type: "button", class: "chip badge"}, name, v);
   const lane = el("div", {class: "lane"}, chip);
-  const probe = el("div", {class: "row probe", "aria-hidden": "true"}, el("span", {class: "pos"}), el("span", {class: "tok"}),
-                   el("span", {class: "pred"}), el("div", {class: "lanes"}, lane));
+  const probe = el("div", {class: "row probe", "aria-hidden": "true"}, el("span", {class: "pos"}),
+                   el("span", {class: "tok"}), el("span", {class: "pred"}), el("div", {class: "lanes"}, lane));
   spacer.append(probe);
   const inner = lane.clientWidth, gap = parseFloat(getComputedStyle(lane).columnGap) || 0;
-  const font = (node) => { const c = getComputedStyle(node); return `${c.fontStyle} ${c.fontWeight} ${c.fontSize} ${c.fontFamily}`; };
+  const font = (node) => {
+    const c = getComputedStyle(node);
+    return `${c.fontStyle} ${c.fontWeight} ${c.fontSize} ${c.fontFamily}`;
+  };
   const fonts = [font(chip), font(v)];  // not the computed `font`: empty when a part (tabular-nums) has no shorthand
   const box = chip.getBoundingClientRect().width;
   probe.remove();

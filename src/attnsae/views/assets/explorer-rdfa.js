@@ -74,7 +74,7 @@ export function restGroup(rows, rest, value) {
 
 /* The tree's column titles. */
 export function columnTitles() {
-  return el("div", {class: "rdfa-line rdfa-cols", "aria-hidden": "true"}, el("span"), el("span", {class: "kind"}), el("span", {}, "term"),
-    el("span", {class: "rdfa-value"}, "value"), el("span"),
+  return el("div", {class: "rdfa-line rdfa-cols", "aria-hidden": "true"}, el("span"), el("span", {class: "kind"}),
+    el("span", {}, "term"), el("span", {class: "rdfa-value"}, "value"), el("span"),
     el("span", {class: "rdfa-share", title: "share of the node this term is a part of (its parent)"}, "% of node"));
 }
