@@ -17,8 +17,9 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
                            "terms": [[float] n_heads] S (source x head),
                            "by_src": [float] S, "by_head": [float] n_heads,
                            "identity_error": |pre_act - dfa_total - bias|}
-    POST /api/rdfa        one node expanded one level: {"node": NODE, "children": [NODE], "remainders": {name: v},
-                           "residual": node.value - Σ children - Σ remainders, "relative_residual"}
+    POST /api/rdfa        one node expanded one level: {"node": NODE, "children": [NODE] and "remainders":
+                          {name: v}, each largest |value| first,
+                          "residual": node.value - Σ children - Σ remainders, "relative_residual"}
                           NODE = {"kind": "feature" | "head_source" | "component", "name", "value", "layer",
                                   "position", "feature"?, "head"?, "source"?, "coef"?, "activation"?,
                                   "expandable": bool, "ref"?: NODE_REF to POST back as "node" to expand it}

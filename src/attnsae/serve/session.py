@@ -169,11 +169,13 @@ class PromptSession:
     def rdfa(self, kind: str, layer: int, position: int, feature: int, coef: float = 1.0, head: int | None = None,
              source: int | None = None, top_k: int = 5, threshold: float = 0.0) -> dict:
         """One node of the recursive DFA tree expanded one level (:meth:`RDFATracer.expand`): the node, its
-        children (each with the ``ref`` that expands it, when it can be), its remainders and its closure."""
+        children (each with the ``ref`` that expands it, when it can be) and its remainders, each largest |value|
+        first, and its closure."""
         node = self.tracer.expand(kind, layer, position, feature, coef, head, source, top_k, threshold)
         residual = node.residual()
-        return {"node": self._node(node), "children": [self._node(c) for c in node.children],
-                "remainders": dict(node.remainders), "residual": residual,
+        by_size = sorted(node.children, key=lambda c: -abs(c.value))  # a head-source node lists components first
+        return {"node": self._node(node), "children": [self._node(c) for c in by_size],
+                "remainders": dict(sorted(node.remainders.items(), key=lambda kv: -abs(kv[1]))), "residual": residual,
                 "relative_residual": abs(residual) / max(node.scale(), 1e-30)}
 
     def _node(self, n: RDFANode) -> dict:

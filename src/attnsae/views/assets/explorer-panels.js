@@ -5,12 +5,16 @@
 
 import {$, el, put, append, tokenChip, tokenText, fmt, fmtSigned, fmtPct, finite, barList, bar, cachedApi, api, clamp,
         topIndices} from "./explorer-util.js";
+import {POS_AXIS_H, drawPositionAxis, heatFrame, setScale, termColour} from "./explorer-heatmap.js";
+import {predictionColumns, statLine} from "./explorer-legend.js";
+import {columnTitles, describeTerm, restGroup, splitChildren} from "./explorer-rdfa.js";
 
 const OCC_SHOWN = 16;
-const KIND_LABELS = {feature: "feat", head_source: "head", component: "comp"};
+const KIND_LABELS = {feature: "feat", head_source: "head", component: "comp", remainder: "rest"};
 const KIND_TITLES = {feature: "an SAE feature (its value: coefficient × activation)",
                      head_source: "one head reading one source token (value path)",
-                     component: "a residual-stream component at the source token"};
+                     component: "a residual-stream component at the source token",
+                     remainder: "a remainder: the rest of the node's sum, named"};
 const MIN_CELL = 9, MAX_CELL = 26, LABEL_W = 34, TOP = 6, TOKEN_LABEL_H = 62;
 
 /* ctx: {state(), info(), features(), select(sel), setAttention(layer, head, dest), setState(patch, push), error(e),
@@ -87,7 +91,7 @@ export function createPanels(ctx) {
         el("button", {type: "button", id: "add-feature-edit", title: "add an edit of this feature at this position " +
                       "to the intervention below (zero it; change the op there)", onclick: () => ctx.addEdit(s.sel)}, "+ edit")),
       entry ? el("div", {class: "feature-stats muted num"},
-        `act ${fmt(entry.act)} · dfa ${fmt(entry.dfa)} · logit ${fmt(entry.logit)}`) : null,
+        statLine(entry, ((F.predictions || [])[position] || [])[0])) : null,
       occurrences.length > 1 ? el("div", {class: "occurrences"},
         el("span", {class: "muted"}, `in the top ${s.k} at ${occurrences.length} positions:`),
         occurrences.map(([i, e], n) => el("button", {
@@ -118,19 +122,19 @@ export function createPanels(ctx) {
     const headIdx = nH <= 16 ? [...Array(nH).keys()] : topIndices(d.by_head, 16);
     const note = el("p", {class: "hint", id: "dfa-note"});
     put(body, 
-      el("div", {class: "heat-wrap"},
+      heatFrame(el("div", {class: "heat-wrap"},
         el("canvas", {id: "dfa-heatmap", tabindex: "0", role: "img",
                       "aria-label": `DFA of ${featureName(layer, feature)} at position ${dest}: heads by source tokens`}),
-        el("div", {id: "dfa-tip", class: "tip", hidden: true})),
+        el("div", {id: "dfa-tip", class: "tip", hidden: true}))),
       note,
       el("div", {class: "two-col"},
         el("div", {},
-          el("h4", {}, "by source token"),
+          el("h4", {}, "by source token ", el("span", {class: "sub"}, "summed over heads")),
           barList(srcIdx.map((i) => ({label: posChip(i, i === dest ? "(the destination)" : ""), value: d.by_src[i],
                                        title: `DFA summed over heads from source ${i}`})), {cls: "by-src"}),
           el("p", {class: "hint"}, `top ${srcIdx.length} of ${dest + 1} sources`)),
         el("div", {},
-          el("h4", {}, "by head"),
+          el("h4", {}, "by head ", el("span", {class: "sub"}, "summed over sources")),
           barList(headIdx.map((h) => ({label: `L${layer}H${h}`, value: d.by_head[h], data: {head: h},
                                        title: `head ${h}: click to show its attention from position ${dest}`,
                                        onclick: () => ctx.setAttention(layer, h, dest)})), {cls: "by-head"}))));
@@ -165,14 +169,8 @@ export function createPanels(ctx) {
     else cols = [...topIndices(d.by_src, maxCols - 1, (i) => i < dest), dest].sort((a, b) => a - b);
     const cellW = clamp(Math.floor(usable / cols.length), MIN_CELL, MAX_CELL);
     const cellH = H <= 8 ? 18 : H <= 16 ? 13 : H <= 32 ? 9 : 6;
-    return {cols, cellW, cellH, H, width, height: TOP + H * cellH + TOKEN_LABEL_H, windowed: cols.length < dest + 1};
-  }
-
-  function colour(t) {
-    const a = Math.pow(Math.min(1, Math.abs(t)), 0.75);
-    const [r, g, b] = t >= 0 ? [37, 99, 235] : [220, 38, 38];
-    const mix = (c) => Math.round(255 + (c - 255) * a);
-    return `rgb(${mix(r)}, ${mix(g)}, ${mix(b)})`;
+    return {cols, cellW, cellH, H, width, height: TOP + H * cellH + POS_AXIS_H + TOKEN_LABEL_H,
+            windowed: cols.length < dest + 1};
   }
 
   function drawHeat() {
@@ -201,7 +199,7 @@ export function createPanels(ctx) {
     cols.forEach((s, ci) => {
       const x = LABEL_W + ci * cellW;
       for (let h = 0; h < H; h++) {
-        g.fillStyle = colour(maxAbs > 0 ? d.terms[s][h] / maxAbs : 0);
+        g.fillStyle = termColour(maxAbs > 0 ? d.terms[s][h] / maxAbs : 0);
         g.fillRect(x, TOP + h * cellH, cellW - (cellW > 6 ? 1 : 0), cellH - (cellH > 6 ? 1 : 0));
       }
       if (ci > 0 && s - cols[ci - 1] > 1) {  // a gap in the window of top sources: a tick under the map
@@ -211,7 +209,7 @@ export function createPanels(ctx) {
       // token label, rotated (every `labelEvery`-th when cells are narrow; the destination always)
       if (ci % labelEvery && s !== d.position) return;
       g.save();
-      g.translate(x + cellW / 2, TOP + H * cellH + 5);
+      g.translate(x + cellW / 2, TOP + H * cellH + POS_AXIS_H + 5);
       g.rotate(-Math.PI / 3);
       g.textAlign = "right";
       g.fillStyle = s === d.position ? "#2563eb" : "#374151";
@@ -221,6 +219,8 @@ export function createPanels(ctx) {
       g.fillText(label, 0, 0);
       g.restore();
     });
+    canvas.dataset.ticks = drawPositionAxis(g, geo, LABEL_W, TOP + H * cellH, d.position).join(",");
+    setScale(maxAbs);
     const di = cols.indexOf(d.position);
     if (di >= 0) {  // the destination column
       g.strokeStyle = "#2563eb"; g.lineWidth = 2;
@@ -236,9 +236,8 @@ export function createPanels(ctx) {
     const note = $("dfa-note");
     if (note) {
       note.textContent = `${H} heads × ${cols.length} source tokens` +
-        (geo.windowed ? ` (the top ${cols.length - 1} of ${d.position + 1} sources by |DFA|, in order; ticks under the map mark skipped sources)` : "") +
-        ` · blue +, red −, max |term| ${fmt(maxAbs)} · the outlined column is the destination · click a cell for ` +
-        "that head's attention";
+        (geo.windowed ? ` (the top ${cols.length - 1} of ${d.position + 1} sources by |DFA|, in order; a dark mark between two columns: sources skipped)` : "") +
+        " · click a cell for that head's attention";
     }
   }
 
@@ -300,10 +299,6 @@ export function createPanels(ctx) {
     return {top_k: s.tk, threshold: s.th};
   }
 
-  function prettyName(name) {
-    return String(name).replace(/^blocks\.(\d+)\./, "L$1 ").replace(/^hook_/, "").replace(/ hook_/, " ");
-  }
-
   function rdfaLabel(node) {
     const parts = [];
     if (node.kind === "feature") {
@@ -319,27 +314,31 @@ export function createPanels(ctx) {
       parts.push(el("b", {title: `layer ${node.layer} head ${node.head}, from source ${node.source} into destination ${node.position}`},
                     `L${node.layer}H${node.head}`), el("span", {class: "muted"}, "from"), posChip(node.source));
     } else {
-      parts.push(el("span", {class: "comp", title: node.name}, prettyName(node.name)));
+      parts.push(el("span", {class: "term", title: node.name}, describeTerm(node.name).what));
       if (Number.isInteger(node.position)) parts.push(el("span", {class: "muted"}, "at"), posChip(node.position));
     }
     return parts;
   }
 
-  function rdfaRow(node, path, rootAbs, depth) {
+  /* One term: its value, a bar on the root's scale, its share of `parent` (the value of the node it is a part of);
+     `why`: the reason it does not expand, for the terms listed apart (explorer-rdfa.js). */
+  function rdfaRow(node, path, rootAbs, depth, parent, why = null) {
     const kind = node.kind;
     const expandable = !!(node.expandable && node.ref);
-    const wrap = el("div", {class: "rdfa-node", role: "treeitem", "data-kind": kind, "data-path": path,
-                            "aria-level": depth + 1, "aria-expanded": expandable ? "false" : null});
-    const share = rootAbs > 0 ? node.value / rootAbs : 0;
+    const wrap = el("div", {class: "rdfa-node" + (kind === "remainder" ? " remainder" : why ? " leaf" : ""), role: "treeitem",
+                            "data-kind": kind, "data-path": path, "aria-level": depth + 1,
+                            "aria-expanded": expandable ? "false" : null});
+    const share = parent ? node.value / parent : 0;
     wrap.append(el("div", {class: "rdfa-line"},
       expandable ? el("button", {type: "button", class: "expand", "aria-label": "expand", title: "expand one level",
                                  onclick: () => toggle(wrap, node, path, rootAbs, depth)}, "▸")
                  : el("span", {class: "expand-spacer"}),
       el("span", {class: "kind", title: KIND_TITLES[kind] || kind}, KIND_LABELS[kind] || kind),
-      el("span", {class: "rdfa-name"}, rdfaLabel(node)),
+      el("span", {class: "rdfa-name"}, rdfaLabel(node), why ? el("span", {class: "why"}, `not expandable: ${why}`) : null),
       el("span", {class: "rdfa-value num", title: `value ${node.value}`}, fmt(node.value, 3)),
       bar(node.value, rootAbs, true),
-      el("span", {class: "rdfa-share num muted"}, fmtPct(share, 2))));
+      el("span", {class: "rdfa-share num muted", title: `${fmtPct(share, 3)} of the node it is a part of; ` +
+                  `${fmtPct(node.value / rootAbs, 3)} of the root's |value|`}, fmtPct(share, 2))));
     return wrap;
   }
 
@@ -349,15 +348,10 @@ export function createPanels(ctx) {
     const kids = resp.children || [];
     const rems = Object.entries(resp.remainders || {});
     const sumKids = kids.reduce((a, c) => a + c.value, 0), sumRems = rems.reduce((a, [, v]) => a + v, 0);
-    put(group, 
-      kids.map((c, i) => rdfaRow(c, path === "" ? String(i) : `${path}.${i}`, rootAbs, depth + 1)),
-      rems.map(([name, v]) => el("div", {class: "rdfa-node remainder", "data-kind": "remainder", role: "treeitem",
-                                         "aria-level": depth + 2},
-        el("div", {class: "rdfa-line"}, el("span", {class: "expand-spacer"}),
-          el("span", {class: "kind", title: "a remainder: the rest of the node's sum, not expanded"}, "rest"),
-          el("span", {class: "rdfa-name comp", title: name}, prettyName(name)),
-          el("span", {class: "rdfa-value num", title: `value ${v}`}, fmt(v, 3)), bar(v, rootAbs, true),
-          el("span", {class: "rdfa-share num muted"}, fmtPct(rootAbs > 0 ? v / rootAbs : 0, 2))))),
+    const {open, rest} = splitChildren(resp, path), value = resp.node.value;
+    put(group,
+      open.map((c) => rdfaRow(c.node, c.path, rootAbs, depth + 1, value)),
+      restGroup(rest.map((c) => rdfaRow(c.node, c.path, rootAbs, depth + 1, value, c.why)), rest, value),
       el("div", {class: "rdfa-closure num", title: "children + remainders = node value; residual = what is left"},
         `Σ ${kids.length} children ${fmt(sumKids, 4)} + Σ ${rems.length} remainders ${fmt(sumRems, 4)} = `,
         `${fmt(sumKids + sumRems, 4)} · node ${fmt(resp.node.value, 4)} · residual `,
@@ -408,11 +402,11 @@ export function createPanels(ctx) {
     if (!resp || g !== gen) return;
     shown.rdfa = {root: resp, expansions: {}};
     const rootAbs = Math.abs(resp.node.value) || 1;
-    const rootEl = rdfaRow({...resp.node, expandable: false}, "", rootAbs, 0);
+    const rootEl = rdfaRow({...resp.node, expandable: false}, "", rootAbs, 0, resp.node.value);
     rootEl.classList.add("root");
     rootEl.setAttribute("aria-expanded", "true");
     fillChildren(rootEl, resp, "", rootAbs, 0);
-    put(tree, rootEl);
+    put(tree, columnTitles(), rootEl);
     // re-open the branches named in the URL, parents first
     const paths = [...s.ex].sort((a, b) => a.split(".").length - b.split(".").length);
     for (const path of paths) {
@@ -454,14 +448,15 @@ export function createPanels(ctx) {
     if (!r.logit_effect) {  // a model whose LM head no linear read-out explains (an encoder's MLM transform, ...)
       put($("effect"), el("div", {},
         el("p", {class: "hint", id: "effect-refused"}, r.logit_effect_refused || "no logit effect on this model"),
-        el("h4", {}, "model predicts after ", posChip(position)), predictionList(r.predictions || [])));
+        el("h4", {}, "model predicts after ", posChip(position)), predictionColumns(r.predictions || []),
+        predictionList(r.predictions || [])));
       return;
     }
     put($("effect"), el("div", {class: "three-col"},
-      el("div", {id: "effect-top"}, el("h4", {}, "promotes"), tokenButtons(le.top_strs || [], le.top_values || [], "promote", le.top_tokens || [])),
-      el("div", {id: "effect-bottom"}, el("h4", {}, "suppresses"), tokenButtons(le.bottom_strs || [], le.bottom_values || [], "suppress", le.bottom_tokens || [])),
+      el("div", {id: "effect-top"}, el("h4", {}, "promotes ", el("span", {class: "sub"}, "logit per unit")), tokenButtons(le.top_strs || [], le.top_values || [], "promote", le.top_tokens || [])),
+      el("div", {id: "effect-bottom"}, el("h4", {}, "suppresses ", el("span", {class: "sub"}, "logit per unit")), tokenButtons(le.bottom_strs || [], le.bottom_values || [], "suppress", le.bottom_tokens || [])),
       el("div", {id: "effect-predictions"}, el("h4", {}, "model predicts after ", posChip(position)),
-        predictionList(r.predictions || []))),
+        predictionColumns(r.predictions || []), predictionList(r.predictions || []))),
       el("p", {class: "hint"}, `direct effect of one unit of ${featureName(layer, feature)} (act ${fmt(r.act)}) on the logits: ` +
         `${le.definition}; the same numbers as the chips' "logit" and the dashboards. Click a token to use it in the logit ` +
         "difference of the intervention (shift-click: second token)"));

@@ -40,6 +40,8 @@
    "a" pins the attention destination; "/" focuses the prompt; Escape dismisses the error bar. */
 
 import {$, el, put, tokenNodes, tokenText, fmt, fmtPct, api, cachedApi, clamp, ApiError} from "./explorer-util.js";
+import {rowHeight as tokenRowHeight} from "./explorer-lanes.js";  // every chip whole
+import {attentionKey, chipTitle, renderLegend} from "./explorer-legend.js";  // what colours and numbers mean
 import {createPanels} from "./explorer-panels.js";
 import {createGraph} from "./explorer-graph.js";
 import {createIntervene, parseIv, writeIv} from "./explorer-intervene.js";
@@ -161,9 +163,9 @@ function layersShown() {
   return F.layers.filter((l) => !state.ly || state.ly.includes(l));
 }
 
-function rowHeight() {
-  const lanes = Math.max(1, layersShown().length);
-  return (narrow.matches ? 26 : 6) + lanes * 24;
+function rowHeight() {  // every chip whole: lanes wrap, and each row is as tall as the fullest needs
+  const text = (e) => [`L${e.layer}/${e.feature}`, fmt(chipValue(e), 2)];
+  return tokenRowHeight($("tokens-spacer"), F.rows, layersShown(), text, narrow.matches);
 }
 
 function rebuildTokens({keepScroll = true} = {}) {
@@ -174,9 +176,11 @@ function rebuildTokens({keepScroll = true} = {}) {
     spacer.style.setProperty("height", "0px");
     $("token-count").textContent = "";
     $("tokens-empty").hidden = false;
+    renderLegend(null, state.o);
     return;
   }
   $("tokens-empty").hidden = true;
+  renderLegend(F, state.o);
   const S = F.token_strs.length;
   visible = [];
   for (let i = state.bos ? 0 : 1; i < S; i++) visible.push(i);
@@ -223,8 +227,7 @@ function rowEl(vi) {
         type: "button", class: "chip badge" + (sel ? " selected" : ""), "data-layer": e.layer, "data-feature": e.feature,
         "data-position": i, "data-family": e.family, "data-ci": chipIndex, "aria-pressed": sel ? "true" : "false",
         tabindex: isCursorRow && chipIndex === cursor.chip ? "0" : "-1",
-        title: `L${e.layer}/${e.feature} at ${i}\nact ${fmt(e.act)} · dfa ${fmt(e.dfa)} · logit ${fmt(e.logit)}` +
-               (e.family ? `\nfamily: ${e.family}` : "")},
+        title: chipTitle(e, i, top)},
         `L${e.layer}/${e.feature}`, el("span", {class: "v num"}, fmt(v, 2))));
       chipIndex++;
     }
@@ -346,6 +349,7 @@ function paintAttention() {
     paintAttnCell(row.querySelector(".tok"), i);
     row.classList.toggle("attn-dest", !!attn && attn.dest === i);
   }
+  attentionKey(attn);
   const strip = $("attn-strip");
   if (state.al === null) { put(strip, el("span", {class: "muted"}, "attention off")); return; }
   if (!attn) {
@@ -357,7 +361,7 @@ function paintAttention() {
     el("span", {}, `L${attn.layer}H${attn.head} from `),
     el("b", {class: "num"}, String(attn.dest)), " ", el("span", {class: "tk"}, tokenNodes(F.token_strs[attn.dest])), ": ",
     order.map(([w, i], n) => [n ? " · " : "", el("span", {class: "tk"}, tokenNodes(F.token_strs[i])),
-                               el("span", {class: "num muted"}, `@${i} ${fmt(w, 2)}`)]),
+                               el("span", {class: "num muted", title: "position, attention weight"}, `@${i} ${fmt(w, 2)}`)]),
     state.ad !== null ? el("button", {type: "button", class: "link", id: "attn-unpin", onclick: () => pinDest(null),
                                        title: "follow the hovered row again"}, " unpin") : null);
 }
