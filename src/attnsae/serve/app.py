@@ -156,7 +156,8 @@ def dashboard_of(site: Path, by_layer: Mapping[int, SAE]) -> dict[int, dict]:
 
 def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path | None = None,
                max_sessions: int = 4, host: str | None = None, lock_wait_s: float = S.LOCK_WAIT_S,
-               labels: str | Path | None = None, card_corpus: str = "stdlib", card_tokens: int | None = None) -> FastAPI:
+               labels: str | Path | None = None, card_corpus: str = "stdlib",
+               card_tokens: int | None = None) -> FastAPI:
     """The explorer app for ``model`` and its ``saes``; ``dashboard``: a folder written by ``attnsae dashboard``
     for the same SAEs (family labels, links to feature pages, and the feature cards' data); ``host``: the address it
     is served on, whose name requests may carry besides ``127.0.0.1``, ``localhost`` and ``[::1]``; ``lock_wait_s``:
