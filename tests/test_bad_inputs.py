@@ -512,6 +512,10 @@ CASES: list[Case] = [
     C("explore-sae-layer-5", "explore --sae {fx}/sae_layer5", "layers 0..1", "an SAE of a layer the model lacks"),
     C("explore-two-saes-one-layer", "explore --sae {fx}/sae {fx}/sae", "two SAEs for layer 0",
       "two SAEs of the same layer"),
+    C("explore-labels-not-ours", "explore --sae {fx}/sae --labels {fx}/sae/cfg.json",
+      ("is not a labels file attnsae wrote", "never overwrites"), "--labels a JSON file attnsae did not write"),
+    C("explore-labels-a-folder", "explore --sae {fx}/sae --labels {fx}/sae", ("is not a labels file", "not a file"),
+      "--labels a folder"),
     # -- files attnsae reads and settings bounds (issue 24)
     C("train-cache-int-shard", (*TRAIN, "--out", "{d}/r", "--cache", "{fx}/cache_int"),
       ("shard00000.npy holds int64", "rebuild the cache"), "an activation cache whose shard holds integers"),
