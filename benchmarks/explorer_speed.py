@@ -36,6 +36,7 @@ import time
 import torch
 from fastapi.testclient import TestClient
 
+from attnsae.evals.interventions import Edit
 from attnsae.jobs.inputs import load_saes_and_model
 from attnsae.models import model_name
 from attnsae.serve.app import create_app
@@ -158,7 +159,7 @@ def main() -> None:
     if root and root[0].get("ref"):
         r = root[0]["ref"]
         session.rdfa(r["kind"], r["layer"], r["position"], r["feature"], r["coef"], r.get("head"), r.get("source"))
-    session.intervene(first["layer"], first["feature"], t, 0.0)
+    session.intervene([Edit(first["layer"], feature=first["feature"], position=t)])
     session_bytes = tensor_bytes(session)
     long = args.tokens > 512
     targets = TARGETS_MS["long" if long else "reference"]
