@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from attnsae.errors import AttnsaeError
+from attnsae.models.fast_attention import fused_attention
 from attnsae.evals.interventions import Edit, check_edits, feature_changes, generate, run_edited
 from attnsae.models import load_model
 from conftest import random_sae, random_tokens, sharp_gpt2_dir
@@ -44,18 +45,21 @@ def by_hand(model, tokens, layer: int, fn) -> torch.Tensor:
     def hook(z, hook):
         return fn(z[0].clone())[None]
 
-    return model.run_with_hooks(tokens[None], fwd_hooks=[(hook_z(layer), hook)])[0]
+    with fused_attention(model):  # as run_edited and the explorer's clean capture run the model
+        return model.run_with_hooks(tokens[None], fwd_hooks=[(hook_z(layer), hook)])[0]
 
 
 @torch.no_grad()
 def clean(model, tokens) -> torch.Tensor:
-    return model(tokens[None])[0]
+    with fused_attention(model):
+        return model(tokens[None])[0]
 
 
 @torch.no_grad()
 def z_of(model, tokens, layer: int) -> torch.Tensor:
     """hook_z of ``layer`` on ``tokens``: [pos, n_heads, d_head]."""
-    _, cache = model.run_with_cache(tokens[None], names_filter=[hook_z(layer)])
+    with fused_attention(model):
+        _, cache = model.run_with_cache(tokens[None], names_filter=[hook_z(layer)])
     return cache[hook_z(layer)][0]
 
 

@@ -45,9 +45,9 @@ class RDFAPrompt:
 
     A model RDFA cannot decompose raises its one-line refusal, unless ``dfa_fallback``: then only the SAE's own layer
     is captured (plain DFA) and :attr:`refused` says why. Attention patterns ``[head, dest, src]`` per layer (the
-    one capture that grows with the prompt's length squared) are captured with the rest when all of them fit in
-    ``pattern_bytes``; otherwise rows come from the captured queries and keys, or a layer is captured when first needed
-    (:class:`~attnsae.attribution.patterns.Patterns`). ``keep_logits``
+    one capture that grows with the prompt's length squared) come as rows from the captured queries and keys where
+    that reproduces the model (:class:`~attnsae.attribution.patterns.Patterns`); other layers' are captured with the
+    rest when they fit in ``pattern_bytes``, else when first needed. ``keep_logits``
     runs the whole model and keeps its logits (:attr:`logits` [pos, d_vocab]). ``lazy_components`` builds the
     residual stream's components (and checks them against the model) when RDFA first needs them, not here: DFA and
     the features answer sooner.
@@ -81,11 +81,15 @@ class RDFAPrompt:
         self.d_head = self.W[L].d_head
 
         S = len(self.tokens)
-        eager = self.n_heads * S * S * 4 * len(layers) <= pattern_bytes
+        # pattern rows from queries and keys wherever the attention is plain causal softmax (checked against hook_z:
+        # attribution.patterns); the other layers' patterns captured whole when they fit in pattern_bytes
+        qk_layers = [l for l in range(int(model.cfg.n_layers) if keep_logits else L + 1) if plain_softmax(model, l)]
+        whole = [l for l in layers if l not in qk_layers]
+        eager = self.n_heads * S * S * 4 * len(whole) <= pattern_bytes
         names = [] if self.refused else ["hook_embed", "hook_pos_embed"]
         for l in layers:
             names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_z"]
-            names += [f"blocks.{l}.attn.hook_pattern"] if eager else []
+            names += [f"blocks.{l}.attn.hook_pattern"] if eager and l in whole else []
             if self.W[l].in_norm is not None and not self.refused:
                 names += [f"blocks.{l}.ln1.hook_scale", f"blocks.{l}.ln1.hook_normalized"]
             if self.W[l].out_norm is not None and l < L:
@@ -94,9 +98,6 @@ class RDFAPrompt:
                 names += [f"blocks.{l}.hook_attn_out", f"blocks.{l}.hook_mlp_out"]
         if keep_logits:
             names.append("ln_final.hook_scale")
-        # too long for every pattern: rows from queries and keys, checked against hook_z (attribution.patterns)
-        qk_layers = [] if eager else [l for l in range(int(model.cfg.n_layers) if keep_logits else L + 1)
-                                      if plain_softmax(model, l)]
         for l in qk_layers:
             names += [*qk_hooks(model, l)] + ([f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_z"]
                                                if l not in layers else [])
@@ -112,7 +113,7 @@ class RDFAPrompt:
         self.final_scale: Tensor | None = c["ln_final.hook_scale"].reshape(S) if "ln_final.hook_scale" in c else None
         self.v = {l: c[f"blocks.{l}.attn.hook_v"] for l in layers}  # [S, n_kv, d_head]
         self.A = Patterns(model, self.tokens, pattern_bytes,
-                          {l: c[f"blocks.{l}.attn.hook_pattern"] for l in layers} if eager else {},
+                          {l: c[f"blocks.{l}.attn.hook_pattern"] for l in whole} if eager else {},
                           self._queries_keys(model, c, qk_layers))
         self.z = {l: c[f"blocks.{l}.attn.hook_z"].reshape(S, -1) for l in layers}  # [S, d_in]
 

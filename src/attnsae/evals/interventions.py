@@ -41,6 +41,7 @@ from torch import Tensor
 
 from attnsae.activations import hook_z_name
 from attnsae.errors import AttnsaeError
+from attnsae.models.fast_attention import fused_attention
 from attnsae.evals.splice import ObserveFn, saes_by_layer, splice_hook
 from attnsae.models import model_name, n_ctx
 from attnsae.models.hooks import capture
@@ -258,7 +259,7 @@ def run_edited(model, saes: SAE | Sequence[SAE] | Mapping[int, SAE], tokens: Ten
     def observe(layer: int, x: Tensor, out: SAEOutput) -> None:
         acts[layer] = out.feature_acts[0].detach().float().cpu()
 
-    with editing(model, by_layer, edits, sources, observe):
+    with editing(model, by_layer, edits, sources, observe), fused_attention(model):  # as the clean capture runs
         logits = model(tokens[None].to(_device(model)), return_type="logits")
     return EditedRun(logits[0].detach().float().cpu(), acts, edits)
 
