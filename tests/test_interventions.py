@@ -263,3 +263,17 @@ def test_feature_changes_leave_out_float_rounding_and_rank_by_size():
     changes, tol = feature_changes(before, after, k=5, rel_tol=1e-5)
     assert tol == {0: pytest.approx(3e-5)}
     assert [(c["position"], c["feature"], c["delta"]) for c in changes] == [(1, 1, -2.0), (0, 1, 0.5)]
+
+
+def test_generation_stops_at_its_time_limit_with_at_least_one_token(model, saes, prompts):
+    from attnsae.serve.session import PromptSession
+
+    a = prompts[0]
+    assert len(generate(model, a, 5, max_seconds=0.0)) == 1
+    assert len(generate(model, a, 5, max_seconds=60.0)) == 5
+    session = PromptSession(model, saes, model.tokenizer.decode(a[1:].tolist()))
+    out = session.generate([Edit(1, head=0)], n=6, max_seconds=0.0)
+    assert out["n"] == 1 and out["asked"] == 6 and "time limit" in out["stopped"]
+    assert len(out["clean"]["tokens"]) == len(out["edited"]["tokens"]) == 1
+    full = session.generate([Edit(1, head=0)], n=6)
+    assert full["n"] == 6 and full["stopped"] is None

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -266,10 +267,12 @@ def run_edited(model, saes: SAE | Sequence[SAE] | Mapping[int, SAE], tokens: Ten
 
 @torch.no_grad()
 def generate(model, tokens: Tensor, n: int, saes: SAE | Sequence[SAE] | Mapping[int, SAE] | None = None,
-             edits: Sequence[Edit] = (), source_tokens: Tensor | None = None) -> Tensor:
+             edits: Sequence[Edit] = (), source_tokens: Tensor | None = None,
+             max_seconds: float | None = None) -> Tensor:
     """``n`` tokens greedily after ``tokens`` [S] (argmax of the last position's logits, EOS included, nothing
     stops early), with ``edits`` applied at every step (module docstring: how they reach generated tokens): int64
-    [n]. With no edits, the model's own greedy continuation."""
+    [n]. With no edits, the model's own greedy continuation. ``max_seconds``: stop adding tokens once that much time
+    has passed (at least one is made), so the answer may be shorter than ``n``."""
     from attnsae.models.architecture import describe
 
     if not describe(model).causal:
@@ -281,10 +284,13 @@ def generate(model, tokens: Tensor, n: int, saes: SAE | Sequence[SAE] | Mapping[
     edits = check_edits(model, by_layer, edits, len(tokens), None if source_tokens is None else len(source_tokens))
     sources = source_values(model, by_layer, edits, source_tokens)
     seq = tokens.to(_device(model))
+    start = time.perf_counter()
     with editing(model, by_layer, edits, sources) if edits else contextlib.nullcontext():
         for _ in range(n):
             logits = model(seq[None], return_type="logits")[0, -1]  # [d_vocab]
             seq = torch.cat([seq, logits.argmax().reshape(1)])
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                break
     return seq[len(tokens):].cpu()
 
 

@@ -329,7 +329,7 @@ def create_app(model, saes: list[SAE] | Mapping[int, SAE], dashboard: str | Path
     @post("/api/generate")
     def generate(body: S.GenerateBody) -> Response:
         edits = [Edit(**e.model_dump()) for e in body.edits]
-        return ask(body.prompt, lambda s: s.generate(edits, body.n, body.other), "lower n")
+        return ask(body.prompt, lambda s: s.generate(edits, body.n, body.other, S.MAX_GENERATE_S), "lower n")
 
     @post("/api/graph")
     def graph(body: S.GraphBody) -> Response:

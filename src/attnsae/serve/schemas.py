@@ -37,7 +37,8 @@ training). Positions index the tokens including BOS (0 is BOS). Answers (plain J
                           EDIT = {"layer", "feature" | "head", "position" (null: all), "op": "zero" | "scale" | "set" |
                                   "patch", "value" (scale, set), "from_position" (patch: the position of "other")};
                           the older body {"layer", "feature", "position", "scale"} is one scale edit
-    POST /api/generate    {"n", "prompt_tokens", "edits": [EDIT], "clean": {"tokens": [int] n, "strs": [str] n},
+    POST /api/generate    {"n" (tokens made), "asked", "stopped" (why fewer: the time limit) | null, "prompt_tokens",
+                           "edits": [EDIT], "clean": {"tokens": [int] n, "strs": [str] n},
                            "edited": {...}, "first_difference": index into the n tokens | null}
                           (greedy; attnsae.evals.interventions says how edits reach generated tokens)
     POST /api/graph       the pruned attention graph: {"target", "prompt_tokens", "n_layers", "mlp_mode", "pruning",
@@ -104,6 +105,7 @@ LOCK_WAIT_S = 30.0  # the longest a request waits for the model before a 503
 RETRY_AFTER_S = 5  # the Retry-After of that 503
 MAX_EDITS = 32  # the most edits one intervention or generation may apply
 MAX_NEW_TOKENS = 32  # the most tokens one generation may ask for (each is a forward pass, twice)
+MAX_GENERATE_S = 20.0  # a generation stops adding tokens after this (each of its two runs after half of it)
 
 Prompt = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="text; BOS is prepended")
 Layer = Field(ge=0, le=10_000, description="a layer that has an SAE")

@@ -254,18 +254,28 @@ class PromptSession:
                 "logit_diff": diff, "max_abs_logit_change": float((after[at] - before[at]).abs().max()),
                 "downstream": changes, "tolerance": tolerance}
 
-    def generate(self, edits: Sequence[Edit] = (), n: int = 10, other: str | None = None) -> dict:
+    def generate(self, edits: Sequence[Edit] = (), n: int = 10, other: str | None = None,
+                 max_seconds: float | None = None) -> dict:
         """``n`` tokens generated greedily after the prompt, clean and with ``edits`` applied at every step
-        (:func:`attnsae.evals.interventions.generate`)."""
+        (:func:`attnsae.evals.interventions.generate`); with ``max_seconds``, each of the two runs stops adding
+        tokens past half of it (``n`` in the answer: how many both have, ``stopped``: why fewer than asked)."""
         source = self._other_tokens(other)
         checked = check_edits(self.model, self.saes, edits, self.S, None if source is None else len(source))
+        half = None if max_seconds is None else max_seconds / 2
         clean = getattr(self, "_clean_continuation", None)  # greedy: the longest one so far starts every shorter one
         if clean is None or len(clean) < n:
-            clean = self._clean_continuation = generate(self.model, self.tokens, n)
+            clean, kept = generate(self.model, self.tokens, n, max_seconds=half), clean
+            if kept is None or len(clean) > len(kept):
+                self._clean_continuation = clean
         clean = clean[:n]
-        edited = generate(self.model, self.tokens, n, self.saes, checked, source) if checked else clean
+        edited = (generate(self.model, self.tokens, len(clean), self.saes, checked, source, max_seconds=half)
+                  if checked else clean)
+        asked, n = n, min(len(clean), len(edited))
+        clean, edited = clean[:n], edited[:n]
         differ = (clean != edited).nonzero()
-        return {"n": n, "prompt_tokens": self.S, "edits": [e.to_dict() for e in checked],
+        return {"n": n, "asked": asked, "stopped": None if n == asked else
+                f"the time limit: each run stops adding tokens after {half:g} s, so {n} of {asked} tokens",
+                "prompt_tokens": self.S, "edits": [e.to_dict() for e in checked],
                 "clean": {"tokens": clean.tolist(), "strs": [self.decode([t]) for t in clean.tolist()]},
                 "edited": {"tokens": edited.tolist(), "strs": [self.decode([t]) for t in edited.tolist()]},
                 "first_difference": int(differ[0]) if len(differ) else None}

@@ -325,6 +325,8 @@ export function createIntervene(ctx) {
           text(r.edited.strs))),
       el("p", {class: "hint", id: "gen-first-diff"}, first === null ? "The two continuations are the same."
         : `They part at generated token ${first + 1} (position ${r.prompt_tokens + first}); marked from there on.`),
+      r.stopped ? el("p", {class: "hint", id: "gen-stopped"}, `Stopped early at ${r.n} of ${r.asked} tokens: ${r.stopped}.`)
+        : null,
       el("p", {class: "hint"}, "Each token reruns the whole sequence with the edits: an edit at one position stays on " +
         "that prompt token; zero, scale and set at every position act on the generated tokens too; a patch at every " +
         "position covers the prompt's positions only."));
