@@ -12,14 +12,17 @@ library and times full training steps on the same batches:
 * SAELens 6.x: what ``SAETrainer._train_step`` does per step: ``training_forward_pass`` with a ``TrainStepInput``,
   its firing statistics, backward, ``clip_grad_norm_``, Adam, ``zero_grad`` (the lr and coefficient schedulers, a
   constant here, are left out). TopK is timed with ``use_sparse_activations`` off and on; the faster counts (on
-  torch 2.13's CPU the sparse one fails in its backward, and the script says so).
+  torch 2.13's CPU the sparse one fails in its backward, and the script says so). BatchTopK and Matryoshka
+  (BatchTopK, widths d_sae/16, d_sae/4, d_sae) are SAELens' ``BatchTopKTrainingSAE`` and
+  ``MatryoshkaBatchTopKTrainingSAE`` with their defaults; each step also updates the inference threshold.
 
 Two states: **fresh** (each library's own initialisation; a fresh ReLU or JumpReLU SAE fires on about half its
 latents) and **trained-like L0** (``--l0``, default 32, as trained SAEs of these shapes have; the paper's are 3-21):
 both SAEs get the same encoder, decoder and ``b_dec``, and every latent's encoder bias is set to minus its
 ``1 - l0/d_sae`` quantile of pre-activations on the first batch, so each latent fires on about ``l0/d_sae`` of the
-tokens (JumpReLU: both thresholds 1e-3 first). TopK's L0 is k either way. Each ratio is SAELens's median step time
-over attnsae's, from ``--rounds`` alternating rounds of ``--steps`` steps each.
+tokens (JumpReLU: both thresholds 1e-3 first). TopK's L0 is k either way, and so is BatchTopK's and Matryoshka's
+training L0 (k x batch entries a batch; the L0 column is attnsae's training step's). Each ratio is SAELens's median
+step time over attnsae's, from ``--rounds`` alternating rounds of ``--steps`` steps each.
 """
 
 from __future__ import annotations
@@ -30,12 +33,19 @@ import time
 
 import torch
 
+from attnsae.sae import K_ARCHITECTURES
 from attnsae.training.checkpoint import FiringStats, TrainState
 from attnsae.training.config import SAESpec, TrainConfig
+from attnsae.training.losses import sae_loss
 from attnsae.training.trainer import new_saes, step
 
 SHAPES = {"reference": (256, 2048, 4096), "paper": (768, 24576, 4096)}
-ARCHS = ("relu", "topk", "jumprelu")
+ARCHS = ("relu", "topk", "jumprelu", "batchtopk", "matryoshka")
+
+
+def widths(arch: str, d_sae: int) -> list[int] | None:
+    """Matryoshka's nested prefixes at ``d_sae``."""
+    return [d_sae // 16, d_sae // 4, d_sae] if arch == "matryoshka" else None
 
 
 class Ours:
@@ -43,9 +53,10 @@ class Ours:
 
     def __init__(self, arch: str, d_in: int, d_sae: int, batch: int, k: int) -> None:
         self.cfg = TrainConfig(total_tokens=10**12, batch_size=batch, buffer_size=batch, log_every=10**9,
-                               dead_window=10**9, resample_times=0, progress=False, architecture=arch)
-        self.specs = [SAESpec(layer=0, architecture=arch, d_sae=d_sae, k=k if arch == "topk" else None,
-                              l1_coeff=2.0, l0_coeff=1.0)]
+                               dead_window=10**9, resample_times=0, progress=False, architecture=arch,
+                               matryoshka_widths=widths(arch, d_sae))
+        self.specs = [SAESpec(layer=0, architecture=arch, d_sae=d_sae, k=k if arch in K_ARCHITECTURES else None,
+                              l1_coeff=2.0, l0_coeff=1.0, matryoshka_widths=widths(arch, d_sae))]
         self.saes = new_saes(self.specs, d_in, 0, {})
         self.opts = [torch.optim.Adam(s.parameters(), lr=1e-4, betas=(0.9, 0.99)) for s in self.saes]
         self.firing = [FiringStats.zeros(d_sae)]
@@ -71,6 +82,11 @@ class Theirs:
         elif arch == "topk":
             self.sae = sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
                                                                    use_sparse_activations=sparse_topk))
+        elif arch == "batchtopk":
+            self.sae = sl.BatchTopKTrainingSAE(sl.BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+        elif arch == "matryoshka":
+            self.sae = sl.MatryoshkaBatchTopKTrainingSAE(sl.MatryoshkaBatchTopKTrainingSAEConfig(
+                d_in=d_in, d_sae=d_sae, k=k, matryoshka_widths=widths(arch, d_sae)))
         else:
             self.sae = sl.JumpReLUTrainingSAE(sl.JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=1.0))
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, betas=(0.9, 0.99))
@@ -123,8 +139,9 @@ def _column_quantile(m: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def l0_of(ours: Ours, x: torch.Tensor) -> float:
+    """Active latents per token: of a training step (BatchTopK's L0 there is k; its threshold is for inference)."""
     with torch.no_grad():
-        return float((ours.sae(x).feature_acts > 0).sum(-1).float().mean())
+        return float(sae_loss(ours.sae, ours.specs[0], x, None).l0)
 
 
 def interleaved(runs: dict[str, object], batches: list[torch.Tensor], steps: int, rounds: int) -> dict[str, float]:
@@ -171,7 +188,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         batches = [torch.randn(batch, d_in, generator=g) for _ in range(4)]
         for arch in args.archs:
-            for state in ("fresh", f"L0 {args.l0}") if arch != "topk" else (f"k {args.k}",):
+            for state in ("fresh", f"L0 {args.l0}") if arch not in K_ARCHITECTURES else (f"k {args.k}",):
                 ours = Ours(arch, d_in, d_sae, batch, args.k)
                 runs = {"ours": ours}
                 if arch == "topk":

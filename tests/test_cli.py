@@ -160,7 +160,7 @@ def test_train_has_a_flag_with_a_help_line_for_every_setting_and_nothing_else():
         action = train["--" + f.name.replace("_", "-")]
         assert action.help.startswith(f.metadata["help"]) and len(f.metadata["help"]) > 15, f.name
         assert action.choices == f.metadata["rule"].get("choices"), f.name
-    assert train["--architecture"].choices == ("relu", "topk", "jumprelu")
+    assert train["--architecture"].choices == ("relu", "topk", "jumprelu", "batchtopk", "matryoshka")
     assert train["--lr-schedule"].choices == ("constant", "cosine", "linear")
     assert train["--act-dtype"].choices == ("float32", "bfloat16")
     assert set(_options("cache")) == flags(CACHE_FIELDS) | {"--cache-out"}

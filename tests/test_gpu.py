@@ -14,17 +14,21 @@ from dist_runs import RUNS, LayerSource
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
+@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "batchtopk", "matryoshka"])
 def test_the_sparse_kernels_on_cuda_give_the_cpu_losses_and_gradients(arch, monkeypatch):
     from attnsae.sae import kernels
 
     monkeypatch.setattr(kernels, "CHECK_INVARIANTS", True)  # cuSPARSE may assume sorted columns: PyTorch checks
     torch.manual_seed(0)
-    sae = SAE(SAEConfig(d_in=64, d_sae=4096, architecture=arch, k=16 if arch == "topk" else None))
+    k = 16 if arch in ("topk", "batchtopk", "matryoshka") else None
+    widths = [256, 1024, 4096] if arch == "matryoshka" else None
+    sae = SAE(SAEConfig(d_in=64, d_sae=4096, architecture=arch, k=k, matryoshka_widths=widths))
     x = torch.randn(512, 64)
     with torch.no_grad():  # about 16 of 4096 latents fire per token
         sae.b_enc.fill_(-float(((x - sae.b_dec) @ sae.W_enc).quantile(1 - 16 / 4096)))
-    spec = SAESpec(layer=0, architecture=arch, d_sae=4096, k=16 if arch == "topk" else None)
+        if k and arch != "topk":  # a batch's top 16 x 512: 16 latents, every level's, far above the rest, so that
+            sae.b_enc[torch.arange(16) * 256 + 7] += 100.0  # CUDA's rounding cannot swap an entry at the edge
+    spec = SAESpec(layer=0, architecture=arch, d_sae=4096, k=k, matryoshka_widths=widths)
     runs = []
     for device in ("cpu", "cuda"):
         s = SAE(sae.cfg).to(device)

@@ -15,6 +15,7 @@ from attnsae.sae.formats import CFG_FILENAME, WEIGHTS_FILENAME, load_sae, parse_
 
 D_IN, D_SAE = 8, 16
 HOOK = "blocks.3.attn.hook_z"
+ARCHITECTURES = ["relu", "topk", "jumprelu", "batchtopk", "matryoshka"]
 
 
 def make_sae(architecture: str = "relu", seed: int = 0) -> SAE:
@@ -23,7 +24,8 @@ def make_sae(architecture: str = "relu", seed: int = 0) -> SAE:
         d_in=D_IN,
         d_sae=D_SAE,
         architecture=architecture,
-        k=3 if architecture == "topk" else None,
+        k=3 if architecture in ("topk", "batchtopk", "matryoshka") else None,
+        matryoshka_widths=[4, 10, D_SAE] if architecture == "matryoshka" else None,
         hook_name=HOOK,
         model_name="gelu-2l",
         context_size=64,
@@ -38,6 +40,8 @@ def make_sae(architecture: str = "relu", seed: int = 0) -> SAE:
         sae.b_dec.normal_()
         if architecture == "jumprelu":
             sae.log_threshold.normal_(-3.0, 1.0)
+        if architecture in ("batchtopk", "matryoshka"):
+            sae.topk_threshold.fill_(0.1 + 1e-12)  # a float64 that no float32 holds
     return sae
 
 
@@ -50,7 +54,7 @@ def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
 # ------------------------------------------------------------------------------------------------ round trip
 
 
-@pytest.mark.parametrize("architecture", ["relu", "topk", "jumprelu"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_save_load_roundtrip_is_exact(tmp_path: Path, architecture: str) -> None:
     sae = make_sae(architecture)
     loaded = load_sae(save_sae(sae, tmp_path / "sae"))

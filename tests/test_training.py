@@ -111,7 +111,7 @@ def test_sparse_relu_and_jumprelu_paths_give_the_dense_losses_and_gradients(arch
         assert near.any() and (sae.log_threshold.grad[near & (a.fired == 0)] != 0).any()
     with torch.no_grad():
         sae.b_enc.fill_(1.0)  # most latents fire: the dense forward, the SAE's own
-    x_hat, f, at, _, pre_at = forward()
+    x_hat, f, at, _, pre_at, _ = forward()
     assert at is None and pre_at is None and f.shape == (40, 512)
     torch.testing.assert_close(x_hat, sae(x).x_hat)
     torch.testing.assert_close(f, sae(x).feature_acts)

@@ -407,7 +407,8 @@ Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 COMMANDS: dict[str, Command] = {
     "quickstart": ("the main job (reference model by default): train an SAE per layer, evaluate it, write dashboards",
                    quickstart_args, run_quickstart_cmd),
-    "train": ("train attention-output SAEs (the paper's recipe by default; relu, topk or jumprelu)", train_args,
+    "train": ("train attention-output SAEs (the paper's recipe by default; relu, topk, jumprelu, batchtopk or "
+              "matryoshka)", train_args,
               run_train),
     "cache": ("harvest hook_z activations once into an on-disk cache that `train --cache` reads", cache_args,
               run_cache),

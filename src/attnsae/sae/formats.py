@@ -7,7 +7,11 @@ Formats
   ``architecture`` (SAELens names: "standard" for our "relu"), ``d_in, d_sae, dtype, device, apply_b_dec_to_input,
   normalize_activations, reshape_activations`` (+ ``k`` for topk) and ``metadata{model_name, hook_name, ...}``.
   Fields SAELens has no place for (our architecture name, layer, JumpReLU training settings, ``extra``) ride in
-  ``metadata["attnsae"]``.
+  ``metadata["attnsae"]``. BatchTopK and Matryoshka are written as SAELens writes them after training
+  (``TrainingSAE.save_inference_model``): a "jumprelu" SAE whose ``threshold`` is ``topk_threshold`` for every latent
+  (``BatchTopKTrainingSAE.process_state_dict_for_saving_inference``), with ``metadata.training_architecture``
+  ("batchtopk", "matryoshka_batchtopk") and its ``training_architecture_details`` (k, widths); attnsae reads them
+  back as what they were, the float64 ``topk_threshold`` included (``metadata.attnsae``).
 * The paper's release: ``{run}.pt`` (state dict with the same four tensors) next to ``{run}_cfg.json``
   (``act_size, dict_size, layer, site, model_name, l1_coeff, seed, dict_mult, enc_dtype, ...``); pass the ``.pt``.
 * Hub: ``hf://org/repo/subdir`` or ``org/repo:subdir`` (subdir holds a SAELens directory or ends in ``.pt``).
@@ -28,11 +32,14 @@ import torch
 
 from attnsae.errors import AttnsaeError, short
 from attnsae.io import atomic_dir, current_umask, read_json
+from attnsae.sae import BATCH_TOPK
 from attnsae.sae.model import SAE, SAEConfig
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
-TO_SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
+TO_SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
+                           "matryoshka": "jumprelu"}  # SAELens' inference architecture
+SAELENS_TRAINING_ARCHITECTURE = {"batchtopk": "batchtopk", "matryoshka": "matryoshka_batchtopk"}
 FROM_SAELENS_ARCHITECTURE = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 # SAELens' `handle_config_defaulting` treats a cfg without metadata.sae_lens_version >= 6.0.0 as a pre-6 file and
 # rebuilds `metadata` from top-level keys only (losing ours), so we declare the 6.0 cfg layout we write.
@@ -67,9 +74,8 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
         # SAELens reshapes [..., n_heads, d_head] inputs itself when this is "hook_z" (it rejects other hook names).
         "reshape_activations": "hook_z" if not cfg.hook_name or cfg.hook_name.endswith("_z") else "none",
     }
-    if cfg.k is not None:  # SAELens reads k for topk and ignores top-level fields its config class lacks
+    if cfg.architecture == "topk":  # SAELens reads k for topk (BatchTopK's is in training_architecture_details)
         d["k"] = cfg.k
-    if cfg.architecture == "topk":
         d["rescale_acts_by_decoder_norm"] = False
     d["metadata"] = {
         "model_name": cfg.model_name,
@@ -89,6 +95,13 @@ def saelens_cfg(sae: SAE) -> dict[str, Any]:
             "extra": cfg.extra,
         },
     }
+    if cfg.architecture in BATCH_TOPK:
+        batch = {"k": cfg.k, "topk_threshold_lr": cfg.topk_threshold_lr}
+        if cfg.matryoshka_widths is not None:
+            batch["matryoshka_widths"] = cfg.matryoshka_widths
+        d["metadata"]["training_architecture"] = SAELENS_TRAINING_ARCHITECTURE[cfg.architecture]
+        d["metadata"]["training_architecture_details"] = {**batch, "rescale_acts_by_decoder_norm": False}
+        d["metadata"]["attnsae"].update(batch, topk_threshold=float(sae.topk_threshold))
     return d
 
 
@@ -123,7 +136,7 @@ def save_sae(sae: SAE, path: str | os.PathLike[str]) -> Path:
     except TypeError as e:
         raise AttnsaeError(f"cannot save SAE config as JSON ({_one_line(e)}); keep cfg.extra to plain values") from e
     tensors = {name: getattr(sae, name).detach().cpu().contiguous() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    if sae.cfg.architecture == "jumprelu":
+    if sae.cfg.architecture in ("jumprelu", *BATCH_TOPK):
         tensors["threshold"] = sae.threshold.detach().cpu().contiguous()
 
     try:
@@ -160,8 +173,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return d
 
 
-def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], where: str, device: str) -> SAE:
-    """Check names and shapes of ``tensors`` against ``cfg``, then build the SAE on ``device``."""
+def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], where: str, device: str,
+                      topk_threshold: float | None = None) -> SAE:
+    """Check names and shapes of ``tensors`` against ``cfg``, then build the SAE on ``device``; a BatchTopK SAE
+    takes the float64 ``topk_threshold`` when it rounds to the file's threshold, else the file's."""
     expected = {
         "W_enc": (cfg.d_in, cfg.d_sae),
         "b_enc": (cfg.d_sae,),
@@ -174,7 +189,7 @@ def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], where: s
         if t is not None and not t.is_floating_point():
             raise AttnsaeError(f"{where}: {name} is {str(t.dtype).removeprefix('torch.')}, but SAE weights are "
                                "floating point numbers; the file holds something else, re-save the SAE")
-    if cfg.architecture == "jumprelu":
+    if cfg.architecture in ("jumprelu", *BATCH_TOPK):
         expected["threshold"] = (cfg.d_sae,)
         if "threshold" not in tensors and "log_threshold" in tensors:  # a training checkpoint
             tensors["threshold"] = tensors.pop("log_threshold").exp()
@@ -208,6 +223,17 @@ def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], where: s
             getattr(sae, name).copy_(tensors[name])
         if cfg.architecture == "jumprelu":
             sae.set_threshold(tensors["threshold"])
+        if cfg.architecture in BATCH_TOPK:
+            t = tensors["threshold"]
+            if bool((t != t[0]).any()) or float(t[0]) < 0:
+                raise AttnsaeError(f"{where}: a {cfg.architecture} SAE has one threshold >= 0 for every latent, but "
+                                   f"these are {float(t.min()):g}..{float(t.max()):g}; remove metadata.attnsae from "
+                                   "cfg.json to read it as a jumprelu SAE")
+            for value in (topk_threshold, float(t[0])):
+                if value is not None:
+                    sae.topk_threshold.fill_(value)
+                    if torch.equal(sae.threshold, t.to(sae.device, sae.dtype)):
+                        break
     return sae
 
 
@@ -226,6 +252,8 @@ _SIZE = (lambda v: _is_int(v) and v >= 1, "a positive integer")
 _LAYER = (lambda v: v is None or (_is_int(v) and v >= 0), "a layer number (an integer >= 0) or null")
 _OBJECT = (lambda v: isinstance(v, dict), "a JSON object")
 _POSITIVE = (lambda v: _is_number(v) and v > 0, "a number > 0")
+_NUMBER = (lambda v: _is_number(v) and v == v, "a number")
+_WIDTHS = (lambda v: isinstance(v, list) and all(_is_int(w) for w in v), "a list of integers")
 _ANY = (lambda v: True, "")
 
 
@@ -238,9 +266,10 @@ def _check_field(where: str, field: str, value: Any, kind: tuple) -> Any:
     return value
 
 
-def _config_from_saelens(raw: dict[str, Any], where: str) -> SAEConfig:
-    """Our config from a SAELens cfg.json: 6.x (``metadata{...}``) or older (hook_name etc. at top level). Every field
-    read is checked by type first (a string "false" is no boolean)."""
+def _config_from_saelens(raw: dict[str, Any], where: str) -> tuple[SAEConfig, float | None]:
+    """Our config from a SAELens cfg.json: 6.x (``metadata{...}``) or older (hook_name etc. at top level), and a
+    BatchTopK SAE's float64 ``topk_threshold`` (None if not given). Every field read is checked by type first (a
+    string "false" is no boolean)."""
     meta_key = "metadata" if raw.get("metadata") is not None else "meta"
     meta = raw.get(meta_key) or {}
     _check_field(where, meta_key, meta, _OBJECT)
@@ -269,6 +298,13 @@ def _config_from_saelens(raw: dict[str, Any], where: str) -> SAEConfig:
     kwargs = raw.get("activation_fn_kwargs")
     if k is None and isinstance(kwargs, dict) and kwargs.get("k") is not None:
         k = _check_field(where, "activation_fn_kwargs.k", kwargs["k"], _SIZE)
+    batch = {}  # a BatchTopK SAE's own settings (metadata.attnsae)
+    for name, kind in (("k", _SIZE), ("matryoshka_widths", _WIDTHS), ("topk_threshold_lr", _POSITIVE),
+                       ("topk_threshold", _NUMBER)):
+        if ours.get(name) is not None:
+            batch[name] = _check_field(where, f"{meta_key}.attnsae.{name}", ours[name], kind)
+    k = batch.pop("k", k)
+    topk_threshold = batch.pop("topk_threshold", None)
     normalize = top((lambda v: isinstance(v, (str, bool)), "a string (or a JSON boolean)"), "normalize_activations")
     if isinstance(normalize, bool):  # SAELens' old boolean meant "expected_average_only_in"
         normalize = "expected_average_only_in" if normalize else "none"
@@ -309,12 +345,13 @@ def _config_from_saelens(raw: dict[str, Any], where: str) -> SAEConfig:
         prepend_bos=get(_BOOL, "prepend_bos", default=True),
         layer=layer,
         extra=extra,
+        **batch,
     )
     for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
         if name in ours:
             fields[name] = _check_field(where, f"{meta_key}.attnsae.{name}", ours[name], _POSITIVE)
     try:
-        return SAEConfig(**fields)
+        return SAEConfig(**fields), topk_threshold
     except AttnsaeError as e:
         raise AttnsaeError(f"{where}: {e}") from e
 
@@ -327,7 +364,7 @@ def _load_saelens_dir(directory: Path, device: str) -> SAE:
                 f"{directory} is not an SAE directory: {f.name} is missing (it needs {CFG_FILENAME} and "
                 f"{WEIGHTS_FILENAME}); check the path"
             )
-    cfg = _config_from_saelens(_read_json(cfg_path), str(cfg_path))
+    cfg, topk_threshold = _config_from_saelens(_read_json(cfg_path), str(cfg_path))
     try:
         if _utf8(weights_path):
             tensors = safetensors.torch.load_file(str(weights_path), device="cpu")
@@ -338,7 +375,7 @@ def _load_saelens_dir(directory: Path, device: str) -> SAE:
             f"could not read {weights_path} ({_one_line(e)}); the file is corrupt or truncated, "
             "re-save or re-download it"
         ) from e
-    return _sae_from_tensors(cfg, tensors, str(weights_path), device)
+    return _sae_from_tensors(cfg, tensors, str(weights_path), device, topk_threshold)
 
 
 def _config_from_paper(raw: dict[str, Any], W_enc: torch.Tensor, where: str) -> SAEConfig:

@@ -1,5 +1,5 @@
-"""The sparse path for SAE training: forward and backward that touch only the active latents (TopK; ReLU and
-JumpReLU batches sparse enough).
+"""The sparse path for SAE training: forward and backward that touch only the active latents (TopK, BatchTopK and
+Matryoshka; ReLU and JumpReLU batches sparse enough).
 
 With the active entries :class:`Active` (``rows``, ``cols``) chosen from dense pre-activations computed without
 autograd (a TopK SAE's top k a row; a ReLU or JumpReLU batch's entries with a gradient, any number a row), the two
@@ -16,6 +16,9 @@ O(nnz * d_in) work (nnz: the active entries), instead of five dense products. ``
 equivalent the tests compare against. Trained ReLU and JumpReLU SAEs are sparse too: :func:`relu_forward` and
 :func:`jumprelu_forward` take the same path over exactly the entries that can carry a gradient (any number a row)
 once at most ``SPARSE_MAX_DENSITY`` of a batch's entries are such, and give the dense SAE's values and gradients.
+:func:`batchtopk_forward` keeps a batch's top ``k x batch`` entries (:func:`batch_topk`, exact without sorting the
+whole batch) and decodes Matryoshka's nested prefixes in the same one pass (:meth:`Active.by_level`);
+``batchtopk_reference`` is its plain-torch twin, computed as SAELens does.
 Every forward returns a :class:`KernelOutput`. The sparse matrices are valid CSR (columns ascending within a row);
 ``CHECK_INVARIANTS`` makes PyTorch check each one (the tests turn it on).
 """
@@ -33,6 +36,7 @@ from attnsae.sae.functions import JumpReLU
 
 SPARSE_MAX_DENSITY = 0.05  # a ReLU/JumpReLU batch takes the sparse path while at most this share of entries is active
 CHECK_INVARIANTS = False  # check every sparse tensor built here (sorted, in range): costly, so for tests
+BATCH_TOPK_ROW_FACTOR = 2  # batch_topk's candidates: each row's top (this x k)
 
 
 class Active:
@@ -43,12 +47,29 @@ class Active:
         self.rows, self.cols, self.crow, self.n_rows, self.n_cols = rows, cols, crow, n_rows, n_cols
 
     @classmethod
+    def of_entries(cls, rows: Tensor, cols: Tensor, n_rows: int, n_cols: int) -> Active:
+        """Entries ``(rows, cols)`` int64 ``[nnz]`` already in row-major order (columns ascending within a row)."""
+        crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+        crow[1:] = torch.bincount(rows, minlength=n_rows).cumsum(0)
+        return cls(rows, cols, crow, n_rows, n_cols)
+
+    @classmethod
     def of_mask(cls, mask: Tensor) -> Active:
         """The ``True`` entries of ``mask [batch, n_cols]`` (one pass: ``nonzero``)."""
         rows, cols = mask.nonzero().unbind(1)
-        crow = torch.zeros(mask.shape[0] + 1, dtype=torch.long, device=mask.device)
-        crow[1:] = torch.bincount(rows, minlength=mask.shape[0]).cumsum(0)
-        return cls(rows, cols, crow, *mask.shape)
+        return cls.of_entries(rows, cols, *mask.shape)
+
+    @classmethod
+    def of_flat(cls, flat: Tensor, n_rows: int, n_cols: int) -> Active:
+        """The entries at ascending flat indices ``flat [nnz]`` of a ``[n_rows, n_cols]`` matrix."""
+        return cls.of_entries(flat.div(n_cols, rounding_mode="floor"), flat.remainder(n_cols), n_rows, n_cols)
+
+    def by_level(self, widths: list[int]) -> Active:
+        """The same entries, in the same order, as rows of ``(row, level)`` bags: level ``l`` holds the latents
+        ``widths[l - 1] <= col < widths[l]`` (Matryoshka's nested prefixes), row ``row * len(widths) + l``."""
+        bounds = torch.tensor(widths[:-1], dtype=self.cols.dtype, device=self.cols.device)
+        level = torch.bucketize(self.cols, bounds, right=True)
+        return Active.of_entries(self.rows * len(widths) + level, self.cols, self.n_rows * len(widths), self.n_cols)
 
     @classmethod
     def of_topk(cls, idx: Tensor, n_cols: int) -> Active:
@@ -127,7 +148,9 @@ class KernelOutput(NamedTuple):
     Sparse path (``at`` set): ``acts`` are the activations at the entries ``at`` (``[nnz]``, row-major) and ``pre_at``
     the pre-activations there (with autograd: JumpReLU's L0 estimator reads them). Dense path (``at`` None: a batch
     too busy for the kernels): ``acts`` is ``[batch, d_sae]`` and ``pre_at`` None. ``pre`` is the dense pre-activation
-    ``[batch, d_sae]`` either way (detached on the sparse path; AuxK picks dead latents from it).
+    ``[batch, d_sae]`` either way (detached on the sparse path; AuxK picks dead latents from it). ``levels`` (BatchTopK
+    and Matryoshka): the reconstruction from each prefix ``widths[l]`` of the latents, ``[batch, n_levels, d_in]``,
+    the last being ``x_hat``.
     """
 
     x_hat: Tensor  # [batch, d_in]
@@ -135,6 +158,7 @@ class KernelOutput(NamedTuple):
     at: Active | None
     pre: Tensor
     pre_at: Tensor | None = None
+    levels: Tensor | None = None
 
 
 def topk_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int,
@@ -195,6 +219,75 @@ def jumprelu_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_d
     vals = GatherPre.apply(xc, W_enc, b_enc, at, pre.detach())
     acts = JumpReLU.apply(vals, threshold[at.cols], bandwidth)
     return KernelOutput(SparseDecode.apply(at, acts, W_dec) + b_dec, acts, at, pre.detach(), vals)
+
+
+def batch_topk(pre: Tensor, n: int, per_row: int) -> Tensor:
+    """Ascending flat indices of the ``n`` largest entries of ``pre [batch, d]`` that are > 0: ``relu`` then one top
+    ``n`` of the flattened batch, as BatchTopK keeps them (entries at 0 carry neither value nor gradient).
+
+    Exact without a top-n over all ``batch * d`` entries: ``cut``, the n-th largest of every row's top ``per_row``, is
+    at most the batch's n-th largest, and a row whose ``per_row``-th value is below ``cut`` has all its entries at or
+    above ``cut`` among its top ``per_row``. With no other ("busy") row and no tie at ``cut``, the candidates at or
+    above ``cut`` are the batch's top n; else the busy rows give every entry at or above ``cut`` and one top n of
+    those candidates decides.
+    """
+    B, D = pre.shape
+    n = min(n, B * D)
+    m = min(D, per_row)
+    flat_pre = pre.reshape(-1)
+    if n >= B * m:  # no fewer candidates than entries to keep: one top-n of the batch
+        flat = flat_pre.topk(n, sorted=False).indices
+    else:
+        vals, idx = pre.topk(m, dim=-1, sorted=False)  # [B, m]
+        cut = vals.reshape(-1).kthvalue(B * m - n + 1).values  # the n-th largest candidate
+        busy = vals.min(-1).values >= cut  # [B]: may hold entries >= cut beyond their top m
+        flat = idx + torch.arange(B, device=pre.device)[:, None] * D  # [B, m]
+        keep = vals >= cut
+        if bool(busy.any()) or int(keep.sum()) != n:
+            keep &= ~busy[:, None]
+            rows = busy.nonzero().squeeze(1)
+            r, c = (pre[rows] >= cut).nonzero().unbind(1)
+            cand = torch.cat([flat[keep], rows[r] * D + c])
+            flat = cand[flat_pre[cand].topk(n, sorted=False).indices]
+        else:
+            flat = flat[keep]
+    flat = flat[flat_pre[flat] > 0]
+    return flat.sort(stable=True).values  # stable: radix sort, far quicker on CPU for int64 than the default
+
+
+def batchtopk_forward(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int,
+                      widths: list[int] | None = None, apply_b_dec_to_input: bool = True) -> KernelOutput:
+    """BatchTopK SAE forward (Matryoshka's with ``widths``) with the sparse backward. x: ``[batch, d_in]``.
+
+    The batch keeps its ``k * batch`` largest positive pre-activations (any number a row); ``acts [nnz]`` are those
+    entries' values. ``levels [batch, len(widths), d_in]``: ``b_dec`` plus the decoded latents below each width,
+    from one sparse decode of ``(row, level)`` bags and a running sum over the levels (no width: one level, d_sae).
+    """
+    xc = x - b_dec if apply_b_dec_to_input else x
+    B, d_sae = x.shape[0], W_enc.shape[1]
+    with torch.no_grad():
+        pre = torch.addmm(b_enc, xc, W_enc)
+        at = Active.of_flat(batch_topk(pre, k * B, per_row=BATCH_TOPK_ROW_FACTOR * k), B, d_sae)
+    acts = GatherPre.apply(xc, W_enc, b_enc, at, pre)  # > 0 already
+    if not widths or len(widths) == 1:
+        x_hat = SparseDecode.apply(at, acts, W_dec) + b_dec
+        return KernelOutput(x_hat, acts, at, pre, acts, x_hat[:, None])
+    parts = SparseDecode.apply(at.by_level(widths), acts, W_dec).view(B, len(widths), -1)  # each level's own latents
+    levels = parts.cumsum(1) + b_dec
+    return KernelOutput(levels[:, -1], acts, at, pre, acts, levels)
+
+
+def batchtopk_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int,
+                        widths: list[int] | None = None, apply_b_dec_to_input: bool = True) -> KernelOutput:
+    """Plain-torch BatchTopK / Matryoshka SAE as SAELens computes it (``relu``, one top ``k * batch`` of the flattened
+    batch, each prefix decoded densely): ``acts [batch, d_sae]``, ``levels [batch, len(widths), d_in]``."""
+    xc = x - b_dec if apply_b_dec_to_input else x
+    pre = xc @ W_enc + b_enc
+    flat = F.relu(pre).reshape(-1)
+    top = flat.topk(k * x.shape[0], dim=-1)
+    f = torch.zeros_like(flat).scatter(-1, top.indices, top.values).view_as(pre)
+    levels = torch.stack([f[:, :w] @ W_dec[:w] + b_dec for w in widths or [W_enc.shape[1]]], 1)
+    return KernelOutput(levels[:, -1], f, None, pre, None, levels)
 
 
 def latents_forward(xc: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, idx: Tensor, pre: Tensor) -> Tensor:

@@ -2,13 +2,21 @@
 
     x        [..., d_in]    z_cat: ``blocks.{L}.attn.hook_z`` with heads concatenated (d_in = n_heads * d_head)
     pre_acts [..., d_sae]   (x - b_dec) @ W_enc + b_enc
-    f        [..., d_sae]   relu | top-k of relu | jumprelu of pre_acts
+    f        [..., d_sae]   relu | top-k of relu | jumprelu of pre_acts | relu above one threshold (batchtopk and
+                            matryoshka at inference; in training a batch keeps its top k x batch entries instead)
     x_hat    [..., d_in]    f @ W_dec + b_dec
 
 Parameter layout and names follow SAELens (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``), so files move freely
 (see :mod:`attnsae.sae.formats`). The paper's decoder constraint (unit-norm rows, gradient parallel to each row removed
 before the optimiser step) is :meth:`SAE.remove_gradient_parallel_to_decoder_directions` followed by
 :meth:`SAE.set_decoder_norm_to_unit_norm` after the step.
+
+BatchTopK (Bussmann et al. 2024) and Matryoshka BatchTopK (Bussmann et al. 2025): training keeps the top ``k x batch``
+pre-activations of the whole batch (:func:`attnsae.sae.kernels.batchtopk_forward`; Matryoshka adds the loss of each
+prefix ``matryoshka_widths``) and tracks ``topk_threshold``, a float64 moving average of the smallest activation each
+batch keeps (:meth:`SAE.update_topk_threshold`); inference, here and in the saved file, is JumpReLU's with that one
+threshold for every latent, as SAELens 6 does (``BatchTopKTrainingSAE.update_topk_threshold`` and
+``process_state_dict_for_saving_inference``, saved as a "jumprelu" SAE).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from torch import Tensor, nn
 
 from attnsae.errors import AttnsaeError, short
 from attnsae.models import DTYPES, dtype_name
-from attnsae.sae import ARCHITECTURES, kernels
+from attnsae.sae import ARCHITECTURES, BATCH_TOPK, K_ARCHITECTURES, kernels
 from attnsae.sae.functions import Heaviside, JumpReLU, rectangle  # noqa: F401  (the SAE's activations)
 # SAELens' values. The module itself applies no normalisation: with anything but "none" the caller scales the
 # activations before `encode` and undoes it after `decode`.
@@ -37,7 +45,7 @@ class SAEConfig:
     d_in: int  # n_heads * d_head for hook_z
     d_sae: int  # dictionary size
     architecture: str = "relu"  # one of ARCHITECTURES
-    k: int | None = None  # active latents per token (topk only)
+    k: int | None = None  # active latents per token (topk); their mean over a training batch (batchtopk, matryoshka)
     dtype: str = "float32"
     apply_b_dec_to_input: bool = True
     normalize_activations: str = "none"
@@ -48,6 +56,8 @@ class SAEConfig:
     layer: int | None = None
     jumprelu_init_threshold: float = 1e-3
     jumprelu_bandwidth: float = 1e-3
+    matryoshka_widths: list[int] | None = None  # matryoshka: the nested prefixes of the latents, the last d_sae
+    topk_threshold_lr: float = 0.01  # batchtopk, matryoshka: rate of the inference threshold's moving average
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,6 +80,9 @@ class SAEConfig:
             v = getattr(self, name)
             want(name, isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
                  "a number > 0")
+        lr = self.topk_threshold_lr
+        want("topk_threshold_lr", isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr <= 1,
+             "a number in (0, 1]")
         want("extra", isinstance(self.extra, dict), "a mapping")
         if self.architecture not in ARCHITECTURES:
             raise AttnsaeError(
@@ -79,11 +92,13 @@ class SAEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise AttnsaeError(f"SAE {name} must be a positive integer, got {short(value)}")
-        if self.architecture == "topk" and self.k is None:
-            raise AttnsaeError("architecture 'topk' needs k (active latents per token); set k, e.g. k=32")
+        if self.architecture in K_ARCHITECTURES and self.k is None:
+            per = "active latents per token" + (", on average over a batch" if self.architecture in BATCH_TOPK else "")
+            raise AttnsaeError(f"architecture {self.architecture!r} needs k ({per}); set k, e.g. k=32")
         k = self.k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.d_sae):
             raise AttnsaeError(f"k must be an integer in 1..d_sae ({self.d_sae}), got {short(self.k)}")
+        self._check_widths()
         try:
             self.dtype = dtype_name(self.dtype)
         except AttnsaeError:
@@ -93,6 +108,27 @@ class SAEConfig:
                 f"unknown normalize_activations {short(self.normalize_activations)}; "
                 f"use one of: {', '.join(NORMALIZE_ACTIVATIONS)}"
             )
+
+    def _check_widths(self) -> None:
+        """``matryoshka_widths``: matryoshka's, positive integers, strictly increasing, the last ``d_sae``."""
+        w = self.matryoshka_widths
+        if self.architecture != "matryoshka":
+            if w is not None:
+                raise AttnsaeError(f"matryoshka_widths is for architecture 'matryoshka', not {self.architecture!r}; "
+                                   "leave it out")
+            return
+        example = f"e.g. [{max(1, self.d_sae // 16)}, {max(1, self.d_sae // 4)}, {self.d_sae}]"
+        if not isinstance(w, (list, tuple)) or not w:
+            raise AttnsaeError("architecture 'matryoshka' needs matryoshka_widths (nested prefixes of the latents, "
+                               f"increasing and ending at d_sae), {example}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in w):
+            raise AttnsaeError(f"matryoshka_widths must be positive integers, got {short(w)}")
+        if any(b <= a for a, b in zip(w, w[1:])):
+            raise AttnsaeError(f"matryoshka_widths must be strictly increasing, got {short(w)}; {example}")
+        if w[-1] != self.d_sae:
+            raise AttnsaeError(f"matryoshka_widths must end at d_sae ({self.d_sae}): the last prefix is the whole "
+                               f"SAE; got {short(w)}")
+        self.matryoshka_widths = list(w)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -131,13 +167,15 @@ class SAE(nn.Module):
         W_dec = nn.init.kaiming_uniform_(torch.empty(cfg.d_sae, cfg.d_in, **kw))
         self.W_dec = nn.Parameter(W_dec / W_dec.norm(dim=-1, keepdim=True))
         W_enc = nn.init.kaiming_uniform_(torch.empty(cfg.d_in, cfg.d_sae, **kw))
-        if cfg.architecture == "topk":  # TopK: encoder starts as the decoder's transpose (Gao et al. 2024), which
-            W_enc = self.W_dec.detach().T.clone()  # keeps far fewer latents from never winning the top k
+        if cfg.architecture in K_ARCHITECTURES:  # the encoder starts as the decoder's transpose (Gao et al. 2024),
+            W_enc = self.W_dec.detach().T.clone()  # which keeps far fewer latents from never winning the top k
         self.W_enc = nn.Parameter(W_enc)
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
         if cfg.architecture == "jumprelu":
             self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), **kw))
+        if cfg.architecture in BATCH_TOPK:  # float64 as SAELens keeps it: a moving average of small updates
+            self.register_buffer("topk_threshold", torch.zeros((), dtype=torch.float64, device=device))
 
     @property
     def device(self) -> torch.device:
@@ -149,10 +187,25 @@ class SAE(nn.Module):
 
     @property
     def threshold(self) -> Tensor:
-        """JumpReLU threshold ``exp(log_threshold)``: [d_sae]."""
+        """The inference threshold [d_sae]: JumpReLU's ``exp(log_threshold)``; BatchTopK's and Matryoshka's one
+        ``topk_threshold`` for every latent, in the SAE's dtype, rounded as SAELens' saved ``threshold`` is
+        (``ones_like(b_enc) * topk_threshold``: the float64 value taken to the op's compute type first)."""
+        if self.cfg.architecture in BATCH_TOPK:
+            compute = torch.promote_types(self.dtype, torch.float32)
+            return torch.ones_like(self.b_enc) * self.topk_threshold.to(compute)
         if self.cfg.architecture != "jumprelu":
-            raise AttributeError(f"threshold exists only for architecture 'jumprelu', not {self.cfg.architecture!r}")
+            raise AttributeError(f"threshold exists only for architectures jumprelu, {', '.join(BATCH_TOPK)}; not "
+                                 f"{self.cfg.architecture!r}")
         return self.log_threshold.exp()
+
+    @torch.no_grad()
+    def update_topk_threshold(self, min_act: Tensor) -> None:
+        """Move ``topk_threshold`` towards ``min_act`` (scalar: the smallest activation a training batch kept) by
+        ``cfg.topk_threshold_lr``, in float64, as SAELens' ``BatchTopKTrainingSAE.update_topk_threshold``; a batch
+        that kept none (``min_act`` inf) leaves it."""
+        if bool(torch.isfinite(min_act)):
+            lr = self.cfg.topk_threshold_lr
+            self.topk_threshold.copy_((1 - lr) * self.topk_threshold + lr * min_act.to(torch.float64))
 
     @torch.no_grad()
     def set_threshold(self, threshold: Tensor) -> None:
@@ -191,6 +244,8 @@ class SAE(nn.Module):
         if self.cfg.architecture == "topk":
             values, indices = self._topk(pre)
             return torch.zeros_like(pre).scatter(-1, indices, values)
+        if self.cfg.architecture in BATCH_TOPK:  # SAELens' JumpReLUSAE.encode: relu, zero at or below the threshold
+            return F.relu(pre) * (pre > self.threshold).to(pre.dtype)
         return JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -205,7 +260,8 @@ class SAE(nn.Module):
         """x: [..., d_in] -> SAEOutput(x_hat [..., d_in], feature_acts [..., d_sae], pre_acts [..., d_sae]).
 
         TopK decodes through :class:`attnsae.sae.kernels.SparseDecode` (k rows per token); the others through
-        :meth:`decode`.
+        :meth:`decode`. BatchTopK and Matryoshka encode with their threshold here (inference); their training step
+        is :func:`attnsae.sae.kernels.batchtopk_forward`.
         """
         pre = self.pre_acts(x)
         if self.cfg.architecture == "topk":
@@ -239,5 +295,5 @@ class SAE(nn.Module):
         self.W_dec.grad.sub_(parallel * direction)
 
     def extra_repr(self) -> str:
-        k = f", k={self.cfg.k}" if self.cfg.architecture == "topk" else ""
+        k = f", k={self.cfg.k}" if self.cfg.architecture in K_ARCHITECTURES else ""
         return f"{self.cfg.architecture}, d_in={self.d_in}, d_sae={self.d_sae}{k}, hook_name={self.cfg.hook_name!r}"

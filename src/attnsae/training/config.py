@@ -6,31 +6,30 @@ the boundary: types (YAML numbers such as ``1e-3``, which YAML 1.1 reads as stri
 list belongs becomes a one-element list), ranges and choices, and the relations between fields.
 
 SAEs: the product of ``layers`` and the architecture's sparsity list (``l1_coeffs`` for relu, ``ks`` for topk,
-``l0_coeffs`` for jumprelu) and ``d_sae``; with ``per_layer`` the lists pair up with ``layers`` instead (each has one
-value, or one per layer), so the paper's table — its own L1 coefficient and dictionary size per layer — is one run
-(``configs/paper_gpt2_small.yaml``).
+batchtopk and matryoshka, ``l0_coeffs`` for jumprelu) and ``d_sae``; with ``per_layer`` the lists pair up with
+``layers`` instead (each has one value, or one per layer), so the paper's table — its own L1 coefficient and
+dictionary size per layer — is one run (``configs/paper_gpt2_small.yaml``). The read of a ``--config`` file:
+:mod:`attnsae.training.config_file`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import types
 import typing
-from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from attnsae.errors import AttnsaeError, short
-from attnsae.sae import ARCHITECTURES
+from attnsae.sae import ARCHITECTURES, K_ARCHITECTURES
+from attnsae.training.config_file import read_config_file  # noqa: F401  (the settings of a --config file)
 
 if typing.TYPE_CHECKING:
     from attnsae.sae.model import SAEConfig
 
-SPARSITY_FIELD = {"relu": "l1_coeffs", "topk": "ks", "jumprelu": "l0_coeffs"}  # architecture -> its sparsity list
-SPEC_KEY = {"relu": "l1_coeff", "topk": "k", "jumprelu": "l0_coeff"}
+SPARSITY_FIELD = {"relu": "l1_coeffs", "jumprelu": "l0_coeffs", **{a: "ks" for a in K_ARCHITECTURES}}  # its list
+SPEC_KEY = {"relu": "l1_coeff", "jumprelu": "l0_coeff", **{a: "k" for a in K_ARCHITECTURES}}
 # settings that steer the process, not the result: they may change between a run and its --resume (a run folder
 # may also move: `out` is where, not what)
 RUN_CONTROL = ("resume", "overwrite", "progress", "threads", "device", "wandb_project", "out", "module_parallel")
@@ -39,12 +38,10 @@ CACHE_FIELDS = ("model", "device", "source", "split", "text_field", "context_siz
                 "act_dtype", "model_batch_size", "max_corpus_tokens", "layers", "threads", "progress")
 # settings added since runs were first saved: a checkpoint that lacks one was made with its default
 ADDED_SETTINGS = {"aux_k": None, "jumprelu_bandwidth": 1e-3, "jumprelu_init_threshold": 1e-3,
-                  "apply_b_dec_to_input": True}
+                  "apply_b_dec_to_input": True, "matryoshka_widths": None, "topk_threshold_lr": 0.01}
 # seeds reach torch.manual_seed, torch.Generator().manual_seed (both < 2**64) and numpy's SeedSequence (any int >= 0);
 # 0..2**63 - 1 is what all of them accept and what fits an int64 wherever a seed is stored
 SEED_MAX = 2**63 - 1
-CONFIG_MAX_BYTES = 1 << 20  # a config file is a page of settings: 1 MiB is far more than any needs
-CONFIG_MAX_VALUES = 10_000  # values of a YAML document once its aliases are expanded ("billion laughs" stops here)
 
 
 def _rule(help: str, **kw: Any) -> dict[str, Any]:
@@ -77,18 +74,20 @@ class SAESpec:
     architecture: str = "relu"
     d_sae: int = 2048
     l1_coeff: float = 2.0  # relu
-    k: int | None = None  # topk
+    k: int | None = None  # topk, batchtopk, matryoshka
     l0_coeff: float = 1.0  # jumprelu
-    aux_coeff: float = 1 / 32  # topk: AuxK loss weight
-    aux_k: int | None = None  # topk: latents used by AuxK (default d_in // 2)
+    aux_coeff: float = 1 / 32  # topk, batchtopk, matryoshka: AuxK loss weight
+    aux_k: int | None = None  # topk, batchtopk, matryoshka: latents used by AuxK (default d_in // 2)
     apply_b_dec_to_input: bool = True
     jumprelu_bandwidth: float = 1e-3
     jumprelu_init_threshold: float = 1e-3
+    matryoshka_widths: list[int] | None = None  # matryoshka: the nested prefixes, the last d_sae
+    topk_threshold_lr: float = 0.01  # batchtopk, matryoshka
 
     @property
     def name(self) -> str:
-        hp = {"relu": f"l1_{self.l1_coeff:g}", "topk": f"k{self.k}", "jumprelu": f"l0_{self.l0_coeff:g}"}
-        return f"layer{self.layer}_{self.architecture}_{self.d_sae}_{hp[self.architecture]}"
+        hp = {"relu": f"l1_{self.l1_coeff:g}", "jumprelu": f"l0_{self.l0_coeff:g}"}.get(self.architecture, f"k{self.k}")
+        return f"layer{self.layer}_{self.architecture}_{self.d_sae}_{hp}"
 
     def sae_config(self, d_in: int, **meta: Any) -> SAEConfig:
         """The :class:`SAEConfig` of this SAE on ``blocks.{layer}.attn.hook_z``; ``meta``: provenance (model_name,
@@ -98,7 +97,8 @@ class SAESpec:
         return SAEConfig(d_in=d_in, d_sae=self.d_sae, architecture=self.architecture, k=self.k, layer=self.layer,
                          hook_name=f"blocks.{self.layer}.attn.hook_z", apply_b_dec_to_input=self.apply_b_dec_to_input,
                          jumprelu_bandwidth=self.jumprelu_bandwidth,
-                         jumprelu_init_threshold=self.jumprelu_init_threshold, **meta)
+                         jumprelu_init_threshold=self.jumprelu_init_threshold,
+                         matryoshka_widths=self.matryoshka_widths, topk_threshold_lr=self.topk_threshold_lr, **meta)
 
 
 @dataclass
@@ -132,22 +132,32 @@ class TrainConfig:
     layers: list[int] = field(default_factory=lambda: [0], metadata=_rule(
         "the layers whose attention output is read (blocks.L.attn.hook_z, heads concatenated)", ge=0))
     architecture: str = field(default="relu", metadata=_rule(
-        "SAE activation: relu (L1 penalty), topk (k latents) or jumprelu (L0 penalty)", choices=ARCHITECTURES))
+        "SAE activation: relu (L1 penalty), topk (k latents), jumprelu (L0 penalty), batchtopk (k latents per token "
+        "on average over a batch; one threshold at inference) or matryoshka (batchtopk with nested prefix losses)",
+        choices=ARCHITECTURES))
     d_sae: list[int] | None = field(default=None, metadata=_rule(
         "dictionary sizes, one SAE each (default: --expansion-factor x d_in)", ge=1))
     expansion_factor: int = field(default=8, metadata=_rule("d_sae = this x d_in when --d-sae is not given", ge=1))
     l1_coeffs: list[float] = field(default_factory=lambda: [2.0], metadata=_rule(
         "relu: L1 coefficients, one SAE each (the penalty: coeff x sum_i f_i; decoder rows are kept at unit norm)",
         ge=0))
-    ks: list[int] = field(default_factory=lambda: [32], metadata=_rule("topk: latents kept per token, one SAE each",
-                                                                       ge=1))
+    ks: list[int] = field(default_factory=lambda: [32], metadata=_rule(
+        "topk, batchtopk, matryoshka: latents kept per token (batchtopk, matryoshka: on average over a batch), one "
+        "SAE each", ge=1))
     l0_coeffs: list[float] = field(default_factory=lambda: [1.0], metadata=_rule(
         "jumprelu: L0 coefficients, one SAE each", ge=0))
     per_layer: bool = field(default=False, metadata=_rule(
         "pair the sparsity values and --d-sae with --layers (one each, or one for all) instead of every combination"))
-    aux_coeff: float = field(default=1 / 32, metadata=_rule("topk: weight of the AuxK loss on dead latents", ge=0))
+    aux_coeff: float = field(default=1 / 32, metadata=_rule(
+        "topk, batchtopk, matryoshka: weight of the AuxK loss on dead latents", ge=0))
     aux_k: int | None = field(default=None, metadata=_rule(
-        "topk: dead latents AuxK reconstructs the residual from (default: d_in / 2)", ge=1))
+        "topk, batchtopk, matryoshka: dead latents AuxK reconstructs the residual from (default: d_in / 2)", ge=1))
+    matryoshka_widths: list[int] | None = field(default=None, metadata=_rule(
+        "matryoshka: the nested prefixes of the latents whose reconstruction losses add up, increasing (d_sae, the "
+        "last, is added when not given), e.g. 128 512 2048", ge=1))
+    topk_threshold_lr: float = field(default=0.01, metadata=_rule(
+        "batchtopk, matryoshka: rate of the moving average of each batch's smallest kept activation, the inference "
+        "threshold", gt=0, le=1))
     jumprelu_bandwidth: float = field(default=1e-3, metadata=_rule(
         "jumprelu: width of the straight-through estimator's window around the threshold", gt=0))
     jumprelu_init_threshold: float = field(default=1e-3, metadata=_rule("jumprelu: every threshold's starting value",
@@ -229,6 +239,13 @@ class TrainConfig:
                                f"({self.resample_every}): the window is the steps before each resample")
         if self.resume and self.overwrite:
             raise AttnsaeError("--resume and --overwrite contradict each other; give one")
+        widths = self.matryoshka_widths
+        if (self.architecture == "matryoshka") != (widths is not None):
+            raise AttnsaeError("architecture matryoshka needs matryoshka_widths (e.g. --matryoshka-widths 128 512)"
+                               if widths is None else "matryoshka_widths is for --architecture matryoshka; leave it "
+                               "out or use that architecture")
+        if widths is not None and any(b <= a for a, b in zip(widths, widths[1:])):
+            raise AttnsaeError(f"matryoshka_widths must be strictly increasing, got {short(widths)}")
         if self.per_layer:
             for name in (SPARSITY_FIELD[self.architecture], "d_sae"):
                 vals = getattr(self, name)
@@ -254,17 +271,29 @@ class TrainConfig:
             rows = [(l, v, d) for l in self.layers for d in d_saes for v in sparsity]
         common = dict(architecture=self.architecture, aux_coeff=self.aux_coeff, aux_k=self.aux_k,
                       apply_b_dec_to_input=self.apply_b_dec_to_input, jumprelu_bandwidth=self.jumprelu_bandwidth,
-                      jumprelu_init_threshold=self.jumprelu_init_threshold)
-        specs = [SAESpec(layer=l, d_sae=d, **common, **{key: v}) for l, v, d in rows]
+                      jumprelu_init_threshold=self.jumprelu_init_threshold, topk_threshold_lr=self.topk_threshold_lr)
+        specs = [SAESpec(layer=l, d_sae=d, **common, **{key: v}, matryoshka_widths=self._widths(d, check_sizes))
+                 for l, v, d in rows]
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise AttnsaeError(f"two SAEs with the same settings ({sorted(n for n in names if names.count(n) > 1)[0]});"
                                " give each sparsity value and d_sae once")
-        if self.architecture == "topk" and (check_sizes or self.d_sae):  # d_sae given: check now
+        if self.architecture in K_ARCHITECTURES and (check_sizes or self.d_sae):  # d_sae given: check now
             for s in specs:
                 if s.k > s.d_sae:
                     raise AttnsaeError(f"k ({s.k}) must not exceed d_sae ({s.d_sae})")
         return specs
+
+    def _widths(self, d_sae: int, check_sizes: bool) -> list[int] | None:
+        """Matryoshka's widths for an SAE of ``d_sae`` latents: ``matryoshka_widths`` ending at ``d_sae`` (added when
+        the last is smaller, as SAELens does; refused when larger)."""
+        widths = self.matryoshka_widths
+        if widths is None or not (check_sizes or self.d_sae) or widths[-1] == d_sae:
+            return widths
+        if widths[-1] > d_sae:
+            raise AttnsaeError(f"matryoshka_widths ends at {widths[-1]}, past d_sae ({d_sae}): the widths are prefixes "
+                               "of the latents; give widths up to d_sae")
+        return [*widths, d_sae]
 
     def resample_steps(self) -> list[int]:
         return [self.resample_every * (i + 1) for i in range(self.resample_times)
@@ -310,97 +339,6 @@ def defaults() -> dict[str, Any]:
     """Each field's default value."""
     return {f.name: (f.default if f.default is not MISSING else f.default_factory())  # type: ignore[misc]
             for f in fields(TrainConfig)}
-
-
-def read_config_file(path: str) -> dict[str, Any]:
-    """A YAML or JSON file of flat ``setting: value`` pairs: at most :data:`CONFIG_MAX_BYTES`, and a YAML document at
-    most :data:`CONFIG_MAX_VALUES` values once its aliases are expanded."""
-    p = Path(path)
-    if p.exists() and not p.is_file():  # a folder, a FIFO (whose read would wait forever), a device
-        raise AttnsaeError(f"config file {path} is not a regular file; give a YAML or JSON file of settings")
-    try:
-        with open(p, "rb") as f:  # read at most one byte past the cap: a huge file is never read whole
-            data = f.read(CONFIG_MAX_BYTES + 1)
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AttnsaeError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
-    if len(data) > CONFIG_MAX_BYTES:
-        size = p.stat().st_size if p.is_file() else 0
-        raise AttnsaeError(f"config file {path} is {f'{size / 2**20:.1f} MiB, ' if size else ''}more than the "
-                           f"{CONFIG_MAX_BYTES >> 20} MiB a config file may be; give a file of settings")
-    is_json = p.suffix.lower() == ".json"
-    try:
-        if is_json:
-            d = json.loads(text, object_pairs_hook=lambda pairs: _once([k for k, _ in pairs]) or dict(pairs))
-        else:
-            import yaml
-
-            d = yaml.load(text, Loader=_bounded_yaml_loader())
-    except AttnsaeError as e:
-        raise AttnsaeError(f"config file {path} {e}") from None
-    except Exception as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise AttnsaeError(f"config file {path} is not valid {'JSON' if is_json else 'YAML'}: "
-                           f"{first[:200] + '...' if len(first) > 200 else first}") from None
-    if not isinstance(d, dict):
-        raise AttnsaeError(f"config file {path} must hold a mapping of settings (setting: value)")
-    bad = [k for k in d if not isinstance(k, str)]
-    if bad:
-        raise AttnsaeError(f"config file {path}: setting names are words, got {short(bad[0])}; write setting: value")
-    return d
-
-
-def _bounded_yaml_loader() -> type:
-    """yaml's SafeLoader that refuses, before building anything, a document of more than :data:`CONFIG_MAX_VALUES`
-    values once its aliases are expanded (nested aliases grow exponentially: "billion laughs") or one that holds
-    itself (a recursive alias)."""
-    import yaml
-
-    class BoundedLoader(yaml.SafeLoader):
-        def construct_document(self, node):  # type: ignore[no-untyped-def]
-            _count_values(node)
-            return super().construct_document(node)
-
-        def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
-            _once([k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)])
-            return super().construct_mapping(node, deep)
-
-    return BoundedLoader
-
-
-def _once(keys: list) -> None:
-    """Refuse a mapping that gives a key twice (YAML and JSON keep the last silently: a mistake to point out)."""
-    twice = [k for k, n in Counter(keys).items() if n > 1]
-    if twice:
-        raise AttnsaeError(f"gives {short(twice[0])} twice; keep one")
-
-
-def _count_values(root: Any) -> int:
-    """Scalars, sequences and mappings of the YAML node tree ``root`` with every alias expanded (memoised per node,
-    so the count itself is quick); an AttnsaeError past :data:`CONFIG_MAX_VALUES` or on a cycle."""
-    counts: dict[int, int] = {}
-    open_nodes: set[int] = set()
-
-    def count(node: Any) -> int:
-        key = id(node)
-        if key in counts:
-            return counts[key]
-        if key in open_nodes:
-            raise AttnsaeError("holds a recursive alias (a value that contains itself); write the values out")
-        open_nodes.add(key)
-        children = node.value if isinstance(node.value, list) else []
-        n = 1
-        for child in children:
-            for c in (child if isinstance(child, tuple) else (child,)):  # mapping entries are (key, value) pairs
-                n += count(c)
-            if n > CONFIG_MAX_VALUES:
-                raise AttnsaeError(f"holds more than {CONFIG_MAX_VALUES:,} values once its aliases (*name) are "
-                                   "expanded; write the settings out plainly")
-        open_nodes.discard(key)
-        counts[key] = n
-        return n
-
-    return count(root)
 
 
 # ----------------------------------------------------------------------------------------------- coercion

@@ -9,7 +9,9 @@ A run of ``W`` processes is laid out as ``M`` *module groups* (``--module-parall
   have harvested, so batch ``i`` is the same global batch at every world size. Each rank trains on rows
   ``[d·B/D, (d+1)·B/D)`` of it; gradients and the per-step statistics (firing counts, L0, the AuxK normaliser) are
   averaged or summed over the group, so every rank takes the same optimiser step as one process on the global batch
-  (to fp32 summation order).
+  (to fp32 summation order). BatchTopK and Matryoshka are the exception: each rank keeps the top ``k x rows`` of its
+  own share of the batch (not of the global batch), and their inference threshold follows the smallest activation
+  any rank kept (:meth:`Comm.min_`), so the replicas stay alike.
 
 Rank 0 writes ``run_config.json``, ``metrics.jsonl`` and ``checkpoint.pt`` (the states of every SAE, gathered from
 each group's first rank, in the single-process format); each group's first rank writes its SAEs' folders. Backends:
@@ -114,14 +116,19 @@ class Comm:
     def _on(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device) if t.device != self.device else t
 
-    def sum_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over the replicas, in place (the result is on ``t``'s device)."""
+    def sum_(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Sum ``t`` over the replicas (``op="min"``: their minimum), in place (the result is on ``t``'s device)."""
         if self.data_world > 1:
             buf = self._on(t)
-            _collective(dist.all_reduce, buf, group=self.group)
+            _collective(dist.all_reduce, buf, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM,
+                        group=self.group)
             if buf is not t:
                 t.copy_(buf)
         return t
+
+    def min_(self, t: torch.Tensor) -> torch.Tensor:
+        """The minimum of ``t`` over the replicas, in place."""
+        return self.sum_(t, op="min")
 
     def mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean of ``t`` over the replicas (a new tensor; ``t`` itself when there is one)."""

@@ -1,11 +1,13 @@
-"""The training losses of one SAE on a batch (PAPER_NOTES §2, and the TopK / JumpReLU variants).
+"""The training losses of one SAE on a batch (PAPER_NOTES §2, and the TopK / JumpReLU / BatchTopK variants).
 
 * ``mse``: squared error summed over dims, mean over the batch (all architectures);
 * ``l1`` (relu): the paper's ``l1_coeff * sum |f|``, mean over the batch, *not* weighted by decoder row norms
   (SAELens' variant): the paper keeps the rows at unit norm instead, so the penalty cannot be dodged by shrinking
   ``f`` and growing a row;
-* ``auxk`` (topk): ``aux_coeff * AuxK`` (Gao et al. 2024): reconstruct the detached residual from the top ``aux_k``
-  dead latents only, normalised by the residual's variance;
+* ``auxk`` (topk, batchtopk, matryoshka): ``aux_coeff * AuxK`` (Gao et al. 2024): reconstruct the detached residual
+  from the top ``aux_k`` dead latents only, normalised by the residual's variance;
+* ``inner_mse`` (matryoshka): the ``mse`` of the reconstruction from each prefix ``matryoshka_widths[:-1]`` of the
+  latents, summed (the whole SAE's is ``mse``), as SAELens' ``MatryoshkaBatchTopKTrainingSAE`` adds them;
 * ``l0`` (jumprelu): ``l0_coeff * L0`` with the straight-through :class:`attnsae.sae.model.Heaviside`.
 """
 
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnsae.sae import kernels
+from attnsae.sae import BATCH_TOPK, K_ARCHITECTURES, kernels
 from attnsae.sae.functions import Heaviside
 from attnsae.sae.model import SAE
 from attnsae.training.config import SAESpec
@@ -31,6 +33,7 @@ class StepOutput:
     x_hat: Tensor  # [batch, d_in]
     fired: Tensor  # [d_sae]: tokens of the batch on which each latent fired
     l0: Tensor  # scalar: mean active latents per token
+    min_act: Tensor | None = None  # batchtopk, matryoshka: the smallest activation kept (inf: none), for the threshold
 
 
 Reduce = Callable[[Tensor], Tensor]
@@ -62,6 +65,10 @@ def sae_loss(sae: SAE, spec: SAESpec, x: Tensor, dead: Tensor | None, sparsity_s
     elif arch == "jumprelu" and sparse_kernel:
         out = kernels.jumprelu_forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.threshold,
                                        sae.cfg.jumprelu_bandwidth, sae.cfg.apply_b_dec_to_input)
+    elif arch in BATCH_TOPK:  # the training forward (the SAE's own forward is inference, with the threshold)
+        forward = kernels.batchtopk_forward if sparse_kernel else kernels.batchtopk_reference
+        out = forward(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, sae.cfg.k, sae.cfg.matryoshka_widths,
+                      sae.cfg.apply_b_dec_to_input)
     else:
         x_hat, f, pre = sae(x)
         out = kernels.KernelOutput(x_hat, f, None, pre)
@@ -78,7 +85,9 @@ def sae_loss(sae: SAE, spec: SAESpec, x: Tensor, dead: Tensor | None, sparsity_s
     if arch == "relu":
         l1 = f.abs().sum() / len(x) if at is not None else f.abs().sum(-1).mean()
         parts["l1"] = spec.l1_coeff * sparsity_scale * l1
-    elif arch == "topk":
+    elif arch in K_ARCHITECTURES:
+        if out.levels is not None and out.levels.shape[1] > 1:
+            parts["inner_mse"] = (x[:, None] - out.levels[:, :-1]).pow(2).sum(-1).mean(0).sum()
         parts["auxk"] = (spec.aux_coeff * auxk_loss(sae, x, pre, err, dead, spec.aux_k, mean) if dead is not None
                          else parts["mse"] * 0)
     else:
@@ -86,7 +95,11 @@ def sae_loss(sae: SAE, spec: SAESpec, x: Tensor, dead: Tensor | None, sparsity_s
         soft = Heaviside.apply(pre_l0, threshold, sae.cfg.jumprelu_bandwidth)
         l0_soft = soft.sum() / len(x) if at is not None else soft.sum(-1).mean()
         parts["l0"] = spec.l0_coeff * sparsity_scale * l0_soft
-    return StepOutput(sum(parts.values()), parts, x_hat, fired, l0)
+    min_act = None
+    if arch in BATCH_TOPK:
+        kept = f.detach() if at is not None else f.detach()[on]  # the sparse path's entries are all > 0
+        min_act = kept.min() if kept.numel() else kept.new_tensor(torch.inf)
+    return StepOutput(sum(parts.values()), parts, x_hat, fired, l0, min_act)
 
 
 def auxk_loss(sae: SAE, x: Tensor, pre: Tensor, err: Tensor, dead: Tensor, aux_k: int | None,

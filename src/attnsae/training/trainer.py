@@ -2,7 +2,8 @@
 :func:`train` is the whole run from a :class:`~attnsae.training.config.TrainConfig` to SAEs on disk.
 
 Per step and SAE: the loss (:mod:`attnsae.training.losses`), the paper's decoder constraint (gradient parallel to
-each decoder row removed before the Adam step, rows renormalised after it), the firing statistics; before the
+each decoder row removed before the Adam step, rows renormalised after it), the firing statistics, BatchTopK's
+inference threshold (:meth:`attnsae.sae.model.SAE.update_topk_threshold`); before the
 scheduled steps, resampling of dead features (:mod:`attnsae.training.resample`) from ``resample_batches`` fresh
 batches. Learning rate: warm-up from ``warmup_from * lr`` over ``warmup_steps`` (again after each resample), then
 the schedule.
@@ -34,6 +35,7 @@ from attnsae.io import (atomic_path, atomic_write_json, atomic_write_text, check
                         disk_full, make_dir, write_error)
 from attnsae.memory import check_fits
 from attnsae.models import load_model, model_name
+from attnsae.sae import K_ARCHITECTURES
 from attnsae.sae.formats import save_sae
 from attnsae.sae.model import SAE
 from attnsae.training.checkpoint import (FiringStats, TrainState, load_checkpoint, merged_state, save_manifest,
@@ -277,7 +279,7 @@ def step(cfg: TrainConfig, specs: list[SAESpec], saes: list[SAE], opts: list[tor
         x = batch[spec.layer][rows].to(sae.device)
         for g in opt.param_groups:
             g["lr"] = lr
-        dead = fs.dead(state.step, cfg.dead_window).to(sae.device) if spec.architecture == "topk" else None
+        dead = fs.dead(state.step, cfg.dead_window).to(sae.device) if spec.architecture in K_ARCHITECTURES else None
         out = sae_loss(sae, spec, x, dead, cfg.l1_factor(state.step), cfg.sparse_kernel, comm.mean)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -294,6 +296,8 @@ def step(cfg: TrainConfig, specs: list[SAESpec], saes: list[SAE], opts: list[tor
         opt.step()
         sae.set_decoder_norm_to_unit_norm()
         fs.update(n_fired, state.step)
+        if out.min_act is not None:  # the smallest activation any replica's share of the batch kept
+            sae.update_topk_threshold(comm.min_(out.min_act.detach().clone()))
         if logging:
             with torch.no_grad():
                 mse = comm.mean(out.parts["mse"].detach())
