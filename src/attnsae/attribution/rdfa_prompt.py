@@ -98,14 +98,15 @@ class RDFAPrompt:
                 names += [f"blocks.{l}.hook_attn_out", f"blocks.{l}.hook_mlp_out"]
         if keep_logits:
             names.append("ln_final.hook_scale")
-        for l in qk_layers:
+        required = list(names)
+        for l in qk_layers:  # optional: a layer whose queries and keys do not come falls back to its pattern
             names += [*qk_hooks(model, l)] + ([f"blocks.{l}.attn.hook_v", f"blocks.{l}.attn.hook_z"]
                                                if l not in layers else [])
         with fused_attention(model):  # SDPA in every layer whose pattern is not captured
             c = {k: v[0] for k, v in capture(model, self.tokens[None], names,
                                              stop_at_layer=None if keep_logits else L + 1,
                                              return_logits=keep_logits).items()}
-        missing = [n for n in names if n not in c and n not in ("hook_pos_embed", "ln_final.hook_scale")]
+        missing = [n for n in required if n not in c and n not in ("hook_pos_embed", "ln_final.hook_scale")]
         if missing:
             raise AttnsaeError(f"RDFA needs hook {missing[0]}, which this model does not expose")
         self.S = S
