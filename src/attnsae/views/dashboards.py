@@ -132,7 +132,8 @@ def write_dashboards(bundle: dict, out_dir: Path) -> Path:
     (out_dir / "vocab.js").write_text(f"window.ATTNSAE_VOCAB = {js_literal(list(bundle['vocab']))};\n",
                                       encoding="utf-8")
     html = page(bundle["title"], ["common.css", "dashboards.css"], BODY,
-                [f"window.ATTNSAE_INDEX = {js_literal(index)};", asset("common.js"), asset("dashboards.js")],
+                [f"window.ATTNSAE_INDEX = {js_literal(index)};", asset("common.js"), asset("charts.js"),
+                 asset("dashboards.js")],
                 script_srcs=("vocab.js",))
     index_path = out_dir / "index.html"
     index_path.write_text(html, encoding="utf-8")

@@ -5,7 +5,7 @@
 
 import {$, el, put, append, tokenChip, tokenText, fmt, fmtSigned, fmtPct, finite, barList, bar, cachedApi, api, clamp,
         topIndices} from "./explorer-util.js";
-import {POS_AXIS_H, drawPositionAxis, heatFrame, setScale, termColour} from "./explorer-heatmap.js";
+import {LABEL_W, TOP, drawHeatmap, heatFrame} from "./explorer-heatmap.js";
 import {predictionColumns, statLine} from "./explorer-legend.js";
 import {columnTitles, describeTerm, restGroup, splitChildren} from "./explorer-rdfa.js";
 
@@ -15,7 +15,6 @@ const KIND_TITLES = {feature: "an SAE feature (its value: coefficient × activat
                      head_source: "one head reading one source token (value path)",
                      component: "a residual-stream component at the source token",
                      remainder: "a remainder: the rest of the node's sum, named"};
-const MIN_CELL = 9, MAX_CELL = 26, LABEL_W = 34, TOP = 6, TOKEN_LABEL_H = 62;
 
 /* ctx: {state(), info(), features(), select(sel), setAttention(layer, head, dest), setState(patch, push), error(e),
          busy(node, on), pickToken(str, event, id) (a logit token for the intervention), addEdit(sel)} */
@@ -160,85 +159,10 @@ export function createPanels(ctx) {
       el("span", {class: "muted"}, ` · activation ${fmt(d.act, 4)}`));
   }
 
-  function heatGeometry(d, width) {
-    const dest = d.position, H = d.n_heads;
-    const usable = Math.max(80, width - LABEL_W - 6);
-    const maxCols = Math.max(4, Math.floor(usable / MIN_CELL));
-    let cols;
-    if (dest + 1 <= maxCols) cols = [...Array(dest + 1).keys()];
-    else cols = [...topIndices(d.by_src, maxCols - 1, (i) => i < dest), dest].sort((a, b) => a - b);
-    const cellW = clamp(Math.floor(usable / cols.length), MIN_CELL, MAX_CELL);
-    const cellH = H <= 8 ? 18 : H <= 16 ? 13 : H <= 32 ? 9 : 6;
-    return {cols, cellW, cellH, H, width, height: TOP + H * cellH + POS_AXIS_H + TOKEN_LABEL_H,
-            windowed: cols.length < dest + 1};
-  }
-
   function drawHeat() {
     const canvas = $("dfa-heatmap");
     if (!heat || !canvas) return;
-    const d = heat.d, width = Math.floor(canvas.parentElement.clientWidth || 400);
-    const geo = heat.geometry = heatGeometry(d, width);
-    const dpr = window.devicePixelRatio || 1;
-    canvas.width = Math.round(width * dpr);
-    canvas.height = Math.round(geo.height * dpr);
-    canvas.style.setProperty("width", width + "px");
-    canvas.style.setProperty("height", geo.height + "px");
-    const g = canvas.getContext("2d");
-    g.setTransform(dpr, 0, 0, dpr, 0, 0);
-    g.clearRect(0, 0, width, geo.height);
-    let maxAbs = 0;
-    for (const s of geo.cols) for (const v of d.terms[s]) maxAbs = Math.max(maxAbs, Math.abs(v));
-    const {cols, cellW, cellH, H} = geo;
-    g.font = "10px ui-monospace, Menlo, Consolas, 'DejaVu Sans Mono', monospace";
-    g.textBaseline = "middle";
-    g.fillStyle = "#6b7280";
-    g.textAlign = "right";
-    const every = cellH >= 9 ? 1 : Math.ceil(9 / cellH);
-    const labelEvery = Math.ceil(11 / cellW);
-    for (let h = 0; h < H; h += every) g.fillText(`H${h}`, LABEL_W - 4, TOP + h * cellH + cellH / 2);
-    cols.forEach((s, ci) => {
-      const x = LABEL_W + ci * cellW;
-      for (let h = 0; h < H; h++) {
-        g.fillStyle = termColour(maxAbs > 0 ? d.terms[s][h] / maxAbs : 0);
-        g.fillRect(x, TOP + h * cellH, cellW - (cellW > 6 ? 1 : 0), cellH - (cellH > 6 ? 1 : 0));
-      }
-      if (ci > 0 && s - cols[ci - 1] > 1) {  // a gap in the window of top sources: a tick under the map
-        g.fillStyle = "#6b7280";
-        g.fillRect(x - 1.5, TOP + H * cellH, 2, 4);
-      }
-      // token label, rotated (every `labelEvery`-th when cells are narrow; the destination always)
-      if (ci % labelEvery && s !== d.position) return;
-      g.save();
-      g.translate(x + cellW / 2, TOP + H * cellH + POS_AXIS_H + 5);
-      g.rotate(-Math.PI / 3);
-      g.textAlign = "right";
-      g.fillStyle = s === d.position ? "#2563eb" : "#374151";
-      g.font = (s === d.position ? "bold " : "") + "10px ui-monospace, Menlo, Consolas, 'DejaVu Sans Mono', monospace";
-      let label = tokenText(d.token_strs[s]);
-      if (label.length > 9) label = label.slice(0, 8) + "…";
-      g.fillText(label, 0, 0);
-      g.restore();
-    });
-    canvas.dataset.ticks = drawPositionAxis(g, geo, LABEL_W, TOP + H * cellH, d.position).join(",");
-    setScale(maxAbs);
-    const di = cols.indexOf(d.position);
-    if (di >= 0) {  // the destination column
-      g.strokeStyle = "#2563eb"; g.lineWidth = 2;
-      g.strokeRect(LABEL_W + di * cellW - 1, TOP - 2, cellW + 1, H * cellH + 3);
-    }
-    if (heat.hl) {
-      const ci = cols.indexOf(heat.hl.s);
-      if (ci >= 0) {
-        g.strokeStyle = "#111827"; g.lineWidth = 1.5;
-        g.strokeRect(LABEL_W + ci * cellW - 0.5, TOP + heat.hl.h * cellH - 0.5, cellW, cellH);
-      }
-    }
-    const note = $("dfa-note");
-    if (note) {
-      note.textContent = `${H} heads × ${cols.length} source tokens` +
-        (geo.windowed ? ` (the top ${cols.length - 1} of ${d.position + 1} sources by |DFA|, in order; a dark mark between two columns: sources skipped)` : "") +
-        " · click a cell for that head's attention";
-    }
+    drawHeatmap(canvas, heat);
   }
 
   function heatCell(e) {

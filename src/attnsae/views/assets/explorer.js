@@ -1,7 +1,8 @@
 /* Circuit Explorer (attnsae explore): prompt → tokens → SAE features → DFA / recursive DFA / logit effect /
    intervention / comparison, against the local JSON API of attnsae.serve (see attnsae/serve/schemas.py).
 
-   Modules: explorer.js (state, URL, token list), explorer-panels.js (detail cards), explorer-intervene.js (the
+   Modules: explorer.js (state, token list, runs), explorer-url.js (the view as a URL hash), explorer-attention.js
+   (attention shading), explorer-panels.js (detail cards), explorer-intervene.js (the
    intervention card), explorer-graph.js (the Graph view), explorer-cards.js (feature cards on hover, feature search,
    labels), explorer-util.js (helpers).
    Every request goes to this page's own origin (relative URLs); data enters the DOM only as text or attributes.
@@ -41,17 +42,15 @@
 
 import {$, el, put, tokenNodes, tokenText, fmt, fmtPct, api, cachedApi, clamp, ApiError} from "./explorer-util.js";
 import {rowHeight as tokenRowHeight} from "./explorer-lanes.js";  // every chip whole
-import {attentionKey, chipTitle, renderLegend} from "./explorer-legend.js";  // what colours and numbers mean
+import {chipTitle, renderLegend} from "./explorer-legend.js";  // what colours and numbers mean
 import {createPanels} from "./explorer-panels.js";
 import {createGraph} from "./explorer-graph.js";
-import {createIntervene, parseIv, writeIv} from "./explorer-intervene.js";
+import {createIntervene} from "./explorer-intervene.js";
+import {DEFAULTS, intOr, numOr, parseHash, toHash} from "./explorer-url.js";
+import {createAttention} from "./explorer-attention.js";
 import {createCards} from "./explorer-cards.js";
 
 const EXAMPLE = "import os\nimport sys\n\ndef main(argv):\n    path = os.path.join(argv[0], 'x')\n    return os.path.join(path, sys.argv[1])\n";
-
-const DEFAULTS = {p: "", q: "", o: "act", k: 8, bos: false, ly: null, sel: null, al: null, ah: 0, ad: null,
-                  ed: [], at: null, ta: "", tb: "", iv: false, gn: 10, gs: false, cmp: false, tk: 5, th: 0, ex: [],
-                  g: false, sn: []};
 
 let state = structuredClone(DEFAULTS);
 let info = null;          // GET /api/info
@@ -60,63 +59,7 @@ let gen = 0;              // a newer run drops older answers
 let lastHash = null;
 let shownPrompt = null;   // the prompt F answers
 
-/* ---------------- URL state ---------------- */
-
-function intOr(v, dflt, lo, hi) {
-  const n = Number.parseInt(v, 10);
-  return Number.isFinite(n) ? clamp(n, lo, hi) : dflt;
-}
-function numOr(v, dflt, lo, hi) {
-  const n = Number.parseFloat(v);
-  return Number.isFinite(n) ? clamp(n, lo, hi) : dflt;
-}
-
-function parseHash(hash) {
-  const h = new URLSearchParams(hash.replace(/^#/, ""));
-  const s = structuredClone(DEFAULTS);
-  s.p = h.get("p") || "";
-  s.q = h.get("q") || "";
-  s.o = ["act", "dfa", "logit"].includes(h.get("order")) ? h.get("order") : "act";
-  s.k = intOr(h.get("k"), 8, 1, 50);
-  s.bos = h.get("bos") === "1";
-  if (h.has("layers")) s.ly = h.get("layers").split(",").filter((x) => /^\d+$/.test(x)).map(Number);
-  const m = /^(\d+)\/(\d+)@(\d+)$/.exec(h.get("f") || "");
-  if (m) s.sel = {layer: Number(m[1]), feature: Number(m[2]), position: Number(m[3])};
-  if (/^\d+$/.test(h.get("al") || "")) { s.al = Number(h.get("al")); s.ah = intOr(h.get("ah"), 0, 0, 10000); }
-  if (/^\d+$/.test(h.get("ad") || "")) s.ad = Number(h.get("ad"));
-  Object.assign(s, parseIv(h));
-  s.cmp = h.get("cmp") === "1";
-  s.tk = intOr(h.get("topk"), 5, 1, 50);
-  s.th = numOr(h.get("th"), 0, 0, 1);
-  s.ex = (h.get("ex") || "").split(",").filter((x) => /^\d+(\.\d+)*$/.test(x));
-  s.g = h.get("g") === "1";
-  s.sn = (h.get("sn") || "").split(";").map((m) => m.split(",").filter(Boolean)).filter((m) => m.length > 1);
-  return s;
-}
-
-function toHash(s) {
-  const h = new URLSearchParams();
-  if (s.p) h.set("p", s.p);
-  if (s.q) h.set("q", s.q);
-  if (s.o !== "act") h.set("order", s.o);
-  if (s.k !== 8) h.set("k", String(s.k));
-  if (s.bos) h.set("bos", "1");
-  if (s.ly) h.set("layers", s.ly.join(","));
-  if (s.sel) h.set("f", `${s.sel.layer}/${s.sel.feature}@${s.sel.position}`);
-  if (s.al !== null) { h.set("al", String(s.al)); h.set("ah", String(s.ah)); }
-  if (s.ad !== null) h.set("ad", String(s.ad));
-  writeIv(s, h);
-  if (s.cmp) h.set("cmp", "1");
-  if (s.tk !== 5) h.set("topk", String(s.tk));
-  if (s.th !== 0) h.set("th", String(s.th));
-  if (s.ex.length) h.set("ex", s.ex.join(","));
-  if (s.g) h.set("g", "1");
-  if (s.sn.length) h.set("sn", s.sn.map((m) => m.join(",")).join(";"));
-  // encodeURIComponent, but leaving / @ , : readable (URLSearchParams reads them back unchanged)
-  const text = [...h].map(([k, v]) => k + "=" + encodeURIComponent(v).replace(/%2F/g, "/").replace(/%40/g, "@")
-    .replace(/%2C/g, ",").replace(/%3A/g, ":")).join("&");
-  return text ? "#" + text : "";
-}
+/* ---------------- URL state (parsed and written by explorer-url.js) ---------------- */
 
 function writeHash(push) {
   const hash = toHash(state);
@@ -153,8 +96,6 @@ let visible = [];         // positions shown, in order
 let rowH = 50;
 let cursor = {index: 0, chip: 0};  // keyboard cursor: index into `visible`, chip index in the row
 let rendered = [0, 0];
-let attn = null;          // {layer, head, dest, weights} being shown
-let hoverDest = null;
 
 const narrow = window.matchMedia("(max-width: 760px)");
 
@@ -213,7 +154,7 @@ function rowEl(vi) {
   row.style.setProperty("top", vi * rowH + "px");
   const tok = el("span", {class: "tok", role: "gridcell", title: `${JSON.stringify(F.token_strs[i])} (token id ${F.tokens[i]})`},
                  el("span", {class: "tk"}, tokenNodes(F.token_strs[i])));
-  paintAttnCell(tok, i);
+  attention.paintCell(tok, i);
   const lanes = el("div", {class: "lanes", role: "gridcell"});
   let chipIndex = 0;
   const isCursorRow = vi === cursor.index;
@@ -313,7 +254,7 @@ function onTokensKey(e) {
   if (moved) {
     e.preventDefault();
     focusCursor();
-    hover(visible[cursor.index]);
+    attention.hover(visible[cursor.index]);
     return;
   }
   if (e.key === "Enter" || e.key === " ") {
@@ -321,7 +262,7 @@ function onTokensKey(e) {
     if (chip) { e.preventDefault(); selectChip(chip); }
   } else if (e.key === "a") {
     e.preventDefault();
-    pinDest(visible[cursor.index]);
+    attention.pin(visible[cursor.index]);
   }
 }
 
@@ -334,93 +275,21 @@ function selectChip(chip) {
 
 /* ---------------- attention shading ---------------- */
 
-function paintAttnCell(tok, i) {
-  const w = attn && attn.weights && i <= attn.dest ? attn.weights[i] : null;
-  if (w === null || w === undefined) { tok.classList.remove("attn"); tok.style.removeProperty("--attn"); return; }
-  const max = attn.max || 1;
-  tok.classList.add("attn");
-  tok.style.setProperty("--attn", (w / max).toFixed(3));
-  tok.dataset.attn = String(w);
-}
-
-function paintAttention() {
-  for (const row of $("tokens-spacer").querySelectorAll(".row")) {
-    const i = Number(row.dataset.position);
-    paintAttnCell(row.querySelector(".tok"), i);
-    row.classList.toggle("attn-dest", !!attn && attn.dest === i);
-  }
-  attentionKey(attn);
-  const strip = $("attn-strip");
-  if (state.al === null) { put(strip, el("span", {class: "muted"}, "attention off")); return; }
-  if (!attn) {
-    put(strip, el("span", {class: "muted"}, "hover or focus a row to see its attention"));
-    return;
-  }
-  const order = attn.weights.map((w, i) => [w, i]).filter(([, i]) => i <= attn.dest).sort((a, b) => b[0] - a[0]).slice(0, 4);
-  put(strip,
-    el("span", {}, `L${attn.layer}H${attn.head} from `),
-    el("b", {class: "num"}, String(attn.dest)), " ", el("span", {class: "tk"}, tokenNodes(F.token_strs[attn.dest])), ": ",
-    order.map(([w, i], n) => [n ? " · " : "", el("span", {class: "tk"}, tokenNodes(F.token_strs[i])),
-                               el("span", {class: "num muted", title: "position, attention weight"}, `@${i} ${fmt(w, 2)}`)]),
-    state.ad !== null ? el("button", {type: "button", class: "link", id: "attn-unpin", onclick: () => pinDest(null),
-                                       title: "follow the hovered row again"}, " unpin") : null);
-}
-
-let hoverTimer = 0;
-function hover(position) {
-  hoverDest = position;
-  if (state.al === null || state.ad !== null) return;
-  clearTimeout(hoverTimer);
-  hoverTimer = setTimeout(loadAttention, 40);
-}
-
-function pinDest(position) {
-  setState({ad: position}, false);
-  loadAttention();
-}
-
-function attnDest() {
-  if (state.ad !== null) return state.ad;
-  if (hoverDest !== null) return hoverDest;
-  return state.sel ? state.sel.position : null;
-}
-
-async function loadAttention() {
-  if (!F || state.al === null) { attn = null; paintAttention(); return; }
-  const dest = attnDest();
-  if (dest === null || dest >= F.token_strs.length) { attn = null; paintAttention(); return; }
-  const body = {prompt: state.p, layer: state.al, head: state.ah, dest};
-  const f = F;
-  try {
-    const r = await cachedApi("/api/attention", body);
-    if (f !== F || state.al !== body.layer || state.ah !== body.head || attnDest() !== dest) return;
-    let max = 0;
-    for (let i = 0; i <= dest; i++) max = Math.max(max, r.weights[i] || 0);
-    attn = {...r, max};
-    paintAttention();
-  } catch (e) { showError(e); }
-}
-
-function setAttention(layer, head, dest) {
-  setState({al: layer, ah: head, ad: dest}, false);
-  $("attn-layer").value = String(layer);
-  $("attn-head").value = String(head);
-  loadAttention();
-  scrollToPosition(dest);
-}
-
 /* ---------------- selection and runs ---------------- */
+
+const attention = createAttention({state: () => state, features: () => F, setState, error: showError,
+                                   scrollToPosition});
 
 const intervene = createIntervene({state: () => state, features: () => F, error: showError, busy, setState,
                                    select: (sel) => select(sel)});
 
 const panels = createPanels({
   state: () => state, info: () => info, features: () => F, error: showError, busy,
-  setState, select: (sel) => select(sel), setAttention, pickToken: intervene.pickToken, addEdit: intervene.addFeature,
+  setState, select: (sel) => select(sel), setAttention: attention.set, pickToken: intervene.pickToken, addEdit: intervene.addFeature,
 });
 
 const graph = createGraph({
-  state: () => state, setState, error: showError, busy, select: (sel) => select(sel), setAttention,
+  state: () => state, setState, error: showError, busy, select: (sel) => select(sel), setAttention: attention.set,
 });
 
 createCards({state: () => state, select: (sel) => select(sel)});  // feature cards, search and labels
@@ -438,14 +307,14 @@ function select(sel, push = true) {
   }
   for (const r of $("tokens-spacer").querySelectorAll(".row")) r.classList.toggle("selected", Number(r.dataset.position) === sel.position);
   scrollToPosition(sel.position);
-  if (state.al !== null && state.ad === null) loadAttention();
+  if (state.al !== null && state.ad === null) attention.load();
   panels.show();
 }
 
 async function refresh() {
   const g = ++gen;
   if (!state.p) {
-    F = null; attn = null;
+    F = null; attention.clear();
     rebuildTokens();
     panels.clear();
     intervene.clear();
@@ -459,8 +328,8 @@ async function refresh() {
   } catch (e) {
     if (g === gen) {
       showError(e);
-      F = null; shownPrompt = null; attn = null;
-      rebuildTokens(); paintAttention(); panels.clear(); intervene.clear(); panels.resetCompare(); busy(card, false);
+      F = null; shownPrompt = null; attention.clear();
+      rebuildTokens(); attention.paint(); panels.clear(); intervene.clear(); panels.resetCompare(); busy(card, false);
     }
     return;
   }
@@ -469,7 +338,7 @@ async function refresh() {
   const newPrompt = !F || shownPrompt !== state.p;
   F = r;
   shownPrompt = state.p;
-  attn = null;
+  attention.clear();
   if (state.sel && state.sel.position >= F.token_strs.length) setState({sel: null, ex: []});
   if (state.ad !== null && state.ad >= F.token_strs.length) setState({ad: null});
   if (state.sel && state.sel.position === 0) { state.bos = true; $("hide-bos").checked = false; }
@@ -486,7 +355,7 @@ async function refresh() {
     }
     scrollToPosition(state.sel.position);
   }
-  loadAttention();
+  attention.load();
   const work = [panels.show(), intervene.show()];
   if (state.cmp && state.q) work.push(panels.runCompare()); else panels.resetCompare();
   if (state.g) work.push(graph.load());
@@ -571,10 +440,10 @@ function bind() {
     const v = e.target.value;
     setState({al: v === "" ? null : Number(v)});
     $("attn-head").disabled = v === "";
-    attn = null;
-    loadAttention();
+    attention.clear();
+    attention.load();
   });
-  $("attn-head").addEventListener("change", (e) => { setState({ah: Number(e.target.value)}); attn = null; loadAttention(); });
+  $("attn-head").addEventListener("change", (e) => { setState({ah: Number(e.target.value)}); attention.clear(); attention.load(); });
 
   const box = $("tokens");
   let pending = false;
@@ -587,11 +456,11 @@ function bind() {
     const chip = e.target.closest(".chip");
     if (chip) { selectChip(chip); return; }
     const pos = e.target.closest(".pos");
-    if (pos) pinDest(Number(pos.closest(".row").dataset.position));
+    if (pos) attention.pin(Number(pos.closest(".row").dataset.position));
   });
   box.addEventListener("mouseover", (e) => {
     const row = e.target.closest(".row");
-    if (row) hover(Number(row.dataset.position));
+    if (row) attention.hover(Number(row.dataset.position));
   });
   box.addEventListener("focusin", (e) => {
     const row = e.target.closest(".row");
@@ -600,7 +469,7 @@ function bind() {
     cursor.index = vi;
     const chip = e.target.closest(".chip");
     if (chip) cursor.chip = Number(chip.dataset.ci) || 0;
-    hover(Number(row.dataset.position));
+    attention.hover(Number(row.dataset.position));
   });
   box.addEventListener("keydown", onTokensKey);
   let pointer = false;  // focus from a click moves the cursor to the clicked row, without scrolling
@@ -665,8 +534,8 @@ function onUrl() {
   readControlsIntoDom();
   rebuildTokens();
   if (state.sel) scrollToPosition(state.sel.position);
-  attn = null;
-  loadAttention();
+  attention.clear();
+  attention.load();
   panels.show();
   intervene.show();
   if (state.cmp && state.q) panels.runCompare(); else panels.resetCompare();
@@ -678,7 +547,7 @@ function onUrl() {
 function exportJson() {
   const data = {
     exported: new Date().toISOString(), url: location.href, state: structuredClone(state), info,
-    responses: {features: F, ...panels.shown(), ...intervene.shown(), ...graph.shown(), attention: attn},
+    responses: {features: F, ...panels.shown(), ...intervene.shown(), ...graph.shown(), attention: attention.shown()},
   };
   const blob = new Blob([JSON.stringify(data, null, 1)], {type: "application/json"});
   const url = URL.createObjectURL(blob);
@@ -708,7 +577,7 @@ async function init() {
   }
   buildFromInfo();
   readControlsIntoDom();
-  paintAttention();
+  attention.paint();
   await refresh();
 }
 
