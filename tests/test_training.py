@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -423,6 +424,14 @@ def test_training_from_a_cache_of_another_model_is_refused(tiny_model_dir, tmp_p
     proc = run_cli("train", "--model", wide, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o"), *common)
     assert_one_line_error(proc, "activation cache is for model")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("layer*"))
+    # without --model the run reads the cache's model, and its SAEs name the cache's model, corpus and contexts
+    proc = run_cli("train", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o2"), "--architecture", "topk",
+                   "--d-sae", "64", "--total-tokens", "256", "--batch-size", "64",
+                   "--context-size", "16", "--no-progress", "--layers", "0")
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads(next((tmp_path / "o2").glob("layer0_*/cfg.json")).read_text())["metadata"]
+    assert cfg["model_name"] == str(Path(tiny_model_dir).resolve()) or cfg["model_name"] == tiny_model_dir
+    assert cfg["dataset_path"] == "stdlib" and cfg["context_size"] == 32
 
 
 def test_auxk_with_every_dead_latent_matches_the_sparse_top_k_path():

@@ -72,17 +72,17 @@ def _train(cfg: TrainConfig, comm: distributed.Comm, device: str) -> tuple[list[
     folder = RunFolder(check_writable_dir(cfg.out), cfg.resume, cfg.overwrite, owner=comm.rank == 0)
     with folder.locked():
         decide(folder, comm, inputs=[cfg.cache] if cfg.cache else [])
-        if cfg.cache:
-            read_manifest(cfg.cache)  # a wrong cache path fails before the (slow) model load
-        model = load_model(cfg.model, device=device)
+        man = read_manifest(cfg.cache) if cfg.cache else None  # a wrong cache path fails before the model load
+        model = load_model(cfg.model or (man.model_name if man else None), device=device)  # the cache's model
         check_layers(model, cfg.layers)
         source, fingerprint = make_source(cfg, model, comm.own_layers(cfg.layers), comm)
         specs = cfg.specs(source.d_in)
         folder.claim([s.name for s in specs])
         check_memory(cfg, [s for s in specs if s.layer in source.layers], source.d_in, comm)
         settings = {**cfg.result_settings(), "data": fingerprint, "d_in": source.d_in}
-        meta = {"model_name": model_name(model), "context_size": cfg.context_size, "prepend_bos": cfg.prepend_bos,
-                "extra": {"dataset_path": cfg.source, "drop_bos": cfg.drop_bos}}
+        data = man or cfg  # the settings the activations were made with: the cache's, else this run's
+        meta = {"model_name": model_name(model), "context_size": data.context_size, "prepend_bos": data.prepend_bos,
+                "extra": {"dataset_path": man.corpus if man else cfg.source, "drop_bos": data.drop_bos}}
         comm.barrier()  # every rank has seen the folder as it was before rank 0 sets the previous run aside
         try:
             folder.set_previous_aside([s.name for s in specs])
