@@ -226,6 +226,11 @@ def test_chunked_losses_equal_a_direct_computation(model, monkeypatch):
     assert describe(model).lm_head == "linear"
     check(max_chunk_bytes=three)
     check(max_chunk_bytes=1)
+    kept = evaluate(model, sae, tokens, batch_size=4, progress=False, max_chunk_bytes=three).saes[0]
+    monkeypatch.setattr(metrics, "KEEP_CLEAN_BYTES", 0)  # the clean log-probabilities recomputed for every run
+    check(max_chunk_bytes=three)
+    again = evaluate(model, sae, tokens, batch_size=4, progress=False, max_chunk_bytes=three).saes[0]
+    assert all(getattr(kept, k) == getattr(again, k) for k in keys)  # keeping them changes no bit
     monkeypatch.setattr(metrics, "describe", lambda m: dataclasses.replace(describe(m), lm_head="nonlinear"))
     check(max_chunk_bytes=three)
 

@@ -27,13 +27,14 @@ the reconstruction metrics and the mean; it still counts as loss input.
 All sums are streamed batch by batch in float64: one clean run per batch, one spliced run per SAE, one zero- and one
 mean-ablated run per distinct layer.
 
-**Memory.** No run materialises ``[batch, pos, d_vocab]`` logits when the LM head is a linear read-out of the final
-norm (:func:`attnsae.models.architecture.describe`'s ``lm_head == "linear"``): each run stops at ``ln_final.hook_out``
-(``[batch, pos, d_model]``) and the logits, log-softmax, CE and KL are computed a chunk of positions at a time,
-``logits = h @ W_U + b_U``, with a chunk's ``[rows, d_vocab]`` float32 tensors held within ``max_chunk_bytes``. The
-clean run's final hidden states are kept for the batch and the clean chunk's log-probabilities are recomputed for
-each intervened run's KL. Any other head falls back to the model's own logits (one clean ``[batch, pos, d_vocab]``
-copy is kept per batch), still reduced chunk by chunk.
+**Memory.** When the LM head is a linear read-out of the final norm (:func:`attnsae.models.architecture.describe`'s
+``lm_head == "linear"``) each run stops at ``ln_final.hook_out`` (``[batch, pos, d_model]``) and the logits,
+log-softmax, CE and KL are computed a chunk of positions at a time, ``logits = h @ W_U + b_U``, with a chunk's
+``[rows, d_vocab]`` float32 tensors held within ``max_chunk_bytes``. The clean run's final hidden states are kept for
+the batch, and so are its log-probabilities when they fit :data:`KEEP_CLEAN_BYTES` (512 MiB: 16 contexts of 128
+tokens up to a vocabulary of 66k), so that each intervened run computes one LM head for its KL, not two; past that
+the clean chunk's log-probabilities are recomputed for each run. Any other head falls back to the model's own logits
+(one clean ``[batch, pos, d_vocab]`` copy is kept per batch), still reduced chunk by chunk.
 
 **Refusal.** On a model where next-token loss means nothing (an encoder) or whose LM head was not in its checkpoint,
 ``describe(model).refusal("eval_ce")`` gives the reason: no loss run is made, hook_z is harvested (one forward per
@@ -66,6 +67,7 @@ from attnsae.sae.checks import check_sae
 
 DENSE_THRESHOLD = 0.1
 MAX_CHUNK_BYTES = 256 * 2**20  # default budget of one position chunk's [rows, d_vocab] float32 tensors
+KEEP_CLEAN_BYTES = 512 * 2**20  # the clean run's log-probabilities kept per batch when they fit (LossHead.keep)
 LIVE_CHUNK_TENSORS = 4  # [rows, d_vocab] float32 tensors (or their equivalent) alive at once while scoring a chunk
 MAX_BATCH = 16  # default contexts per forward pass
 MAX_BATCH_LOGITS = 2**25  # with a non-linear LM head: logits per batch (128 MiB in float32) the default allows
@@ -225,8 +227,10 @@ class LossHead:
     KL sums chunk by chunk.
     """
 
-    def __init__(self, model, linear: bool, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> None:
+    def __init__(self, model, linear: bool, max_chunk_bytes: int = MAX_CHUNK_BYTES,
+                 keep_bytes: int | None = None) -> None:
         self.model, self.linear = model, linear
+        self.keep_bytes = KEEP_CLEAN_BYTES if keep_bytes is None else keep_bytes
         self.d_vocab = int(model.cfg.d_vocab)
         self.max_chunk_bytes = max_chunk_bytes
         if linear:
@@ -268,13 +272,29 @@ class LossHead:
         n = self.chunk_positions(batch)
         return (slice(s, min(s + n, pos - 1)) for s in range(0, pos - 1, n))
 
-    def score(self, states: Tensor, targets: Tensor, sums: LossSums, clean: Tensor | None = None) -> None:
+    def keep(self, clean: Tensor) -> list[Tensor] | None:
+        """The clean run's log-probabilities chunk by chunk (``[batch, n, d_vocab]`` each), kept for the batch's
+        intervened runs when they fit :data:`KEEP_CLEAN_BYTES`, so that each run computes one LM head, not two; else
+        None (each run recomputes them). ``clean``: the clean run's states ``[batch, pos, d]``."""
+        b, s = clean.shape[:2]
+        if b * (s - 1) * self.d_vocab * 4 > self.keep_bytes:
+            return None
+        return [self.logp(clean[:, sl]) for sl in self.chunks(b, s)]
+
+    def score(self, states: Tensor, targets: Tensor, sums: LossSums, clean: Tensor | None = None,
+              kept: list[Tensor] | None = None) -> None:
         """Add a run's CE (and, given the clean run's states ``clean``, its KL) to ``sums``.
 
-        states, clean: ``[batch, pos, d]``; targets: ``[batch, pos - 1]``.
+        states, clean: ``[batch, pos, d]``; targets: ``[batch, pos - 1]``; kept: the clean run's log-probabilities
+        (:meth:`keep`), used for the KL instead of recomputing them, and as the run's own when ``clean`` is None
+        (``states`` is then the clean run). The values are the same either way.
         """
-        for sl in self.chunks(*states.shape[:2]):
-            sums.update(self.logp(states[:, sl]), targets[:, sl], None if clean is None else self.logp(clean[:, sl]))
+        for i, sl in enumerate(self.chunks(*states.shape[:2])):
+            if clean is None:
+                sums.update(kept[i] if kept is not None else self.logp(states[:, sl]), targets[:, sl])
+            else:
+                ref = kept[i].clone() if kept is not None else self.logp(clean[:, sl])  # update() overwrites it
+                sums.update(self.logp(states[:, sl]), targets[:, sl], ref)
         sums.end_batch()
 
 
@@ -342,7 +362,8 @@ def _loss_runs(head: LossHead, saes: list[SAE], layers: list[int], recon: list[R
     for batch in batches:
         targets = batch[:, 1:]
         ref = head.run(batch)  # [batch, pos, d_model] or [batch, pos, d_vocab]
-        head.score(ref, targets, losses.clean)
+        kept = head.keep(ref)  # the clean log-probabilities, when they fit: one LM head per run, not two
+        head.score(ref, targets, losses.clean, kept=kept)
         runs = [(splice_saes(model, {layer: sae}, observe=recorder(sums), keep_bos=keep_bos), loss)
                 for sae, layer, sums, loss in zip(saes, layers, recon, losses.spliced)]
         for l, mu in means.items():
@@ -351,9 +372,9 @@ def _loss_runs(head: LossHead, saes: list[SAE], layers: list[int], recon: list[R
         for intervention, sums in runs:
             with intervention:
                 states = head.run(batch)
-            head.score(states, targets, sums, ref)
+            head.score(states, targets, sums, ref, kept)
             del states
-        del ref  # before the next batch's clean run
+        del ref, kept  # before the next batch's clean run
     return losses
 
 
