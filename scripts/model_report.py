@@ -4,8 +4,9 @@
     python scripts/model_report.py --model smollm2-135m --saes ~/.cache/attnsae/saes/smollm2-135m
 
 Steps (each result is kept in ``--out``, so a killed run redoes only what is missing):
-1. ``eval.json``: every SAE on ``--eval-tokens`` validation tokens of its training corpus (L0, explained variance,
-   CE recovered against zero- and mean-ablation, KL, dead, dense);
+1. ``eval/``: every SAE on ``--eval-tokens`` validation tokens of its training corpus (L0, explained variance,
+   CE recovered against zero- and mean-ablation, KL, with 95% bootstrap intervals; dead with Chao1's estimate, dense),
+   ``--eval-group`` SAEs per kept report (a killed run redoes one group at most);
 2. ``dashboard/``: dashboards, feature families and the head report over ``--dashboard-tokens`` tokens;
 3. ``shots/``: headless-Chromium screenshots of three features: the most frequent feature of the induction, long-
    range and short-range families (each from the layer that has most of that family);
@@ -21,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -51,6 +53,26 @@ def contexts(model, source: str, n_tokens: int, context_size: int) -> torch.Tens
     c = load_corpus(model.tokenizer, source, "validation", context_size, max_tokens=n * (context_size - 1),
                     progress=False)
     return torch.from_numpy(c.tokens[:n])
+
+
+def evaluate_in_groups(model, saes: list, names: list[str], tokens, folder: Path, group: int) -> dict:
+    """``evaluate`` over groups of ``group`` SAEs, each group's report kept in ``folder`` (so a killed run redoes one
+    group at most: the clean run is shared within a group), merged into one report (``seconds``: their sum). Every
+    group sees the same contexts ``tokens()`` and the same seeded bootstrap, so the rows equal one call's."""
+    make_dir(folder)
+    parts, toks = [], None
+    for i in range(0, len(saes), group):
+        f = folder / f"eval-{i:03d}-{i + len(saes[i:i + group]) - 1:03d}.json"
+        if not f.exists():
+            toks = tokens() if toks is None else toks
+            t0 = time.perf_counter()
+            report = evaluate(model, saes[i:i + group], toks, names=names[i:i + group])
+            atomic_write_json({**report.to_dict(feature_frequency=False), "seconds": time.perf_counter() - t0}, f)
+        parts.append(json.loads(f.read_text()))
+        if parts[-1]["n_contexts"] != parts[0]["n_contexts"]:
+            raise SystemExit(f"{f} is from another number of tokens than {parts[0]['n_contexts']} contexts: "
+                             f"remove {folder} to evaluate again")
+    return {**parts[0], "saes": [s for p in parts for s in p["saes"]], "seconds": sum(p["seconds"] for p in parts)}
 
 
 def pick_features(families: dict) -> list[tuple[str, str, int]]:
@@ -108,8 +130,9 @@ def main() -> None:
     ap.add_argument("--saes", required=True, type=Path, help="the training run's folder")
     ap.add_argument("--out", type=Path, default=None, help="default attnsae-out/report-MODEL")
     ap.add_argument("--doc", type=Path, default=None, help="default docs/models/MODEL.md")
-    ap.add_argument("--eval-tokens", type=int, default=8_192)
+    ap.add_argument("--eval-tokens", type=int, default=65_536)
     ap.add_argument("--dashboard-tokens", type=int, default=32_768)
+    ap.add_argument("--eval-group", type=int, default=5, help="SAEs evaluated per kept report (resume unit)")
     args = ap.parse_args()
     out = make_dir(args.out or Path("attnsae-out") / f"report-{args.model}")
     doc = args.doc or REPO / "docs" / "models" / f"{args.model}.md"
@@ -121,10 +144,8 @@ def main() -> None:
     ctx = saes[0].cfg.context_size
     model = load_model(args.model)
 
-    if not (out / "eval.json").exists():
-        report = evaluate(model, saes, contexts(model, source, args.eval_tokens, ctx), names=names)
-        atomic_write_json(report.to_dict(feature_frequency=False), out / "eval.json")
-    ev = json.loads((out / "eval.json").read_text())
+    ev = evaluate_in_groups(model, saes, names, lambda: contexts(model, source, args.eval_tokens, ctx),
+                            out / "eval", args.eval_group)
     if not (out / "dashboard" / "summary.json").exists():
         read_features(model, saes, contexts(model, source, args.dashboard_tokens, ctx), out / "dashboard",
                       names=names, corpus={"source": source, "split": "validation"}, paths=[str(d) for d in dirs])
@@ -148,6 +169,10 @@ def main() -> None:
                f" lowest {worst:.1%} at layer {worst_layer} (target ≥ {TARGET_EVERY:.0%} on every layer: "
                f"{'met' if worst >= TARGET_EVERY else 'missed'})")
     run = json.loads((args.saes.expanduser() / "run_config.json").read_text())
+    never = sum(r["unseen"]["never_fired"] for r in rows)
+    unseen = (f"over the {len(rows)} layers {never:,} latents never fired, of which Chao1's estimator (from those that"
+              f" fired once and twice) expects {sum(r['unseen']['expected_live_unseen'] for r in rows):,.0f} to be"
+              " live but rarer than this sample shows")
     rel = lambda p: p.relative_to(doc.parent).as_posix()  # noqa: E731
     text = f"""# {args.model}: attention-output SAEs on every layer
 
@@ -170,7 +195,11 @@ in batches of {run.get('batch_size')}).
 
 {eval_markdown(rows)}
 
-CE recovered (zero-ablation): {verdict}.
+CE recovered (zero-ablation): {verdict}. 95% intervals: bootstrap over the {ev['n_contexts']:,} contexts
+({ev['bootstrap'].get('resamples', 0):,} resamples, seed {ev['bootstrap'].get('seed')}); a recovered share whose
+interval holds 100% is not told apart from a perfect splice. "dead" counts latents that never fired in the
+{rows[0]['n_tokens']:,} evaluation tokens, an upper bound: {unseen}. The evaluation took
+{ev.get('seconds', 0) / 60:.0f} minutes on {torch.get_num_threads()} CPU threads.
 
 ![explained variance while training]({rel(curve)})
 

@@ -48,6 +48,7 @@ def test_quickstart_ce_loss_recovered_is_at_least_90_percent(quickstart):
 def test_quickstart_writes_loadable_saes_and_plots(quickstart):
     out, summary, _ = quickstart
     assert (out / "density.png").stat().st_size > 1000
+    assert (out / "recovery.png").stat().st_size > 1000  # CE recovered with its intervals
     for layer, path in zip((0, 1), summary["saes"].values()):
         sae = load_sae(path)
         assert sae.cfg.hook_name == f"blocks.{layer}.attn.hook_z"

@@ -28,7 +28,7 @@ from attnsae.jobs.inputs import stdlib_note
 from attnsae.jobs.reading import read_features
 from attnsae.training.config import TrainConfig
 from attnsae.training.trainer import train
-from attnsae.views.plots import density_histogram
+from attnsae.views.plots import density_histogram, recovery_plot
 from attnsae.views.tables import eval_table
 
 
@@ -117,6 +117,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     n_eval = -(-cfg.eval_tokens // context_size)
     report = evaluate(model, saes, val_tokens[:n_eval], progress=True, names=names)
     density_histogram(report, out / "density.png", title=f"{report.model}: quickstart SAEs")
+    if report.ce_refused is None:
+        recovery_plot(report, out / "recovery.png", title=f"{report.model}: quickstart SAEs, CE recovered")
     print(eval_table(report))
     site = None
     if cfg.dashboard_tokens > 0:
@@ -134,7 +136,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     atomic_write_json(summary, out / "summary.json")
     if site:
         print(f"\n{site['families_table']}\n\n{site['heads']}")
-    print(f"\nSAEs, summary.json and density.png in {out}  ({summary['seconds']['total']:.0f}s)")
+    print(f"\nSAEs, summary.json, density.png and recovery.png in {out}  ({summary['seconds']['total']:.0f}s)")
     if site:
         print(f"open {site['index']}  (heads: {site['heads_html']})")
     print(f"explore any prompt through these SAEs: {explore}")

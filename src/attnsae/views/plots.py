@@ -80,7 +80,9 @@ def recovery_plot(report: EvalReport, path: str | os.PathLike, title: str = "CE 
         ax.errorbar(x + (i - 1) * 0.2, y, yerr=np.where(np.isfinite(err), err, 0), fmt="o", ms=4, capsize=3,
                     label=label)
     ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xticks(x, [s.name for s in report.saes], rotation=90 if len(x) > 12 else 0)
+    names = [s.name for s in report.saes]
+    crowded = sum(len(n) for n in names) * 7 > fig.get_figwidth() * fig.dpi * 0.8  # ~7 px a character at 10 pt
+    ax.set_xticks(x, names, rotation=90 if len(x) > 12 else 30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel("share (1 = 100%)")
     b = report.bootstrap
     ax.set_title(title + (f" — {b['level']:.0%} intervals, bootstrap over {report.n_contexts:,} contexts" if b else ""),
