@@ -90,8 +90,8 @@ def ioi_ablation(model, saes: dict[str, object], n_features: int = IOI_FEATURES)
         res["saes"][name] = {
             "layer": layer, "l0_at_s2": r["l0_at_role"], "spliced_max_abs_change": r["spliced_max_abs_change"],
             "n_active": len(active), "every_feature": float((every - clean).mean()),
-            "error": r["error"]["delta"]["all"], "top": r["features"][:5] and [
-                {k: f[k] for k in ("feature", "n_active", "delta")} for f in r["features"][:5]],
+            "error": r["error"]["delta"]["all"],
+            "top": [{k: f[k] for k in ("feature", "n_active", "delta")} for f in r["features"][:5]],
             "top1": d[0] if d else 0.0, "top5": sum(d[:5]), "n_big": sum(abs(x) >= BIG_EFFECT for x in d)}
     return res
 
@@ -100,7 +100,7 @@ def cell(row: dict, key: str, fmt: str) -> str:
     return with_interval(fmt, row.get(key), (row.get("intervals") or {}).get(key))
 
 
-def quality_table(rows: list[dict], picks: dict) -> str:
+def quality_table(rows: list[dict]) -> str:
     head = ("| layer | architecture | L0 | expl. var | CE rec. (zero) | CE rec. (mean) | KL | never fired | "
             "Chao1 live unseen | dense |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
@@ -217,11 +217,10 @@ def main() -> None:
     report = EvalReport.from_dict({**{k: v for k, v in ev.items() if k != "seconds"},
                                    "saes": [{**s, "feature_frequency": None} for s in ev["saes"]]})
     recovery_plot(report, assets / "recovery.png", title=f"{args.model}, L0 ≈ {args.target_l0:.0f}")
-    write_page(args, ev, picks, families, site, ioi, names, chosen)
+    write_page(args, ev, picks, families, site, ioi, names)
 
 
-def write_page(args, ev: dict, picks: dict, families: dict, site: dict, ioi: dict, names: list[str],
-               chosen: dict[str, str]) -> None:
+def write_page(args, ev: dict, picks: dict, families: dict, site: dict, ioi: dict, names: list[str]) -> None:
     rows = ev["saes"]
     cands = "\n".join(
         f"- {LABEL[a]}, layer {layer}: " + ", ".join(f"`{Path(c['path']).parent.name}/{Path(c['path']).name}` "
@@ -271,7 +270,7 @@ contexts ({ev['bootstrap'].get('resamples', 0):,} resamples, seed {ev['bootstrap
 {rows[0]['ce_clean']:.4f}); KL is the clean-vs-spliced next-token KL per token. "Never fired" counts latents silent
 on all {rows[0]['n_tokens']:,} tokens; Chao1 estimates how many of those are live but rarer than the sample shows.
 
-{quality_table(rows, picks)}
+{quality_table(rows)}
 
 ![CE recovered with intervals](architectures-compared/recovery.png)
 

@@ -136,7 +136,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     atomic_write_json(summary, out / "summary.json")
     if site:
         print(f"\n{site['families_table']}\n\n{site['heads']}")
-    print(f"\nSAEs, summary.json, density.png and recovery.png in {out}  ({summary['seconds']['total']:.0f}s)")
+    plots = "density.png and recovery.png" if report.ce_refused is None else "density.png"
+    print(f"\nSAEs, summary.json, {plots} in {out}  ({summary['seconds']['total']:.0f}s)")
     if site:
         print(f"open {site['index']}  (heads: {site['heads_html']})")
     print(f"explore any prompt through these SAEs: {explore}")
