@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from browser import require_browser
+from browser import require_browser, select_chip
 from conftest import fake_dashboards, random_sae
 
 pytestmark = pytest.mark.integration
@@ -73,11 +73,7 @@ def test_prompt_dfa_rdfa_ablation_and_the_url_restores_the_view(browser, server)
     assert re.fullmatch(r"L0/\d+\S*\s*[\d.−e]+", chip.text_content().strip()) and chip.get_attribute("data-family")
     feature = chip.get_attribute("data-feature")
 
-    chip.click()  # → DFA, RDFA, effect
-    try:
-        page.wait_for_selector("#feature-name", timeout=10_000)
-    except Exception:  # the click was lost (it happened twice in ~10 CI-like runs, cause not found): once more
-        chip.click()
+    select_chip(page, chip)  # → DFA, RDFA, effect
     try:
         page.wait_for_selector("#dfa-heatmap")
     except Exception:  # say what the page showed instead

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from browser import require_browser
+from browser import require_browser, select_chip
 from conftest import random_sae
 
 pytestmark = pytest.mark.integration
@@ -138,7 +138,7 @@ def test_search_by_label_selects_the_feature_where_it_fires(browser, server):
 def test_cards_open_from_the_selected_features_name_and_the_comparison(browser, server):
     base, _ = server
     page = run_prompt(browser, base)
-    page.click('#tokens .row[data-position="9"] .chip')
+    select_chip(page, page.locator('#tokens .row[data-position="9"] .chip').first)
     name = page.locator("#feature-name")
     name.hover()
     page.wait_for_selector("#fcard:not([hidden]) .fcard-logits-top li", timeout=60_000)
