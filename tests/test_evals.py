@@ -10,7 +10,7 @@ import tiny_archs
 from attnsae.models.architecture import describe
 from attnsae.cli import main
 from attnsae.errors import AttnsaeError
-from attnsae.evals import metrics
+from attnsae.evals import loss_head, metrics
 from attnsae.evals.metrics import EvalReport, evaluate, reconstruction_metrics
 from attnsae.models import load_model
 from attnsae.sae.model import SAE
@@ -213,9 +213,9 @@ def test_chunked_losses_equal_a_direct_computation(model, monkeypatch):
     tokens = random_tokens(n=10, pos=12, seed=11)
     sae = random_sae(d_in(model), 1, seed=12)
     expected = direct_metrics(model, sae, 1, tokens)
-    three = 3 * 4 * model.cfg.d_vocab * 4 * metrics.LIVE_CHUNK_TENSORS  # 3 positions of a 4-context batch
-    assert metrics.LossHead(model, True, three).chunk_positions(4) == 3
-    assert [s.stop - s.start for s in metrics.LossHead(model, True, three).chunks(4, 12)] == [3, 3, 3, 2]
+    three = 3 * 4 * model.cfg.d_vocab * 4 * loss_head.LIVE_CHUNK_TENSORS  # 3 positions of a 4-context batch
+    assert loss_head.LossHead(model, True, three).chunk_positions(4) == 3
+    assert [s.stop - s.start for s in loss_head.LossHead(model, True, three).chunks(4, 12)] == [3, 3, 3, 2]
     keys = ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "kl_sae", "kl_zero", "kl_mean", "ce_recovered_zero")
 
     def check(**kw):
@@ -227,7 +227,7 @@ def test_chunked_losses_equal_a_direct_computation(model, monkeypatch):
     check(max_chunk_bytes=three)
     check(max_chunk_bytes=1)
     kept = evaluate(model, sae, tokens, batch_size=4, progress=False, max_chunk_bytes=three).saes[0]
-    monkeypatch.setattr(metrics, "KEEP_CLEAN_BYTES", 0)  # the clean log-probabilities recomputed for every run
+    monkeypatch.setattr(loss_head, "KEEP_CLEAN_BYTES", 0)  # the clean log-probabilities recomputed for every run
     check(max_chunk_bytes=three)
     again = evaluate(model, sae, tokens, batch_size=4, progress=False, max_chunk_bytes=three).saes[0]
     assert all(getattr(kept, k) == getattr(again, k) for k in keys)  # keeping them changes no bit

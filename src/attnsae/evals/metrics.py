@@ -25,15 +25,17 @@ forced BOS that SAEs are trained without, is left as the model computes it by ev
 the reconstruction metrics and the mean; it still counts as loss input.
 
 All sums are streamed batch by batch in float64: one clean run per batch, one spliced run per SAE, one zero- and one
-mean-ablated run per distinct layer.
+mean-ablated run per distinct layer. The clean run keeps the residual entering each intervened layer (when they fit
+:data:`~attnsae.evals.loss_head.KEEP_RESIDUAL_BYTES`), and each intervened run at layer L starts there, blocks 0..L-1
+skipped (:mod:`attnsae.models.skip_blocks`): the same numbers as a whole forward, for the cost of blocks L.. alone.
 
 **Memory.** When the LM head is a linear read-out of the final norm (:func:`attnsae.models.architecture.describe`'s
 ``lm_head == "linear"``) each run stops at ``ln_final.hook_out`` (``[batch, pos, d_model]``) and the logits,
 log-softmax, CE and KL are computed a chunk of positions at a time, ``logits = h @ W_U + b_U``, with a chunk's
 ``[rows, d_vocab]`` float32 tensors held within ``max_chunk_bytes``. The clean run's final hidden states are kept for
-the batch, and so are its log-probabilities when they fit :data:`KEEP_CLEAN_BYTES` (512 MiB: 16 contexts of 128
-tokens up to a vocabulary of 66k), so that each intervened run computes one LM head for its KL, not two; past that
-the clean chunk's log-probabilities are recomputed for each run. Any other head falls back to the model's own logits
+the batch, and so are its log-probabilities when they fit :data:`~attnsae.evals.loss_head.KEEP_CLEAN_BYTES` (512
+MiB: 16 contexts of 128 tokens up to a vocabulary of 66k), so that each intervened run computes one LM head for its
+KL, not two; past that the clean chunk's log-probabilities are recomputed for each run. Any other head falls back to the model's own logits
 (one clean ``[batch, pos, d_vocab]`` copy is kept per batch), still reduced chunk by chunk.
 
 **Refusal.** On a model where next-token loss means nothing (an encoder) or whose LM head was not in its checkpoint,
@@ -45,7 +47,7 @@ batch that stops at the last needed layer) for the reconstruction metrics, the C
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -53,8 +55,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from attnsae.activations import StopForward, harvest_z
-from attnsae.models.architecture import describe, param
+from attnsae.activations import harvest_z
+from attnsae.models.architecture import describe
 from attnsae.errors import AttnsaeError
 from attnsae.models.fast_attention import fused_attention
 from attnsae.models import check_tokens, model_name
@@ -63,12 +65,10 @@ from attnsae.evals.eval_report import LOSS_FIELDS, EvalReport, SAEEval  # noqa: 
 from attnsae.evals import intervals as iv
 from attnsae.evals.intervals import ContextSums
 from attnsae.evals.splice import ablate_z, mean_z, splice_saes
+from attnsae.evals.loss_head import MAX_CHUNK_BYTES, LossHead, LossSums
 from attnsae.sae.checks import check_sae
 
 DENSE_THRESHOLD = 0.1
-MAX_CHUNK_BYTES = 256 * 2**20  # default budget of one position chunk's [rows, d_vocab] float32 tensors
-KEEP_CLEAN_BYTES = 512 * 2**20  # the clean run's log-probabilities kept per batch when they fit (LossHead.keep)
-LIVE_CHUNK_TENSORS = 4  # [rows, d_vocab] float32 tensors (or their equivalent) alive at once while scoring a chunk
 MAX_BATCH = 16  # default contexts per forward pass
 MAX_BATCH_LOGITS = 2**25  # with a non-linear LM head: logits per batch (128 MiB in float32) the default allows
 
@@ -170,134 +170,6 @@ def ce_recovered(ce_baseline: float, ce_sae: float, ce_clean: float) -> float:
     return (ce_baseline - ce_sae) / gap + 0.0 if gap != 0 else float("nan")  # + 0.0: no "-0.0"
 
 
-class LossSums:
-    """Streaming sums of next-token CE and KL(clean || this run) over predicted positions."""
-
-    def __init__(self) -> None:
-        self.ce = self.kl = 0.0
-        self.n = 0
-        self.rows: dict[str, list[Tensor]] = {"ce": [], "kl": [], "n": []}  # per context, one tensor per batch
-        self._batch: dict[str, Tensor] = {}  # the current batch's per-context sums, over its chunks
-
-    def update(self, logp: Tensor, targets: Tensor, logp_clean: Tensor | None = None) -> None:
-        """Add one chunk of predicted positions.
-
-        Args:
-            logp: this run's float32 log-probabilities ``[..., d_vocab]``.
-            targets: the next tokens ``[...]``.
-            logp_clean: the clean run's log-probabilities at the same positions ``[..., d_vocab]`` for the KL; it is
-                overwritten (the KL is reduced in place, so that no further ``[..., d_vocab]`` tensor is made).
-        """
-        rows = {"ce": -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double().flatten(1).sum(1),
-                "n": torch.full((targets.shape[0],), targets[0].numel(), dtype=torch.float64)}  # [batch]
-        self.ce += rows["ce"].sum().item()
-        if logp_clean is not None:
-            p_clean = logp_clean.exp()
-            diff = logp_clean.sub_(logp)  # logp_clean - logp
-            rows["kl"] = p_clean.mul_(diff).sum(-1).double().flatten(1).sum(1)
-            self.kl += rows["kl"].sum().item()
-        self.n += targets.numel()
-        for k, v in rows.items():
-            self._batch[k] = self._batch[k] + v.cpu() if k in self._batch else v.cpu()
-
-    def end_batch(self) -> None:
-        """The batch's chunks are all in: keep its per-context sums (rows of the batch are contexts)."""
-        for k, v in self._batch.items():
-            self.rows[k].append(v)
-        self._batch = {}
-
-    def per_context(self, key: str) -> Tensor:
-        """float64 [n_contexts]: a sum (``ce``, ``kl``, ``n`` predictions) per context."""
-        return torch.cat(self.rows[key])
-
-    @property
-    def mean_ce(self) -> float:
-        return self.ce / self.n
-
-    @property
-    def mean_kl(self) -> float:
-        return self.kl / self.n
-
-
-class LossHead:
-    """Next-token log-probabilities of a run, a chunk of positions at a time (see the module docstring).
-
-    ``run(tokens)`` returns the run's *states*: the final norm's output ``[batch, pos, d_model]`` when ``linear``
-    (the forward stops there), else the model's logits ``[batch, pos, d_vocab]``. ``score`` turns states into CE and
-    KL sums chunk by chunk.
-    """
-
-    def __init__(self, model, linear: bool, max_chunk_bytes: int = MAX_CHUNK_BYTES,
-                 keep_bytes: int | None = None) -> None:
-        self.model, self.linear = model, linear
-        self.keep_bytes = KEEP_CLEAN_BYTES if keep_bytes is None else keep_bytes
-        self.d_vocab = int(model.cfg.d_vocab)
-        self.max_chunk_bytes = max_chunk_bytes
-        if linear:
-            self.W = model.W_U.T  # [d_vocab, d_model], the LM head's own weight (a view)
-            b = param(model, "b_U")
-            self.b = None if b is None else b.to(self.W.device, self.W.dtype)  # [d_vocab]
-
-    def run(self, tokens: Tensor) -> Tensor:
-        """tokens ``[batch, pos]`` -> states ``[batch, pos, d_model]`` (linear head) or ``[batch, pos, d_vocab]``."""
-        if not self.linear:
-            return self.model(tokens)
-        box: dict[str, Tensor] = {}
-
-        def stop(h: Tensor, hook) -> Tensor:
-            box["h"] = h.detach()
-            raise StopForward  # nothing after the final norm is needed: skip the [batch, pos, d_vocab] logits
-
-        try:
-            self.model.run_with_hooks(tokens, fwd_hooks=[("ln_final.hook_out", stop)], return_type=None)
-        except StopForward:
-            pass
-        if "h" not in box:
-            raise AttnsaeError("the model's forward never reached ln_final.hook_out, so CE cannot be measured")
-        return box["h"]
-
-    def logp(self, states: Tensor) -> Tensor:
-        """states ``[batch, n, d]`` -> float32 log-probabilities ``[batch, n, d_vocab]``."""
-        logits = F.linear(states, self.W, self.b) if self.linear else states
-        return F.log_softmax(logits.float(), dim=-1)
-
-    def chunk_positions(self, batch: int) -> int:
-        """Positions per chunk: ``[batch * n, d_vocab]`` float32 tensors, :data:`LIVE_CHUNK_TENSORS` of them alive
-        at once, within ``max_chunk_bytes`` (at least one position)."""
-        rows = self.max_chunk_bytes // (LIVE_CHUNK_TENSORS * 4 * self.d_vocab)
-        return max(1, rows // batch)
-
-    def chunks(self, batch: int, pos: int) -> Iterator[slice]:
-        """Slices of the ``pos - 1`` predicted positions (the last position predicts nothing)."""
-        n = self.chunk_positions(batch)
-        return (slice(s, min(s + n, pos - 1)) for s in range(0, pos - 1, n))
-
-    def keep(self, clean: Tensor) -> list[Tensor] | None:
-        """The clean run's log-probabilities chunk by chunk (``[batch, n, d_vocab]`` each), kept for the batch's
-        intervened runs when they fit :data:`KEEP_CLEAN_BYTES`, so that each run computes one LM head, not two; else
-        None (each run recomputes them). ``clean``: the clean run's states ``[batch, pos, d]``."""
-        b, s = clean.shape[:2]
-        if b * (s - 1) * self.d_vocab * 4 > self.keep_bytes:
-            return None
-        return [self.logp(clean[:, sl]) for sl in self.chunks(b, s)]
-
-    def score(self, states: Tensor, targets: Tensor, sums: LossSums, clean: Tensor | None = None,
-              kept: list[Tensor] | None = None) -> None:
-        """Add a run's CE (and, given the clean run's states ``clean``, its KL) to ``sums``.
-
-        states, clean: ``[batch, pos, d]``; targets: ``[batch, pos - 1]``; kept: the clean run's log-probabilities
-        (:meth:`keep`), used for the KL instead of recomputing them, and as the run's own when ``clean`` is None
-        (``states`` is then the clean run). The values are the same either way.
-        """
-        for i, sl in enumerate(self.chunks(*states.shape[:2])):
-            if clean is None:
-                sums.update(kept[i] if kept is not None else self.logp(states[:, sl]), targets[:, sl])
-            else:
-                ref = kept[i].clone() if kept is not None else self.logp(clean[:, sl])  # update() overwrites it
-                sums.update(self.logp(states[:, sl]), targets[:, sl], ref)
-        sums.end_batch()
-
-
 def default_batch_size(model, context_size: int, arch=None) -> int:
     """Contexts per forward pass when none is given: :data:`MAX_BATCH` (16), fewer when the forward materialises
     full logits (an LM head that is not a linear read-out of the final norm, so the run cannot stop before it): then
@@ -361,17 +233,19 @@ def _loss_runs(head: LossHead, saes: list[SAE], layers: list[int], recon: list[R
 
     for batch in batches:
         targets = batch[:, 1:]
-        ref = head.run(batch)  # [batch, pos, d_model] or [batch, pos, d_vocab]
+        resid = head.to_record(batch, sorted(set(layers) | set(means)))  # the residuals entering those blocks
+        ref = head.run(batch, record=resid)  # [batch, pos, d_model] or [batch, pos, d_vocab]
         kept = head.keep(ref)  # the clean log-probabilities, when they fit: one LM head per run, not two
         head.score(ref, targets, losses.clean, kept=kept)
-        runs = [(splice_saes(model, {layer: sae}, observe=recorder(sums), keep_bos=keep_bos), loss)
+        runs = [(splice_saes(model, {layer: sae}, observe=recorder(sums), keep_bos=keep_bos), loss, layer)
                 for sae, layer, sums, loss in zip(saes, layers, recon, losses.spliced)]
         for l, mu in means.items():
-            runs += [(ablate_z(model, [l], keep_bos=keep_bos), losses.zero[l]),
-                     (ablate_z(model, {l: mu}, keep_bos=keep_bos), losses.mean[l])]
-        for intervention, sums in runs:
-            with intervention:
-                states = head.run(batch)
+            runs += [(ablate_z(model, [l], keep_bos=keep_bos), losses.zero[l], l),
+                     (ablate_z(model, {l: mu}, keep_bos=keep_bos), losses.mean[l], l)]
+        for intervention, sums, layer in runs:
+            with intervention:  # from the clean residual entering the layer: the blocks before it are the clean ones
+                states = (head.run(batch) if resid is None or layer == 0
+                          else head.run(resid[layer].clone(), start_at_layer=layer))
             head.score(states, targets, sums, ref, kept)
             del states
         del ref, kept  # before the next batch's clean run

@@ -66,12 +66,14 @@ def eligible(attn) -> bool:
     return method_of(attn) is not None
 
 
-def _hooked(point) -> bool:
+def hooked(point) -> bool:
+    """Whether a module has a hook of its own (forward, pre-forward, backward)."""
     return bool(point._forward_hooks or point._forward_pre_hooks or point._backward_hooks
                 or getattr(point, "_backward_pre_hooks", None))
 
 
-def _global_hooks() -> bool:
+def global_hooks() -> bool:
+    """Whether a global module hook is registered (it sees every module's call)."""
     return any(getattr(torch_module, name, None) for name in (
         "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
 
@@ -83,7 +85,7 @@ def _fusable_now(attn, kwargs: dict) -> bool:
     if kwargs.get("past_key_values") is not None or kwargs.get("layer_past") is not None:
         return False  # the KV cache the bridge's _update_kv_cache extends (generation); transformers' `cache`, an
         # empty DynamicCache in every plain forward, the bridge leaves alone, and so does this path
-    return not (_hooked(attn.hook_attn_scores) or _hooked(attn.hook_pattern) or _global_hooks())
+    return not (hooked(attn.hook_attn_scores) or hooked(attn.hook_pattern) or global_hooks())
 
 
 def _fusable(attn, q: torch.Tensor, kwargs: dict) -> bool:
@@ -132,7 +134,7 @@ def _probe(attn) -> bool | None:
     """Both paths on random inputs of one 8-token causal context: the same output (to the dtype's rounding)? Run on
     the module alone with its hooks set aside for the call, so no hook of the user's sees the probe; None when the
     answer would say nothing (train mode, a global hook: the fused path would not be taken)."""
-    if attn.training or _global_hooks():
+    if attn.training or global_hooks():
         return None
     param = next(attn.parameters())
     cfg = attn.config
