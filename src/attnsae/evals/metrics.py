@@ -25,9 +25,11 @@ forced BOS that SAEs are trained without, is left as the model computes it by ev
 the reconstruction metrics and the mean; it still counts as loss input.
 
 All sums are streamed batch by batch in float64: one clean run per batch, one spliced run per SAE, one zero- and one
-mean-ablated run per distinct layer. The clean run keeps the residual entering each intervened layer (when they fit
-:data:`~attnsae.evals.loss_head.KEEP_RESIDUAL_BYTES`), and each intervened run at layer L starts there, blocks 0..L-1
-skipped (:mod:`attnsae.models.skip_blocks`): the same numbers as a whole forward, for the cost of blocks L.. alone.
+mean-ablated run per distinct layer. The clean run keeps the residual entering each intervened layer L > 0 (when
+they fit :data:`~attnsae.evals.loss_head.KEEP_RESIDUAL_BYTES`), and each intervened run at L starts there, blocks
+0..L-1 skipped (:mod:`attnsae.models.skip_blocks`): for the cost of blocks L.. alone. That such a run equals a whole
+forward is checked once per layer, on the first batch (a clean run started at L must give the clean run's states to
+the bit); a layer where it does not (Gemma 4 makes per-layer inputs from the tokens) runs whole forwards.
 
 **Memory.** When the LM head is a linear read-out of the final norm (:func:`attnsae.models.architecture.describe`'s
 ``lm_head == "linear"``) each run stops at ``ln_final.hook_out`` (``[batch, pos, d_model]``) and the logits,
@@ -35,8 +37,8 @@ log-softmax, CE and KL are computed a chunk of positions at a time, ``logits = h
 ``[rows, d_vocab]`` float32 tensors held within ``max_chunk_bytes``. The clean run's final hidden states are kept for
 the batch, and so are its log-probabilities when they fit :data:`~attnsae.evals.loss_head.KEEP_CLEAN_BYTES` (512
 MiB: 16 contexts of 128 tokens up to a vocabulary of 66k), so that each intervened run computes one LM head for its
-KL, not two; past that the clean chunk's log-probabilities are recomputed for each run. Any other head falls back to the model's own logits
-(one clean ``[batch, pos, d_vocab]`` copy is kept per batch), still reduced chunk by chunk.
+KL, not two; past that the clean chunk's log-probabilities are recomputed for each run. Any other head falls back to
+the model's own logits (one clean ``[batch, pos, d_vocab]`` copy is kept per batch), still reduced chunk by chunk.
 
 **Refusal.** On a model where next-token loss means nothing (an encoder) or whose LM head was not in its checkpoint,
 ``describe(model).refusal("eval_ce")`` gives the reason: no loss run is made, hook_z is harvested (one forward per
@@ -231,10 +233,14 @@ def _loss_runs(head: LossHead, saes: list[SAE], layers: list[int], recon: list[R
 
         return observe
 
+    starts: dict[int, bool] = {}  # layer -> may its runs start there (checked once, on the first batch)
     for batch in batches:
         targets = batch[:, 1:]
-        resid = head.to_record(batch, sorted(set(layers) | set(means)))  # the residuals entering those blocks
+        resid = head.to_record(batch, sorted({l for l in (*layers, *means) if l > 0}))  # residuals entering blocks
         ref = head.run(batch, record=resid)  # [batch, pos, d_model] or [batch, pos, d_vocab]
+        for l in resid or ():
+            if l not in starts:  # the bridge's start_at_layer run equals a whole forward on most models, not all
+                starts[l] = torch.equal(head.run(resid[l].clone(), start_at_layer=l), ref)
         kept = head.keep(ref)  # the clean log-probabilities, when they fit: one LM head per run, not two
         head.score(ref, targets, losses.clean, kept=kept)
         runs = [(splice_saes(model, {layer: sae}, observe=recorder(sums), keep_bos=keep_bos), loss, layer)
@@ -244,8 +250,8 @@ def _loss_runs(head: LossHead, saes: list[SAE], layers: list[int], recon: list[R
                      (ablate_z(model, {l: mu}, keep_bos=keep_bos), losses.mean[l], l)]
         for intervention, sums, layer in runs:
             with intervention:  # from the clean residual entering the layer: the blocks before it are the clean ones
-                states = (head.run(batch) if resid is None or layer == 0
-                          else head.run(resid[layer].clone(), start_at_layer=layer))
+                states = (head.run(resid[layer].clone(), start_at_layer=layer) if resid and starts.get(layer)
+                          else head.run(batch))
             head.score(states, targets, sums, ref, kept)
             del states
         del ref, kept  # before the next batch's clean run
