@@ -1,7 +1,7 @@
 """Measure a model's attention-SAE set and write its page in docs/models/ (every number from this one run).
 
-    attnsae train --config configs/smollm2_135m.yaml --out ~/.cache/attnsae/saes/smollm2-135m   # hours on 2 cores
-    python scripts/model_report.py --model smollm2-135m --saes ~/.cache/attnsae/saes/smollm2-135m
+    attnsae train --config configs/smollm2_135m.yaml --out attnsae-out/smollm2-135m   # hours on 2 cores
+    python scripts/model_report.py --model smollm2-135m --saes attnsae-out/smollm2-135m
 
 Steps (each result is kept in ``--out``, so a killed run redoes only what is missing):
 1. ``eval/``: every SAE on ``--eval-tokens`` validation tokens of its training corpus (L0, explained variance,
