@@ -75,6 +75,14 @@ def evaluate_in_groups(model, saes: list, names: list[str], tokens, folder: Path
     return {**parts[0], "saes": [s for p in parts for s in p["saes"]], "seconds": sum(p["seconds"] for p in parts)}
 
 
+def duration(seconds: float) -> str:
+    """``"2 h 41 min"``, ``"12 min"`` or ``"40 s"``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m} min" if h else f"{m} min"
+
+
 def pick_features(families: dict) -> list[tuple[str, str, int]]:
     """(family, SAE name, feature) for each of SHOT_FAMILIES: the most frequent feature of that family in the SAE
     holding most of it."""
@@ -199,7 +207,7 @@ CE recovered (zero-ablation): {verdict}. 95% intervals: bootstrap over the {ev['
 ({ev['bootstrap'].get('resamples', 0):,} resamples, seed {ev['bootstrap'].get('seed')}); a recovered share whose
 interval holds 100% is not told apart from a perfect splice. "dead" counts latents that never fired in the
 {rows[0]['n_tokens']:,} evaluation tokens, an upper bound: {unseen}. The evaluation took
-{ev.get('seconds', 0) / 60:.0f} minutes on {torch.get_num_threads()} CPU threads.
+{duration(ev.get('seconds', 0))} on {torch.get_num_threads()} CPU threads (the sum of its groups' times).
 
 ![explained variance while training]({rel(curve)})
 
