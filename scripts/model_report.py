@@ -3,14 +3,14 @@
     attnsae train --config configs/smollm2_135m.yaml --out attnsae-out/smollm2-135m   # hours on 2 cores
     python scripts/model_report.py --model smollm2-135m --saes attnsae-out/smollm2-135m
 
-Steps (each result is kept in ``--out``, so a killed run redoes only what is missing):
-1. ``eval/``: every SAE on ``--eval-tokens`` validation tokens of its training corpus (L0, explained variance,
+Steps (each result is kept in ``--out``, so a killed run redoes only what is missing), the quick ones first:
+1. ``dashboard/``: dashboards, feature families and the head report over ``--dashboard-tokens`` tokens;
+2. ``shots/`` (copied next to the page): headless-Chromium screenshots of three features, the most frequent feature
+   of the induction, long-range and short-range families (each from the layer that has most of that family);
+3. ``ev_curve.png``: explained variance against training tokens, per layer (from the run's ``metrics.jsonl``);
+4. ``eval/``: every SAE on ``--eval-tokens`` validation tokens of its training corpus (L0, explained variance,
    CE recovered against zero- and mean-ablation, KL, with 95% bootstrap intervals; dead with Chao1's estimate, dense),
-   ``--eval-group`` SAEs per kept report (a killed run redoes one group at most);
-2. ``dashboard/``: dashboards, feature families and the head report over ``--dashboard-tokens`` tokens;
-3. ``shots/``: headless-Chromium screenshots of three features: the most frequent feature of the induction, long-
-   range and short-range families (each from the layer that has most of that family);
-4. ``curve.png``: explained variance against training tokens, per layer (from the run's ``metrics.jsonl``);
+   ``--eval-group`` SAEs per kept report (a killed run redoes one group at most): hours for 30 layers on 2 cores;
 5. the page ``--doc``: tables, verdicts against the targets, images, and the commands above.
 """
 
@@ -152,8 +152,6 @@ def main() -> None:
     ctx = saes[0].cfg.context_size
     model = load_model(args.model)
 
-    ev = evaluate_in_groups(model, saes, names, lambda: contexts(model, source, args.eval_tokens, ctx),
-                            out / "eval", args.eval_group)
     if not (out / "dashboard" / "summary.json").exists():
         read_features(model, saes, contexts(model, source, args.dashboard_tokens, ctx), out / "dashboard",
                       names=names, corpus={"source": source, "split": "validation"}, paths=[str(d) for d in dirs])
@@ -161,13 +159,19 @@ def main() -> None:
     families = json.loads((out / "dashboard" / "families.json").read_text())
     shots = []
     for fam, name, i in pick_features(families):
-        png = assets / f"{fam}-{name}-{i}.png"
-        if not png.exists():
-            screenshot(out / "dashboard" / "index.html", name, i, png)
+        shot = make_dir(out / "shots") / f"{fam}-{name}-{i}.png"  # this run's, never an older page's
+        if not shot.exists():
+            part = shot.with_suffix(".part.png")
+            screenshot(out / "dashboard" / "index.html", name, i, part)
+            part.replace(shot)
+        png = assets / shot.name
+        shutil.copyfile(shot, png)
         shots.append((fam, name, i, png))
     curve = assets / "ev_curve.png"
     ev_curve(args.saes.expanduser() / "metrics.jsonl", curve, f"{args.model}: explained variance while training")
     shutil.copyfile(out / "dashboard" / "families.png", assets / "families.png")
+    ev = evaluate_in_groups(model, saes, names, lambda: contexts(model, source, args.eval_tokens, ctx),
+                            out / "eval", args.eval_group)
 
     rows = ev["saes"]
     rec = [r["ce_recovered_zero"] for r in rows]
