@@ -5,13 +5,14 @@
 
 Steps (each result is kept in ``--out``, so a killed run redoes only what is missing), the quick ones first:
 1. ``dashboard/``: dashboards, feature families and the head report over ``--dashboard-tokens`` tokens;
-2. ``shots/`` (copied next to the page): headless-Chromium screenshots of three features, the most frequent feature
-   of the induction, long-range and short-range families (each from the layer that has most of that family);
+2. ``shots/``: headless-Chromium screenshots of three features, the most frequent feature of the induction,
+   long-range and short-range families (each from the layer that has most of that family);
 3. ``ev_curve.png``: explained variance against training tokens, per layer (from the run's ``metrics.jsonl``);
 4. ``eval/``: every SAE on ``--eval-tokens`` validation tokens of its training corpus (L0, explained variance,
    CE recovered against zero- and mean-ablation, KL, with 95% bootstrap intervals; dead with Chao1's estimate, dense),
    ``--eval-group`` SAEs per kept report (a killed run redoes one group at most): hours for 30 layers on 2 cores;
-5. the page ``--doc``: tables, verdicts against the targets, images, and the commands above.
+5. the page ``--doc``: tables, verdicts against the targets, images, and the commands above; the images are copied
+   next to it only then, so that a killed run leaves the previous page and its images as they were.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def main() -> None:
     args = ap.parse_args()
     out = make_dir(args.out or Path("attnsae-out") / f"report-{args.model}")
     doc = args.doc or REPO / "docs" / "models" / f"{args.model}.md"
-    assets = make_dir(doc.parent / args.model)
+    assets = doc.parent / args.model
     dirs = sae_dirs(args.saes.expanduser())
     saes = [load_sae(d) for d in dirs]
     names = [f"L{sae_layer(s)}" for s in saes]
@@ -164,14 +165,15 @@ def main() -> None:
             part = shot.with_suffix(".part.png")
             screenshot(out / "dashboard" / "index.html", name, i, part)
             part.replace(shot)
-        png = assets / shot.name
-        shutil.copyfile(shot, png)
-        shots.append((fam, name, i, png))
-    curve = assets / "ev_curve.png"
-    ev_curve(args.saes.expanduser() / "metrics.jsonl", curve, f"{args.model}: explained variance while training")
-    shutil.copyfile(out / "dashboard" / "families.png", assets / "families.png")
+        shots.append((fam, name, i, assets / shot.name))
+    ev_curve(args.saes.expanduser() / "metrics.jsonl", out / "ev_curve.png",
+             f"{args.model}: explained variance while training")
     ev = evaluate_in_groups(model, saes, names, lambda: contexts(model, source, args.eval_tokens, ctx),
                             out / "eval", args.eval_group)
+    curve = make_dir(assets) / "ev_curve.png"  # the page's images go next to it only now, with the page
+    for src, dst in [(out / "shots" / p.name, p) for *_, p in shots] + [
+            (out / "ev_curve.png", curve), (out / "dashboard" / "families.png", assets / "families.png")]:
+        shutil.copyfile(src, dst)
 
     rows = ev["saes"]
     rec = [r["ce_recovered_zero"] for r in rows]
