@@ -165,11 +165,8 @@ class Browser:
             context.close()
 
 
-def select_chip(page, chip, timeout: int = 10_000) -> None:
-    """Click a feature chip and wait for the selected feature's header; click once more if the page selected nothing
-    (a lost click under CI load: seen in about one CI-like run in ten, in two tests; cause not found)."""
+def select_chip(page, chip) -> None:
+    """Click a feature chip and wait until the page shows that chip's feature as the selected one."""
+    layer, feature = chip.get_attribute("data-layer"), chip.get_attribute("data-feature")
     chip.click()
-    try:
-        page.wait_for_selector("#feature-name", timeout=timeout)
-    except Exception:
-        chip.click()
+    page.wait_for_selector(f'#feature-name[data-layer="{layer}"][data-feature="{feature}"]')

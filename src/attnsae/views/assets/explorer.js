@@ -197,10 +197,27 @@ function renderWindow(force = false) {
   if (!force && first === rendered[0] && last === rendered[1]) return;
   const hadFocus = box.contains(document.activeElement) && document.activeElement !== box;
   rendered = [first, last];
-  const rows = [];
-  for (let vi = first; vi < last; vi++) rows.push(rowEl(vi));
-  put(spacer, ...rows);
+  // a scroll keeps the rows still in the window (the same nodes): a click whose mousedown landed on a chip before a
+  // scroll frame re-rendered the window would otherwise lose its mouseup to a new chip, and select nothing
+  const kept = force ? [] : [...spacer.children].filter((r) => rowIndex(r) >= first && rowIndex(r) < last);
+  if (!kept.length) {
+    const rows = [];
+    for (let vi = first; vi < last; vi++) rows.push(rowEl(vi));
+    put(spacer, ...rows);
+  } else {
+    for (const r of [...spacer.children]) if (!kept.includes(r)) r.remove();
+    const lo = rowIndex(kept[0]), hi = rowIndex(kept[kept.length - 1]);
+    const before = [], after = [];
+    for (let vi = first; vi < lo; vi++) before.push(rowEl(vi));
+    for (let vi = hi + 1; vi < last; vi++) after.push(rowEl(vi));
+    kept[0].before(...before);
+    spacer.append(...after);
+  }
   if (hadFocus) focusCursor(false);
+}
+
+function rowIndex(row) {  // a rendered row's index into `visible`
+  return Number(row.getAttribute("aria-rowindex")) - 1;
 }
 
 function cursorTarget() {
@@ -465,7 +482,7 @@ function bind() {
   box.addEventListener("focusin", (e) => {
     const row = e.target.closest(".row");
     if (!row) return;
-    const vi = Number(row.getAttribute("aria-rowindex")) - 1;
+    const vi = rowIndex(row);
     cursor.index = vi;
     const chip = e.target.closest(".chip");
     if (chip) cursor.chip = Number(chip.dataset.ci) || 0;
@@ -476,7 +493,7 @@ function bind() {
   box.addEventListener("mousedown", (e) => {
     pointer = true;
     const row = e.target.closest(".row");
-    if (row) cursor.index = Number(row.getAttribute("aria-rowindex")) - 1;
+    if (row) cursor.index = rowIndex(row);
     setTimeout(() => { pointer = false; }, 0);
   });
   box.addEventListener("focus", () => { if (F && visible.length) focusCursor(!pointer); });
