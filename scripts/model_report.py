@@ -143,10 +143,16 @@ def main() -> None:
     ap.add_argument("--dashboard-tokens", type=int, default=32_768)
     ap.add_argument("--eval-group", type=int, default=5, help="SAEs evaluated per kept report (resume unit)")
     args = ap.parse_args()
+    run_dir = args.saes.expanduser()
+    dirs = sae_dirs(run_dir) if run_dir.is_dir() else []
+    missing = [n for n in ("run_config.json", "metrics.jsonl") if not (run_dir / n).is_file()]
+    missing += [] if dirs else ["SAE folders (*/cfg.json)"]
+    if missing:
+        ap.error(f"--saes {args.saes} is not a training run's folder (it lacks {' and '.join(missing)}): "
+                 "pass the --out folder of `attnsae train`")
     out = make_dir(args.out or Path("attnsae-out") / f"report-{args.model}")
     doc = args.doc or REPO / "docs" / "models" / f"{args.model}.md"
     assets = doc.parent / args.model
-    dirs = sae_dirs(args.saes.expanduser())
     saes = [load_sae(d) for d in dirs]
     names = [f"L{sae_layer(s)}" for s in saes]
     source = saes[0].cfg.extra.get("dataset_path", "stdlib")
@@ -166,7 +172,7 @@ def main() -> None:
             screenshot(out / "dashboard" / "index.html", name, i, part)
             part.replace(shot)
         shots.append((fam, name, i, assets / shot.name))
-    ev_curve(args.saes.expanduser() / "metrics.jsonl", out / "ev_curve.png",
+    ev_curve(run_dir / "metrics.jsonl", out / "ev_curve.png",
              f"{args.model}: explained variance while training")
     ev = evaluate_in_groups(model, saes, names, lambda: contexts(model, source, args.eval_tokens, ctx),
                             out / "eval", args.eval_group)
@@ -182,7 +188,7 @@ def main() -> None:
     verdict = (f"median {median:.1%} (target ≥ {TARGET_MEDIAN:.0%}: {'met' if median >= TARGET_MEDIAN else 'missed'}),"
                f" lowest {worst:.1%} at layer {worst_layer} (target ≥ {TARGET_EVERY:.0%} on every layer: "
                f"{'met' if worst >= TARGET_EVERY else 'missed'})")
-    run = json.loads((args.saes.expanduser() / "run_config.json").read_text())
+    run = json.loads((run_dir / "run_config.json").read_text())
     never = sum(r["unseen"]["never_fired"] for r in rows)
     unseen = (f"over the {len(rows)} layers {never:,} latents never fired, of which Chao1's estimator (from those that"
               f" fired once and twice) expects {sum(r['unseen']['expected_live_unseen'] for r in rows):,.0f} to be"
