@@ -29,10 +29,11 @@ import contextlib
 import types
 import warnings
 import weakref
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.modules import module as torch_module
 
 from attnsae.models import fused_rotary
@@ -70,6 +71,24 @@ def hooked(point) -> bool:
     """Whether a module has a hook of its own (forward, pre-forward, backward)."""
     return bool(point._forward_hooks or point._forward_pre_hooks or point._backward_hooks
                 or getattr(point, "_backward_pre_hooks", None))
+
+
+HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+@contextlib.contextmanager
+def hooks_set_aside(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Every hook of each of ``modules`` removed for the block and put back after it (a probe no user hook sees)."""
+    saved = [(m, {k: getattr(m, k).copy() for k in HOOK_KINDS if hasattr(m, k)}) for m in modules]
+    try:
+        for m, hooks in saved:
+            for k in hooks:
+                getattr(m, k).clear()
+        yield
+    finally:
+        for m, hooks in saved:
+            for k, d in hooks.items():
+                getattr(m, k).update(d)
 
 
 def global_hooks() -> bool:
@@ -144,13 +163,8 @@ def _probe(attn) -> bool | None:
     q, k, v = (torch.randn(1, 8, n * d_head, generator=g).to(param) for n in (n_heads, n_kv, n_kv))
     mask = torch.full((8, 8), torch.finfo(param.dtype).min).triu(1)[None, None].to(param)
     points = [m for m in attn.modules() if type(m).__name__ == "HookPoint"]
-    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    saved = [{kind: getattr(m, kind).copy() for kind in kinds if hasattr(m, kind)} for m in points]
     try:
-        for m, hooks in zip(points, saved):
-            for kind in hooks:
-                getattr(m, kind).clear()
-        with torch.no_grad():
+        with hooks_set_aside(points), torch.no_grad():
             if method_of(attn) == "forward":  # a rotary bridge: the whole forward on a hidden state and cos/sin
                 x = torch.randn(1, 8, int(cfg.d_model), generator=g).to(param)
                 pe = tuple(torch.randn(1, 8, d_head, generator=g).to(param) for _ in "cs")
@@ -161,10 +175,6 @@ def _probe(attn) -> bool | None:
                 fused = _fused_reconstruct(attn, q, k, v, attention_mask=mask)[0]
     except Exception:  # a private method TransformerLens renamed, or anything else: the bridge's path it is
         return False
-    finally:
-        for m, hooks in zip(points, saved):
-            for kind, d in hooks.items():
-                getattr(m, kind).update(d)
     tol = 1e-4 if plain.dtype == torch.float32 else 2e-2
     return torch.allclose(plain.float(), fused.float(), rtol=tol, atol=tol * float(plain.abs().max()) + 1e-6)
 

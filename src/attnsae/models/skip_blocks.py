@@ -40,11 +40,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from attnsae.models.fast_attention import global_hooks, hooked
+from attnsae.models.fast_attention import HOOK_KINDS, global_hooks, hooked, hooks_set_aside
 
 _SKIPPING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # block -> its index, while it may be skipped
 _VERDICT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layer: did the probe agree}
-HOOK_KINDS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 FRAMEWORKS = ("transformers.", "transformer_lens.")  # modules whose own hooks on a block are not a user's
 
 
@@ -97,21 +96,6 @@ def _installed(blocks: list[nn.Module]) -> Iterator[None]:
             vars(b).pop("forward", None)
 
 
-@contextlib.contextmanager
-def _hooks_set_aside(model: nn.Module) -> Iterator[None]:
-    """Every module's hooks removed for the block and put back after it."""
-    saved = [(m, {k: getattr(m, k).copy() for k in HOOK_KINDS if hasattr(m, k)}) for m in model.modules()]
-    try:
-        for m, hooks in saved:
-            for k in hooks:
-                getattr(m, k).clear()
-        yield
-    finally:
-        for m, hooks in saved:
-            for k, d in hooks.items():
-                getattr(m, k).update(d)
-
-
 @torch.no_grad()
 def _probe(model, layer: int) -> bool:
     """The logits of a random residual entering block ``layer`` (one 8-position context), blocks 0..layer-1 run and
@@ -120,7 +104,7 @@ def _probe(model, layer: int) -> bool:
     g = torch.Generator().manual_seed(0)
     resid = torch.randn(1, 8, int(model.cfg.d_model), generator=g).to(param)
     try:
-        with _hooks_set_aside(model):
+        with hooks_set_aside(model.modules()):
             plain = model(resid.clone(), start_at_layer=layer)
             with _installed(list(model.blocks)[:layer]):
                 skipped = model(resid.clone(), start_at_layer=layer)
